@@ -1,0 +1,377 @@
+//! The command-line grammar (clap derive). Behaviour lives in `cli::commands`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kmsfs",
+    version,
+    about = "A local key management service with AWS KMS semantics",
+    after_help = "Example:\n  kmsfs keystore init --root-key-file root.key\n  kmsfs key create --alias demo\n  echo hello | kmsfs encrypt --key alias/demo | kmsfs decrypt"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Key store directory [default: from the config file, else ~/.local/share/kmsfs/keystore]
+    #[arg(long, global = true, env = "KMSFS_KEYSTORE", value_name = "DIR")]
+    pub keystore: Option<PathBuf>,
+    /// Configuration file [default: $KMSFS_CONFIG, else /etc/kmsfs/kmsfs.toml if present]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// File whose first line is the key store passphrase ($KMSFS_PASSPHRASE gives it directly)
+    #[arg(long, global = true, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// File holding the 32-byte root key (raw or 64 hex digits), instead of a passphrase
+    #[arg(long, global = true, env = "KMSFS_ROOT_KEY_FILE", value_name = "FILE")]
+    pub root_key_file: Option<PathBuf>,
+    /// Output format
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create or inspect the sealed key store
+    #[command(subcommand)]
+    Keystore(KeystoreCmd),
+    /// Manage customer master keys (CMKs)
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Encrypt up to 4096 bytes under a CMK
+    #[command(after_help = "Example:\n  echo secret | kmsfs encrypt --key alias/app --context app=web --base64")]
+    Encrypt(EncryptArgs),
+    /// Decrypt a ciphertext blob (binary or base64); the blob names its key
+    #[command(after_help = "Example:\n  kmsfs decrypt --in secret.blob --context app=web")]
+    Decrypt(DecryptArgs),
+    /// Re-encrypt a blob under another key, or the current version of its own
+    #[command(name = "re-encrypt", after_help = "Example:\n  kmsfs re-encrypt --to alias/new --in old.blob --out new.blob")]
+    ReEncrypt(ReEncryptArgs),
+    /// Generate a data key for envelope encryption (JSON output)
+    #[command(name = "generate-data-key", after_help = "Example:\n  kmsfs generate-data-key --key alias/app --spec AES_256")]
+    GenerateDataKey(DataKeyArgs),
+    /// Random bytes from the KMS
+    #[command(after_help = "Example:\n  kmsfs random --bytes 32 --base64")]
+    Random(RandomArgs),
+    /// Show and verify the tamper-evident audit log
+    #[command(subcommand)]
+    Audit(AuditCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeystoreCmd {
+    /// Create a key store, unlocked by a passphrase or a root key file
+    #[command(after_help = "Examples:\n  kmsfs random --bytes 32 > root.key   (needs a store; or: head -c32 /dev/urandom > root.key)\n  kmsfs keystore init --root-key-file root.key\n  KMSFS_PASSPHRASE=... kmsfs keystore init")]
+    Init(InitArgs),
+    /// Show the key store's location and format (no passphrase needed)
+    Info,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Argon2id memory cost in KiB (passphrase stores)
+    #[arg(long, value_name = "KIB")]
+    pub kdf_memory_kib: Option<u32>,
+    /// Argon2id iterations (passphrase stores)
+    #[arg(long, value_name = "N")]
+    pub kdf_iterations: Option<u32>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCmd {
+    /// Create a CMK and print its id
+    #[command(after_help = "Examples:\n  kmsfs key create --alias finance --description \"finance share\"\n  kmsfs key create --origin external   (then: kmsfs key import KEY --material-file F)")]
+    Create(CreateArgs),
+    /// List CMKs
+    List,
+    /// Show a key's state, origin, dates, versions, rotation, aliases and tags
+    #[command(after_help = "Example:\n  kmsfs key describe alias/finance --output json")]
+    Describe(KeyArg),
+    /// Enable a key
+    Enable(KeyArg),
+    /// Disable a key: it stops encrypting and decrypting until enabled
+    Disable(KeyArg),
+    /// Rotate now: new key material becomes current; older versions keep decrypting
+    Rotate(KeyArg),
+    /// Automatic rotation settings
+    #[command(subcommand)]
+    Rotation(RotationCmd),
+    /// List a key's material versions with dates
+    Rotations(KeyArg),
+    /// Schedule deletion after a waiting period of 7 to 30 days
+    #[command(name = "schedule-deletion", after_help = "Example:\n  kmsfs key schedule-deletion alias/old --days 7")]
+    ScheduleDeletion(ScheduleDeletionArgs),
+    /// Cancel a scheduled deletion; the key becomes Disabled
+    #[command(name = "cancel-deletion")]
+    CancelDeletion(KeyArg),
+    /// Import 256-bit key material into a key created with --origin external
+    #[command(after_help = "Example:\n  head -c 32 /dev/urandom > material.bin && kmsfs key import KEY --material-file material.bin")]
+    Import(ImportArgs),
+    /// Manage aliases
+    #[command(subcommand)]
+    Alias(AliasCmd),
+    /// Add or replace tags: KEY k=v...
+    Tag(TagArgs),
+    /// Remove tags: KEY k...
+    Untag(UntagArgs),
+    /// List a key's tags
+    Tags(KeyArg),
+    /// Get, put or explain the key policy
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+}
+
+#[derive(Args, Debug)]
+pub struct KeyArg {
+    /// Key id, kmsfs:key/<id>, or alias/NAME
+    pub key: String,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    /// Alias for the new key (alias/ prefix optional)
+    #[arg(long)]
+    pub alias: Option<String>,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Key policy JSON file [default: root and you may do everything]
+    #[arg(long, value_name = "FILE")]
+    pub policy_file: Option<PathBuf>,
+    /// Create even if the policy would lock you out of changing it
+    #[arg(long)]
+    pub bypass_lockout_check: bool,
+    /// aws_kms: kmsfs makes the material; external: you import it
+    #[arg(long, value_enum, default_value_t = OriginArg::AwsKms)]
+    pub origin: OriginArg,
+    /// Tags, key=value (repeatable)
+    #[arg(long = "tag", value_name = "K=V")]
+    pub tags: Vec<String>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginArg {
+    #[value(name = "aws_kms", alias = "AWS_KMS", alias = "aws-kms")]
+    AwsKms,
+    #[value(name = "external", alias = "EXTERNAL")]
+    External,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RotationCmd {
+    /// Rotate automatically every N days (1 to 2560; AWS allows 90 to 2560)
+    #[command(after_help = "Example:\n  kmsfs key rotation enable alias/app --period-days 90")]
+    Enable(RotationEnableArgs),
+    /// Stop automatic rotation
+    Disable(KeyArg),
+    /// Show automatic rotation settings
+    Status(KeyArg),
+}
+
+#[derive(Args, Debug)]
+pub struct RotationEnableArgs {
+    pub key: String,
+    #[arg(long, value_name = "N")]
+    pub period_days: Option<u32>,
+}
+
+#[derive(Args, Debug)]
+pub struct ScheduleDeletionArgs {
+    pub key: String,
+    /// Waiting period, 7 to 30 days
+    #[arg(long, default_value_t = 30)]
+    pub days: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    pub key: String,
+    /// File with exactly 32 bytes of key material
+    #[arg(long, value_name = "FILE")]
+    pub material_file: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AliasCmd {
+    /// Point a new alias at a key
+    #[command(after_help = "Example:\n  kmsfs key alias create finance 1234abcd-...")]
+    Create { alias: String, key: String },
+    /// Delete an alias (the key stays)
+    Delete { alias: String },
+    /// List aliases, of one key or all
+    List {
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct TagArgs {
+    pub key: String,
+    /// key=value pairs
+    #[arg(required = true, value_name = "K=V")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UntagArgs {
+    pub key: String,
+    #[arg(required = true, value_name = "K")]
+    pub tag_keys: Vec<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Print the key policy
+    Get(KeyArg),
+    /// Replace the key policy with a JSON file
+    #[command(after_help = "Example:\n  kmsfs key policy put alias/app --file policy.json")]
+    Put(PolicyPutArgs),
+    /// Say whether a principal may do an action, and which statement decides
+    #[command(after_help = "Example:\n  kmsfs key policy explain alias/app --action kms:Decrypt --as uid:1000")]
+    Explain(ExplainArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PolicyPutArgs {
+    pub key: String,
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    #[arg(long)]
+    pub bypass_lockout_check: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    pub key: String,
+    #[arg(long)]
+    pub action: String,
+    /// uid:N or user:NAME
+    #[arg(long = "as", value_name = "PRINCIPAL")]
+    pub principal: String,
+    /// Encryption context of the request, key=value (repeatable)
+    #[arg(long = "context", value_name = "K=V")]
+    pub context: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct IoArgs {
+    /// Read input from FILE instead of standard input
+    #[arg(long = "in", value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Write output to FILE instead of standard output
+    #[arg(long = "out", value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+    /// Write output as base64 text instead of raw bytes
+    #[arg(long)]
+    pub base64: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct EncryptArgs {
+    #[arg(long)]
+    pub key: String,
+    /// Encryption context, key=value (repeatable); decrypt needs the same
+    #[arg(long = "context", value_name = "K=V")]
+    pub context: Vec<String>,
+    #[command(flatten)]
+    pub io: IoArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DecryptArgs {
+    /// Refuse a blob made under any other key (IncorrectKeyException)
+    #[arg(long)]
+    pub key: Option<String>,
+    #[arg(long = "context", value_name = "K=V")]
+    pub context: Vec<String>,
+    #[command(flatten)]
+    pub io: IoArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReEncryptArgs {
+    /// Destination key (may be the blob's own key, for its current version)
+    #[arg(long)]
+    pub to: String,
+    /// Encryption context the blob was made with
+    #[arg(long = "context", value_name = "K=V")]
+    pub context: Vec<String>,
+    /// Context for the new blob [default: the same as --context]
+    #[arg(long = "to-context", value_name = "K=V")]
+    pub to_context: Option<Vec<String>>,
+    #[command(flatten)]
+    pub io: IoArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DataKeyArgs {
+    #[arg(long)]
+    pub key: String,
+    /// Key length in bytes (1 to 1024)
+    #[arg(long, conflicts_with = "spec")]
+    pub bytes: Option<usize>,
+    /// AES_256 (32 bytes, the default) or AES_128 (16 bytes)
+    #[arg(long, value_enum)]
+    pub spec: Option<KeySpecArg>,
+    #[arg(long = "context", value_name = "K=V")]
+    pub context: Vec<String>,
+    /// Return only the encrypted data key
+    #[arg(long)]
+    pub without_plaintext: bool,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeySpecArg {
+    #[value(name = "AES_256")]
+    Aes256,
+    #[value(name = "AES_128")]
+    Aes128,
+}
+
+#[derive(Args, Debug)]
+pub struct RandomArgs {
+    /// Number of bytes (1 to 1024)
+    #[arg(long)]
+    pub bytes: usize,
+    #[arg(long = "out", value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+    #[arg(long)]
+    pub base64: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Check the hash chain; exits non-zero naming the first bad line
+    Verify,
+    /// Show audit records, oldest first
+    #[command(after_help = "Example:\n  kmsfs audit show --key alias/app --since 2026-01-01")]
+    Show(AuditShowArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AuditShowArgs {
+    /// Only records of this key
+    #[arg(long)]
+    pub key: Option<String>,
+    /// Only records at or after this time (RFC 3339, YYYY-MM-DD or @unix)
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only this operation (e.g. Decrypt)
+    #[arg(long)]
+    pub operation: Option<String>,
+    /// At most the last N matching records
+    #[arg(long)]
+    pub limit: Option<usize>,
+}

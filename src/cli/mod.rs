@@ -1,0 +1,6 @@
+//! The `kmsfs` command line.
+
+pub mod args;
+pub mod commands;
+pub mod output;
+pub mod unlock;

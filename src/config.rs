@@ -1,0 +1,87 @@
+//! The TOML configuration file (config/kmsfs.toml documents every key).
+
+use crate::error::{KmsError, Result};
+use crate::keystore::rootkey::KdfParams;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_ENV: &str = "KMSFS_CONFIG";
+pub const SYSTEM_CONFIG: &str = "/etc/kmsfs/kmsfs.toml";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub keystore: KeystoreConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeystoreConfig {
+    /// Key store directory.
+    pub path: Option<PathBuf>,
+    /// File whose first line is the passphrase.
+    pub passphrase_file: Option<PathBuf>,
+    /// File holding the 32-byte root key (instead of a passphrase).
+    pub root_key_file: Option<PathBuf>,
+    /// Argon2id costs for `keystore init`.
+    pub kdf: Option<KdfParams>,
+}
+
+impl Config {
+    pub fn parse(text: &str, origin: &Path) -> Result<Config> {
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| KmsError::validation(format!("{}: {e}", origin.display())))?;
+        if let Some(k) = &cfg.keystore.kdf {
+            k.validate()?;
+        }
+        Ok(cfg)
+    }
+
+    /// Loads `explicit`, else `$KMSFS_CONFIG`, else /etc/kmsfs/kmsfs.toml if present, else defaults.
+    /// A file named explicitly must exist.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let env = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
+        let (path, required) = match (explicit, env) {
+            (Some(p), _) => (p.to_path_buf(), true),
+            (None, Some(p)) => (p, true),
+            (None, None) => (PathBuf::from(SYSTEM_CONFIG), false),
+        };
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Config::parse(&text, &path),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(KmsError::validation(format!("{}: {e}", path.display()))),
+        }
+    }
+}
+
+/// The per-user default key store: `$XDG_DATA_HOME/kmsfs/keystore`, else `~/.local/share/kmsfs/keystore`.
+pub fn default_keystore_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("kmsfs/keystore");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
+    home.join(".local/share/kmsfs/keystore")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_config_parses() {
+        let text = include_str!("../config/kmsfs.toml");
+        let c = Config::parse(text, Path::new("kmsfs.toml")).unwrap();
+        assert!(c.keystore.path.is_some());
+        assert!(c.keystore.kdf.is_some());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(Config::parse("[keystore]\npaht = \"/x\"\n", Path::new("c")).is_err());
+        assert!(Config::parse("nonsense", Path::new("c")).is_err());
+        assert!(Config::parse("", Path::new("c")).is_ok());
+    }
+}

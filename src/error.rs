@@ -1,0 +1,147 @@
+//! Errors with AWS KMS exception names and stable process exit codes.
+
+use std::fmt;
+
+/// The kind of failure. Names and meanings follow AWS KMS exceptions where one exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    NotFound,
+    Disabled,
+    KmsInvalidState,
+    InvalidCiphertext,
+    AccessDenied,
+    Validation,
+    IncorrectKey,
+    IncorrectKeyMaterial,
+    AlreadyExists,
+    UnsupportedOperation,
+    /// The passphrase or root key does not unlock the key store.
+    WrongPassphrase,
+    /// The key store is missing, unreadable or damaged.
+    KeyStore,
+    /// The audit log failed verification.
+    AuditInvalid,
+    Internal,
+}
+
+impl ErrorKind {
+    /// The exception name, as AWS KMS spells it where it has one.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "NotFoundException",
+            ErrorKind::Disabled => "DisabledException",
+            ErrorKind::KmsInvalidState => "KMSInvalidStateException",
+            ErrorKind::InvalidCiphertext => "InvalidCiphertextException",
+            ErrorKind::AccessDenied => "AccessDeniedException",
+            ErrorKind::Validation => "ValidationException",
+            ErrorKind::IncorrectKey => "IncorrectKeyException",
+            ErrorKind::IncorrectKeyMaterial => "IncorrectKeyMaterialException",
+            ErrorKind::AlreadyExists => "AlreadyExistsException",
+            ErrorKind::UnsupportedOperation => "UnsupportedOperationException",
+            ErrorKind::WrongPassphrase => "WrongPassphraseException",
+            ErrorKind::KeyStore => "KeyStoreException",
+            ErrorKind::AuditInvalid => "AuditLogInvalidException",
+            ErrorKind::Internal => "KMSInternalException",
+        }
+    }
+
+    /// Stable exit code of the `kmsfs` binary for this kind (see README).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorKind::Internal => 1,
+            ErrorKind::NotFound => 10,
+            ErrorKind::Disabled => 11,
+            ErrorKind::KmsInvalidState => 12,
+            ErrorKind::InvalidCiphertext => 13,
+            ErrorKind::AccessDenied => 14,
+            ErrorKind::Validation => 15,
+            ErrorKind::IncorrectKey => 16,
+            ErrorKind::IncorrectKeyMaterial => 17,
+            ErrorKind::AlreadyExists => 18,
+            ErrorKind::UnsupportedOperation => 19,
+            ErrorKind::WrongPassphrase => 20,
+            ErrorKind::KeyStore => 21,
+            ErrorKind::AuditInvalid => 22,
+        }
+    }
+
+    pub const ALL: [ErrorKind; 14] = [
+        ErrorKind::NotFound,
+        ErrorKind::Disabled,
+        ErrorKind::KmsInvalidState,
+        ErrorKind::InvalidCiphertext,
+        ErrorKind::AccessDenied,
+        ErrorKind::Validation,
+        ErrorKind::IncorrectKey,
+        ErrorKind::IncorrectKeyMaterial,
+        ErrorKind::AlreadyExists,
+        ErrorKind::UnsupportedOperation,
+        ErrorKind::WrongPassphrase,
+        ErrorKind::KeyStore,
+        ErrorKind::AuditInvalid,
+        ErrorKind::Internal,
+    ];
+}
+
+/// An error with its kind and a message meant for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmsError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl KmsError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        KmsError {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, m)
+    }
+    pub fn validation(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Validation, m)
+    }
+    pub fn invalid_ciphertext(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidCiphertext, m)
+    }
+    pub fn invalid_state(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::KmsInvalidState, m)
+    }
+    pub fn keystore(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::KeyStore, m)
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, m)
+    }
+    /// An I/O failure on `what` (a path or a description) in the key store.
+    pub fn io(what: impl fmt::Display, e: std::io::Error) -> Self {
+        Self::keystore(format!("{what}: {e}"))
+    }
+}
+
+impl fmt::Display for KmsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.name(), self.message)
+    }
+}
+
+impl std::error::Error for KmsError {}
+
+pub type Result<T, E = KmsError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn exit_codes_and_names_are_unique() {
+        let codes: HashSet<i32> = ErrorKind::ALL.iter().map(|k| k.exit_code()).collect();
+        let names: HashSet<&str> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(codes.len(), ErrorKind::ALL.len());
+        assert_eq!(names.len(), ErrorKind::ALL.len());
+        assert!(!codes.contains(&0) && !codes.contains(&2), "0 is success, 2 is usage");
+    }
+}

@@ -1,0 +1,386 @@
+//! The sealed key store: a directory holding the key database and the audit log.
+//!
+//! ```text
+//! keystore.json  format version, root key kind, Argon2id salt and costs, passphrase verifier
+//! keys.db        the key database (KeyDb as JSON), sealed with AES-256-GCM
+//! audit.log      hash-chained audit records, one JSON object per line
+//! audit.head     the MAC of the newest audit record, so cutting the log's tail is noticed
+//! lock           flock(2) target that serializes every change
+//! ```
+//! Key material inside keys.db is sealed a second time, per version, so a loaded database holds no
+//! plaintext key material; a version is unsealed only for the one operation that uses it.
+
+pub mod atomic;
+pub mod rootkey;
+
+use crate::cryptocore::{self, SecretKey};
+use crate::error::{ErrorKind, KmsError, Result};
+use crate::kms::key::KeyRecord;
+use chrono::{DateTime, Utc};
+use rootkey::{KdfParams, RootKind, RootSecret, StoreKeys};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+pub const META_FILE: &str = "keystore.json";
+pub const DB_FILE: &str = "keys.db";
+pub const AUDIT_FILE: &str = "audit.log";
+pub const AUDIT_HEAD_FILE: &str = "audit.head";
+pub const LOCK_FILE: &str = "lock";
+
+const META_FORMAT: &str = "kmsfs-keystore";
+const META_VERSION: u32 = 1;
+const DB_MAGIC: &[u8; 8] = b"KMSFSKDB";
+const DB_VERSION: u16 = 1;
+/// magic, version, generation
+const DB_HEADER_LEN: usize = 8 + 2 + 8;
+
+/// keystore.json: everything needed to derive the root key again. Holds no secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoreMeta {
+    pub format: String,
+    pub version: u32,
+    pub store_id: Uuid,
+    pub created: DateTime<Utc>,
+    pub root: RootKind,
+    pub kdf: Option<KdfParams>,
+    #[serde(with = "crate::encoding::b64")]
+    pub salt: Vec<u8>,
+    #[serde(with = "crate::encoding::b64")]
+    pub verifier: Vec<u8>,
+}
+
+/// The content of keys.db.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KeyDb {
+    pub keys: BTreeMap<Uuid, KeyRecord>,
+    /// Full alias name (`alias/...`) to key id.
+    pub aliases: BTreeMap<String, Uuid>,
+    /// Keys whose material was destroyed, with the date, so later requests can say so.
+    pub deleted: BTreeMap<Uuid, DateTime<Utc>>,
+    #[serde(skip)]
+    pub generation: u64,
+}
+
+/// Holds the store's flock; dropping it releases the lock.
+pub struct StoreLock {
+    _file: File,
+}
+
+/// An unlocked key store.
+pub struct KeyStore {
+    dir: PathBuf,
+    meta: StoreMeta,
+    keys: StoreKeys,
+}
+
+fn read_meta(dir: &Path) -> Result<StoreMeta> {
+    let path = dir.join(META_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KmsError::keystore(format!(
+                "no key store at {}: create one with `kmsfs keystore init`",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(KmsError::io(path.display(), e)),
+    };
+    let meta: StoreMeta = serde_json::from_str(&text).map_err(|e| {
+        KmsError::keystore(format!("{} is damaged: {e}", path.display()))
+    })?;
+    if meta.format != META_FORMAT {
+        return Err(KmsError::keystore(format!(
+            "{} is not a kmsfs key store",
+            path.display()
+        )));
+    }
+    if meta.version != META_VERSION {
+        return Err(KmsError::keystore(format!(
+            "key store format version {} is not supported (this kmsfs reads version {META_VERSION})",
+            meta.version
+        )));
+    }
+    Ok(meta)
+}
+
+impl KeyStore {
+    /// Reads only keystore.json: enough to tell whether a passphrase is needed.
+    pub fn probe(dir: &Path) -> Result<StoreMeta> {
+        read_meta(dir)
+    }
+
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(META_FILE).exists()
+    }
+
+    /// Creates a new, empty key store in `dir` (created if missing; must not hold a store already).
+    pub fn init(
+        dir: &Path,
+        secret: &RootSecret,
+        kdf: KdfParams,
+        now: DateTime<Utc>,
+    ) -> Result<KeyStore> {
+        if Self::exists(dir) {
+            return Err(KmsError::new(
+                ErrorKind::AlreadyExists,
+                format!("{} already holds a key store", dir.display()),
+            ));
+        }
+        atomic::create_private_dir(dir).map_err(|e| KmsError::io(dir.display(), e))?;
+        let mut salt = vec![0u8; 16];
+        cryptocore::fill_random(&mut salt)
+            .map_err(|_| KmsError::internal("the system random source failed"))?;
+        let kdf = match secret.kind() {
+            RootKind::Passphrase => {
+                kdf.validate()?;
+                Some(kdf)
+            }
+            RootKind::KeyFile => None,
+        };
+        let store_id = Uuid::new_v4();
+        let root = rootkey::derive_root_key(secret, &salt, &kdf.unwrap_or_default())?;
+        let keys = StoreKeys::derive(&root, store_id.as_bytes());
+        let meta = StoreMeta {
+            format: META_FORMAT.to_string(),
+            version: META_VERSION,
+            store_id,
+            created: now,
+            root: secret.kind(),
+            kdf,
+            salt,
+            verifier: keys.verifier_tag().to_vec(),
+        };
+        let store = KeyStore {
+            dir: dir.to_path_buf(),
+            meta,
+            keys,
+        };
+        let lock = store.lock()?;
+        store.save(&lock, &KeyDb::default())?;
+        let json = serde_json::to_vec_pretty(&store.meta)
+            .map_err(|e| KmsError::internal(format!("encoding keystore.json: {e}")))?;
+        // keystore.json last: a crash before it leaves a directory that is not yet a store.
+        atomic::write_atomic(&dir.join(META_FILE), &json)
+            .map_err(|e| KmsError::io(dir.join(META_FILE).display(), e))?;
+        Ok(store)
+    }
+
+    /// Opens and unlocks an existing store; a wrong passphrase is WrongPassphraseException.
+    pub fn open(dir: &Path, secret: &RootSecret) -> Result<KeyStore> {
+        let meta = read_meta(dir)?;
+        if meta.root != secret.kind() {
+            return Err(KmsError::new(
+                ErrorKind::WrongPassphrase,
+                match meta.root {
+                    RootKind::Passphrase => "this key store is unlocked by a passphrase, not a root key file",
+                    RootKind::KeyFile => "this key store is unlocked by a root key file, not a passphrase",
+                },
+            ));
+        }
+        let root = rootkey::derive_root_key(secret, &meta.salt, &meta.kdf.unwrap_or_default())?;
+        let keys = StoreKeys::derive(&root, meta.store_id.as_bytes());
+        keys.check_verifier(&meta.verifier)?;
+        Ok(KeyStore {
+            dir: dir.to_path_buf(),
+            meta,
+            keys,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn meta(&self) -> &StoreMeta {
+        &self.meta
+    }
+
+    pub fn audit_key(&self) -> &SecretKey {
+        &self.keys.audit
+    }
+
+    /// Takes the store's exclusive lock, waiting for other processes to release it.
+    pub fn lock(&self) -> Result<StoreLock> {
+        let path = self.dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(atomic::FILE_MODE)
+            .open(&path)
+            .map_err(|e| KmsError::io(path.display(), e))?;
+        loop {
+            // SAFETY: flock on a file descriptor we own for the duration of the call.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(StoreLock { _file: file });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(KmsError::io(path.display(), err));
+            }
+        }
+    }
+
+    fn db_aad(&self, header: &[u8]) -> Vec<u8> {
+        let mut aad = header.to_vec();
+        aad.extend_from_slice(self.meta.store_id.as_bytes());
+        aad
+    }
+
+    /// Reads and authenticates keys.db. Requires the lock, so a read never sees a half-done change.
+    pub fn load(&self, _lock: &StoreLock) -> Result<KeyDb> {
+        let path = self.dir.join(DB_FILE);
+        let data = std::fs::read(&path).map_err(|e| KmsError::io(path.display(), e))?;
+        let damaged = |why: &str| {
+            KmsError::keystore(format!("{} is damaged or was modified: {why}", path.display()))
+        };
+        if data.len() < DB_HEADER_LEN + cryptocore::SEAL_OVERHEAD {
+            return Err(damaged("too short"));
+        }
+        let (header, sealed) = data.split_at(DB_HEADER_LEN);
+        if &header[..8] != DB_MAGIC {
+            return Err(damaged("bad magic"));
+        }
+        let version = u16::from_be_bytes([header[8], header[9]]);
+        if version != DB_VERSION {
+            return Err(KmsError::keystore(format!(
+                "{}: key database version {version} is not supported",
+                path.display()
+            )));
+        }
+        let mut gen_bytes = [0u8; 8];
+        gen_bytes.copy_from_slice(&header[10..18]);
+        let plain = cryptocore::open(&self.keys.db, &self.db_aad(header), sealed)
+            .map_err(|_| damaged("authentication failed"))?;
+        let mut db: KeyDb = serde_json::from_slice(&plain)
+            .map_err(|e| damaged(&format!("bad content: {e}")))?;
+        db.generation = u64::from_be_bytes(gen_bytes);
+        Ok(db)
+    }
+
+    /// Seals and atomically replaces keys.db.
+    pub fn save(&self, _lock: &StoreLock, db: &KeyDb) -> Result<()> {
+        let mut header = Vec::with_capacity(DB_HEADER_LEN);
+        header.extend_from_slice(DB_MAGIC);
+        header.extend_from_slice(&DB_VERSION.to_be_bytes());
+        header.extend_from_slice(&(db.generation + 1).to_be_bytes());
+        let plain = Zeroizing::new(
+            serde_json::to_vec(db)
+                .map_err(|e| KmsError::internal(format!("encoding key database: {e}")))?,
+        );
+        let sealed = cryptocore::seal(&self.keys.db, &self.db_aad(&header), &plain)
+            .map_err(|_| KmsError::internal("the system random source failed"))?;
+        header.extend_from_slice(&sealed);
+        let path = self.dir.join(DB_FILE);
+        atomic::write_atomic(&path, &header).map_err(|e| KmsError::io(path.display(), e))
+    }
+
+    fn material_aad(key_id: &Uuid, version: u32) -> Vec<u8> {
+        let mut aad = b"kmsfs key material v1".to_vec();
+        aad.extend_from_slice(key_id.as_bytes());
+        aad.extend_from_slice(&version.to_be_bytes());
+        aad
+    }
+
+    /// Seals one version of key material, bound to its key id and version number.
+    pub fn seal_material(&self, key_id: &Uuid, version: u32, material: &SecretKey) -> Result<Vec<u8>> {
+        cryptocore::seal(
+            &self.keys.material,
+            &Self::material_aad(key_id, version),
+            material.as_ref(),
+        )
+        .map_err(|_| KmsError::internal("the system random source failed"))
+    }
+
+    pub fn unseal_material(&self, key_id: &Uuid, version: u32, sealed: &[u8]) -> Result<SecretKey> {
+        let plain = cryptocore::open(
+            &self.keys.material,
+            &Self::material_aad(key_id, version),
+            sealed,
+        )
+        .map_err(|_| {
+            KmsError::keystore(format!(
+                "sealed material of key {key_id} version {version} failed authentication"
+            ))
+        })?;
+        let mut key = Zeroizing::new([0u8; cryptocore::KEY_LEN]);
+        if plain.len() != key.len() {
+            return Err(KmsError::keystore(format!(
+                "key {key_id} version {version}: material has the wrong length"
+            )));
+        }
+        key.copy_from_slice(&plain);
+        Ok(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rootkey::MIN_MEMORY_KIB;
+
+    fn fast() -> KdfParams {
+        KdfParams {
+            memory_kib: MIN_MEMORY_KIB,
+            iterations: 1,
+            parallelism: 1,
+        }
+    }
+
+    fn pw(s: &str) -> RootSecret {
+        RootSecret::passphrase(s.as_bytes().to_vec()).unwrap()
+    }
+
+    #[test]
+    fn init_open_and_wrong_passphrase() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("ks");
+        KeyStore::init(&dir, &pw("right"), fast(), Utc::now()).unwrap();
+        assert!(KeyStore::open(&dir, &pw("right")).is_ok());
+        let e = KeyStore::open(&dir, &pw("wrong")).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::WrongPassphrase);
+        let e = KeyStore::init(&dir, &pw("right"), fast(), Utc::now()).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::AlreadyExists);
+    }
+
+    #[test]
+    fn db_round_trip_and_tamper_detection() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = KeyStore::init(d.path(), &pw("p"), fast(), Utc::now()).unwrap();
+        let lock = ks.lock().unwrap();
+        let mut db = ks.load(&lock).unwrap();
+        db.aliases.insert("alias/x".into(), Uuid::nil());
+        ks.save(&lock, &db).unwrap();
+        let back = ks.load(&lock).unwrap();
+        assert_eq!(back.aliases.len(), 1);
+        assert_eq!(back.generation, db.generation + 1);
+        let path = d.path().join(DB_FILE);
+        let good = std::fs::read(&path).unwrap();
+        for i in [0, 9, 12, DB_HEADER_LEN + 3, good.len() - 1] {
+            let mut bad = good.clone();
+            bad[i] ^= 0x40;
+            std::fs::write(&path, &bad).unwrap();
+            assert_eq!(ks.load(&lock).unwrap_err().kind, ErrorKind::KeyStore, "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn material_is_bound_to_key_and_version() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = KeyStore::init(d.path(), &pw("p"), fast(), Utc::now()).unwrap();
+        let m = cryptocore::random_key().unwrap();
+        let id = Uuid::new_v4();
+        let s = ks.seal_material(&id, 1, &m).unwrap();
+        assert_eq!(*ks.unseal_material(&id, 1, &s).unwrap(), *m);
+        assert!(ks.unseal_material(&id, 2, &s).is_err());
+        assert!(ks.unseal_material(&Uuid::new_v4(), 1, &s).is_err());
+    }
+}

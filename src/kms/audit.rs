@@ -1,0 +1,371 @@
+//! The audit log: one JSON record per line, each carrying an HMAC over its content and the previous
+//! record's MAC. Only a holder of the root key can extend the chain, so an edited, removed, inserted
+//! or reordered line breaks it; audit.head holds the newest MAC, so cutting the tail is noticed too.
+
+use crate::cryptocore;
+use crate::error::{ErrorKind, KmsError, Result};
+use crate::keystore::atomic;
+use crate::kms::context::EncryptionContext;
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+const RECORD_LABEL: &[u8] = b"kmsfs audit record v1";
+const HEAD_LABEL: &[u8] = b"kmsfs audit head v1";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditCaller {
+    pub uid: u32,
+    pub user: Option<String>,
+    pub pid: u32,
+}
+
+/// One audit record. Never holds plaintext or key material. Unknown fields are refused so that a
+/// renamed field cannot hide from the MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditRecord {
+    pub seq: u64,
+    pub time: String,
+    pub request_id: String,
+    pub operation: String,
+    pub caller: AuditCaller,
+    pub key_id: Option<String>,
+    pub key_version: Option<u32>,
+    pub context: EncryptionContext,
+    /// "Success", or the error's exception name.
+    pub result: String,
+    pub message: Option<String>,
+    pub prev: String,
+    pub mac: String,
+}
+
+/// What an operation reports; the log adds sequence number and chain fields.
+#[derive(Debug, Clone)]
+pub struct AuditEvent {
+    pub time: String,
+    pub request_id: String,
+    pub operation: String,
+    pub caller: AuditCaller,
+    pub key_id: Option<String>,
+    pub key_version: Option<u32>,
+    pub context: EncryptionContext,
+    pub result: String,
+    pub message: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Head {
+    seq: u64,
+    mac: String,
+    /// Length of audit.log after the record `seq`.
+    len: u64,
+    head_mac: String,
+}
+
+/// The MAC input is the record's canonical JSON with `mac` removed (serde_json sorts keys).
+fn record_mac(key: &[u8], rec: &AuditRecord) -> Result<String> {
+    let mut v = serde_json::to_value(rec)
+        .map_err(|e| KmsError::internal(format!("encoding audit record: {e}")))?;
+    if let Some(o) = v.as_object_mut() {
+        o.remove("mac");
+    }
+    let canonical = serde_json::to_vec(&v)
+        .map_err(|e| KmsError::internal(format!("encoding audit record: {e}")))?;
+    Ok(hex::encode(cryptocore::hmac_sha256(
+        key,
+        &[RECORD_LABEL, &canonical],
+    )))
+}
+
+fn head_mac(key: &[u8], seq: u64, mac: &str, len: u64) -> String {
+    hex::encode(cryptocore::hmac_sha256(
+        key,
+        &[HEAD_LABEL, &seq.to_be_bytes(), mac.as_bytes(), &len.to_be_bytes()],
+    ))
+}
+
+pub struct AuditLog<'k> {
+    log: PathBuf,
+    head: PathBuf,
+    key: &'k [u8],
+}
+
+/// The outcome of a full verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+}
+
+impl<'k> AuditLog<'k> {
+    pub fn new(dir: &Path, key: &'k [u8]) -> Self {
+        AuditLog {
+            log: dir.join(crate::keystore::AUDIT_FILE),
+            head: dir.join(crate::keystore::AUDIT_HEAD_FILE),
+            key,
+        }
+    }
+
+    fn read_head(&self) -> Option<Head> {
+        let text = std::fs::read_to_string(&self.head).ok()?;
+        let h: Head = serde_json::from_str(&text).ok()?;
+        let want = head_mac(self.key, h.seq, &h.mac, h.len);
+        if cryptocore::ct_eq(want.as_bytes(), h.head_mac.as_bytes()) {
+            Some(h)
+        } else {
+            None
+        }
+    }
+
+    /// (last seq, last mac) from the log itself, for when audit.head is stale after a crash.
+    fn tail_of_log(&self) -> Result<(u64, String)> {
+        let mut last = (0u64, GENESIS.to_string());
+        let f = match std::fs::File::open(&self.log) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(last),
+            Err(e) => return Err(KmsError::io(self.log.display(), e)),
+        };
+        for line in BufReader::new(f).lines() {
+            let line = line.map_err(|e| KmsError::io(self.log.display(), e))?;
+            if let Ok(r) = serde_json::from_str::<AuditRecord>(&line) {
+                last = (r.seq, r.mac);
+            }
+        }
+        Ok(last)
+    }
+
+    /// Appends events in order. Call with the key store lock held, which orders the chain.
+    pub fn append(&self, events: &[AuditEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut file = atomic::open_append(&self.log).map_err(|e| KmsError::io(self.log.display(), e))?;
+        let len = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| KmsError::io(self.log.display(), e))?;
+        let (mut seq, mut prev) = match self.read_head() {
+            Some(h) if h.len == len => (h.seq, h.mac),
+            _ => self.tail_of_log()?,
+        };
+        let mut out = Vec::new();
+        for ev in events {
+            seq += 1;
+            let mut rec = AuditRecord {
+                seq,
+                time: ev.time.clone(),
+                request_id: ev.request_id.clone(),
+                operation: ev.operation.clone(),
+                caller: ev.caller.clone(),
+                key_id: ev.key_id.clone(),
+                key_version: ev.key_version,
+                context: ev.context.clone(),
+                result: ev.result.clone(),
+                message: ev.message.clone(),
+                prev: prev.clone(),
+                mac: String::new(),
+            };
+            rec.mac = record_mac(self.key, &rec)?;
+            prev = rec.mac.clone();
+            serde_json::to_writer(&mut out, &rec)
+                .map_err(|e| KmsError::internal(format!("encoding audit record: {e}")))?;
+            out.push(b'\n');
+        }
+        file.write_all(&out)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| KmsError::io(self.log.display(), e))?;
+        let new_len = len + out.len() as u64;
+        let head = Head {
+            seq,
+            head_mac: head_mac(self.key, seq, &prev, new_len),
+            mac: prev,
+            len: new_len,
+        };
+        let json = serde_json::to_vec(&head)
+            .map_err(|e| KmsError::internal(format!("encoding audit head: {e}")))?;
+        atomic::write_atomic(&self.head, &json).map_err(|e| KmsError::io(self.head.display(), e))
+    }
+
+    /// Reads every record, verifying the chain as it goes.
+    pub fn read_verified(&self) -> Result<(Vec<AuditRecord>, Verified)> {
+        let mut data = String::new();
+        match std::fs::File::open(&self.log) {
+            Ok(mut f) => {
+                f.read_to_string(&mut data)
+                    .map_err(|e| KmsError::io(self.log.display(), e))?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(KmsError::io(self.log.display(), e)),
+        }
+        let (records, head_at) = verify_lines(self.key, &data)?;
+        let bad = |m: String| KmsError::new(ErrorKind::AuditInvalid, m);
+        let head = self.read_head();
+        match (head, records.last()) {
+            (None, None) if !self.head.exists() => {}
+            (None, _) => {
+                return Err(bad("audit.head is missing or was modified".to_string()));
+            }
+            (Some(h), _) => match head_at.iter().find(|(s, _, _)| *s == h.seq) {
+                // Records after the head are allowed: a crash may land between log and head.
+                Some((_, mac, end)) if *mac == h.mac && *end == h.len => {}
+                _ => {
+                    return Err(bad(format!(
+                        "the log ends before record {} named by audit.head: records were removed from the end",
+                        h.seq
+                    )));
+                }
+            },
+        }
+        let n = records.len() as u64;
+        Ok((records, Verified { records: n }))
+    }
+}
+
+type HeadPoint = (u64, String, u64);
+
+/// Verifies a whole log's text. Returns the records and, per record, (seq, mac, byte offset after it).
+/// The error names the first bad line (1-based).
+pub fn verify_lines(key: &[u8], data: &str) -> Result<(Vec<AuditRecord>, Vec<HeadPoint>)> {
+    let mut prev = GENESIS.to_string();
+    let mut records = Vec::new();
+    let mut points = Vec::new();
+    let mut offset = 0u64;
+    for (i, line) in data.split_inclusive('\n').enumerate() {
+        let n = i + 1;
+        offset += line.len() as u64;
+        let bad = |why: &str| KmsError::new(ErrorKind::AuditInvalid, format!("line {n}: {why}"));
+        let text = line
+            .strip_suffix('\n')
+            .ok_or_else(|| bad("unterminated record (the log was cut mid-line)"))?;
+        let rec: AuditRecord =
+            serde_json::from_str(text).map_err(|e| bad(&format!("not an audit record: {e}")))?;
+        let want_seq = records.len() as u64 + 1;
+        if rec.seq != want_seq {
+            return Err(bad(&format!(
+                "sequence {} where {want_seq} was expected: a record was removed, inserted or moved",
+                rec.seq
+            )));
+        }
+        if rec.prev != prev {
+            return Err(bad("does not follow the previous record: the chain is broken"));
+        }
+        let want = record_mac(key, &rec)?;
+        if !cryptocore::ct_eq(want.as_bytes(), rec.mac.as_bytes()) {
+            return Err(bad("MAC mismatch: the record was modified"));
+        }
+        prev = rec.mac.clone();
+        points.push((rec.seq, rec.mac.clone(), offset));
+        records.push(rec);
+    }
+    Ok((records, points))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ev(op: &str) -> AuditEvent {
+        AuditEvent {
+            time: "2026-01-01T00:00:00.000Z".into(),
+            request_id: "r".into(),
+            operation: op.into(),
+            caller: AuditCaller {
+                uid: 0,
+                user: None,
+                pid: 1,
+            },
+            key_id: Some("k".into()),
+            key_version: Some(1),
+            context: EncryptionContext::default(),
+            result: "Success".into(),
+            message: None,
+        }
+    }
+
+    fn log_with(n: usize) -> (tempfile::TempDir, String) {
+        let d = tempfile::tempdir().unwrap();
+        let log = AuditLog::new(d.path(), b"key");
+        for i in 0..n {
+            log.append(&[ev(&format!("Op{i}"))]).unwrap();
+        }
+        let text = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
+        (d, text)
+    }
+
+    fn first_bad_line(e: KmsError) -> usize {
+        let m = e.message;
+        m.strip_prefix("line ")
+            .and_then(|r| r.split(':').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn intact_log_verifies() {
+        let (d, _) = log_with(5);
+        let log = AuditLog::new(d.path(), b"key");
+        let (recs, v) = log.read_verified().unwrap();
+        assert_eq!(v.records, 5);
+        assert_eq!(recs[4].operation, "Op4");
+        assert!(AuditLog::new(d.path(), b"other").read_verified().is_err());
+    }
+
+    #[test]
+    fn detects_edit_removal_insertion_reorder_and_truncation() {
+        let (d, text) = log_with(5);
+        let lines: Vec<&str> = text.lines().collect();
+        let join = |v: Vec<&str>| v.iter().map(|l| format!("{l}\n")).collect::<String>();
+
+        let edited = text.replacen("Op2", "Op9", 1);
+        assert_eq!(first_bad_line(verify_lines(b"key", &edited).unwrap_err()), 3);
+
+        let mut removed = lines.clone();
+        removed.remove(1);
+        assert_eq!(first_bad_line(verify_lines(b"key", &join(removed)).unwrap_err()), 2);
+
+        let mut inserted = lines.clone();
+        inserted.insert(2, lines[1]);
+        assert_eq!(first_bad_line(verify_lines(b"key", &join(inserted)).unwrap_err()), 3);
+
+        let mut swapped = lines.clone();
+        swapped.swap(2, 3);
+        assert_eq!(first_bad_line(verify_lines(b"key", &join(swapped)).unwrap_err()), 3);
+
+        // Dropping the last line keeps the chain intact; only audit.head notices.
+        std::fs::write(d.path().join("audit.log"), join(lines[..4].to_vec())).unwrap();
+        let e = AuditLog::new(d.path(), b"key").read_verified().unwrap_err();
+        assert!(e.message.contains("removed from the end"), "{}", e.message);
+    }
+
+    #[test]
+    fn append_recovers_after_stale_head() {
+        let (d, _) = log_with(2);
+        let head = std::fs::read(d.path().join("audit.head")).unwrap();
+        let log = AuditLog::new(d.path(), b"key");
+        log.append(&[ev("Op2")]).unwrap();
+        // Simulate a crash between the log append and the head update.
+        std::fs::write(d.path().join("audit.head"), head).unwrap();
+        log.read_verified().unwrap();
+        log.append(&[ev("Op3")]).unwrap();
+        let (recs, _) = log.read_verified().unwrap();
+        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Any single changed byte in any line is caught, and at that line or earlier.
+        #[test]
+        fn any_byte_change_is_caught(pos in any::<prop::sample::Index>(), b in any::<u8>()) {
+            let (_d, text) = log_with(4);
+            let mut bytes = text.into_bytes();
+            let i = pos.index(bytes.len());
+            prop_assume!(bytes[i] != b);
+            bytes[i] = b;
+            if let Ok(s) = String::from_utf8(bytes) {
+                prop_assert!(verify_lines(b"key", &s).is_err());
+            }
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The local key management service.
+
+pub mod audit;
+pub mod blob;
+pub mod caller;
+pub mod context;
+pub mod key;
+pub mod policy;
+pub mod service;
+pub mod types;
+
+pub use caller::Caller;
+pub use context::EncryptionContext;
+pub use service::{Kms, KeyRef};

@@ -1,0 +1,902 @@
+//! The local KMS: every operation runs as one transaction on the key store (lock, load, act, save,
+//! audit), checks the caller against the key's policy, and honours the key's state.
+
+use crate::clock::{Clock, format_time};
+use crate::cryptocore::{self, SecretKey};
+use crate::error::{ErrorKind, KmsError, Result};
+use crate::keystore::{KeyDb, KeyStore};
+use crate::kms::audit::{AuditCaller, AuditEvent, AuditLog, AuditRecord};
+use crate::kms::blob::{self, BlobHeader};
+use crate::kms::caller::Caller;
+use crate::kms::context::EncryptionContext;
+use crate::kms::key::{
+    DEFAULT_ROTATION_DAYS, KeyRecord, KeyState, Origin, VersionSource, key_arn,
+};
+use crate::kms::policy::{self, Decision, Request};
+use crate::kms::types::*;
+use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// The most plaintext one Encrypt call takes, as AWS.
+pub const MAX_PLAINTEXT: usize = 4096;
+/// The most bytes GenerateDataKey and GenerateRandom return, as AWS.
+pub const MAX_DATA_KEY_BYTES: usize = 1024;
+const MAX_DESCRIPTION: usize = 8192;
+const MAX_ALIAS: usize = 256;
+const MAX_TAG_KEY: usize = 128;
+const MAX_TAG_VALUE: usize = 256;
+
+pub struct Kms {
+    store: KeyStore,
+    clock: Clock,
+}
+
+/// How a key is named: its id, its ARN, or an alias (with or without the `kmsfs:` prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    Id(Uuid),
+    Alias(String),
+}
+
+impl KeyRef {
+    pub fn parse(s: &str) -> Result<KeyRef> {
+        let s = s.trim();
+        if let Some(rest) = s.strip_prefix("kmsfs:key/") {
+            return Uuid::parse_str(rest)
+                .map(KeyRef::Id)
+                .map_err(|_| KmsError::not_found(format!("{s:?} is not a key ARN")));
+        }
+        let alias = s.strip_prefix("kmsfs:").unwrap_or(s);
+        if alias.starts_with("alias/") {
+            return Ok(KeyRef::Alias(alias.to_string()));
+        }
+        Uuid::parse_str(s).map(KeyRef::Id).map_err(|_| {
+            KmsError::not_found(format!(
+                "{s:?} names no key: use a key id, kmsfs:key/<id> or alias/NAME"
+            ))
+        })
+    }
+}
+
+/// Normalizes an alias to `alias/NAME` and checks AWS's alias rules.
+pub fn normalize_alias(name: &str) -> Result<String> {
+    let full = if name.starts_with("alias/") {
+        name.to_string()
+    } else {
+        format!("alias/{name}")
+    };
+    let rest = &full["alias/".len()..];
+    if rest.is_empty()
+        || full.len() > MAX_ALIAS
+        || !rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-'))
+    {
+        return Err(KmsError::validation(format!(
+            "alias {name:?}: 1 to 250 characters of A-Z a-z 0-9 / _ -"
+        )));
+    }
+    if rest.starts_with("aws/") {
+        return Err(KmsError::validation("aliases under alias/aws/ are reserved"));
+    }
+    Ok(full)
+}
+
+fn validate_tags(tags: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in tags {
+        if k.is_empty() || k.len() > MAX_TAG_KEY || v.len() > MAX_TAG_VALUE {
+            return Err(KmsError::validation(format!(
+                "tag {k:?}: keys are 1 to {MAX_TAG_KEY} bytes, values at most {MAX_TAG_VALUE}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The AES-256-GCM key one CMK version uses for ciphertext blobs.
+fn blob_key(material: &SecretKey, key_id: &Uuid) -> SecretKey {
+    cryptocore::derive_key(material.as_ref(), key_id.as_bytes(), b"kmsfs/cmk/v1/blob")
+}
+
+/// What the audit record of the running operation will say about its key.
+#[derive(Default)]
+struct Draft {
+    key_id: Option<Uuid>,
+    key_version: Option<u32>,
+    context: EncryptionContext,
+    message: Option<String>,
+}
+
+/// One operation's view of the key database, under the store lock.
+struct Txn<'a> {
+    store: &'a KeyStore,
+    caller: &'a Caller,
+    db: KeyDb,
+    now: DateTime<Utc>,
+    dirty: bool,
+    /// Audit events of side effects (scheduled deletions, automatic rotations).
+    events: Vec<AuditEvent>,
+    request_id: String,
+}
+
+impl Txn<'_> {
+    fn event(&self, operation: &str, key: Option<Uuid>, version: Option<u32>, result: &Result<()>) -> AuditEvent {
+        AuditEvent {
+            time: format_time(&self.now),
+            request_id: self.request_id.clone(),
+            operation: operation.to_string(),
+            caller: AuditCaller {
+                uid: self.caller.uid,
+                user: self.caller.user.clone(),
+                pid: self.caller.pid,
+            },
+            key_id: key.map(|k| k.to_string()),
+            key_version: version,
+            context: EncryptionContext::default(),
+            result: match result {
+                Ok(()) => "Success".to_string(),
+                Err(e) => e.kind.name().to_string(),
+            },
+            message: result.as_ref().err().map(|e| e.message.clone()),
+        }
+    }
+
+    /// Destroys the material of keys whose deletion date has passed.
+    fn sweep_deletions(&mut self) {
+        let due: Vec<Uuid> = self
+            .db
+            .keys
+            .values()
+            .filter(|k| k.deletion_due(self.now))
+            .map(|k| k.id)
+            .collect();
+        for id in due {
+            self.db.keys.remove(&id);
+            self.db.aliases.retain(|_, k| *k != id);
+            self.db.deleted.insert(id, self.now);
+            self.dirty = true;
+            let ev = self.event("DeleteKey", Some(id), None, &Ok(()));
+            self.events.push(AuditEvent {
+                message: Some("scheduled deletion: key material destroyed".into()),
+                ..ev
+            });
+        }
+    }
+
+    fn lookup(&self, r: &KeyRef) -> Result<Uuid> {
+        let id = match r {
+            KeyRef::Id(id) => *id,
+            KeyRef::Alias(a) => *self
+                .db
+                .aliases
+                .get(a)
+                .ok_or_else(|| KmsError::not_found(format!("alias {a} does not exist")))?,
+        };
+        if self.db.keys.contains_key(&id) {
+            return Ok(id);
+        }
+        Err(match self.db.deleted.get(&id) {
+            Some(when) => KmsError::not_found(format!(
+                "key {id} was deleted on {}; its key material is destroyed",
+                format_time(when)
+            )),
+            None => KmsError::not_found(format!("key {id} does not exist")),
+        })
+    }
+
+    /// Resolves a key name, notes it for the audit record, and applies a due automatic rotation.
+    fn resolve(&mut self, name: &str, draft: &mut Draft) -> Result<Uuid> {
+        let id = self.lookup(&KeyRef::parse(name)?)?;
+        draft.key_id = Some(id);
+        self.touch(id)?;
+        Ok(id)
+    }
+
+    fn touch(&mut self, id: Uuid) -> Result<()> {
+        if self.key(id)?.rotation_due(self.now) {
+            let r = self.add_material(id, VersionSource::AutomaticRotation);
+            let version = r.as_ref().ok().copied();
+            let ev = self.event("RotateKey", Some(id), version, &r.map(|_| ()));
+            self.events.push(AuditEvent {
+                message: Some("automatic rotation".into()),
+                ..ev
+            });
+        }
+        Ok(())
+    }
+
+    fn key(&self, id: Uuid) -> Result<&KeyRecord> {
+        self.db
+            .keys
+            .get(&id)
+            .ok_or_else(|| KmsError::not_found(format!("key {id} does not exist")))
+    }
+
+    fn key_mut(&mut self, id: Uuid) -> Result<&mut KeyRecord> {
+        self.dirty = true;
+        self.db
+            .keys
+            .get_mut(&id)
+            .ok_or_else(|| KmsError::not_found(format!("key {id} does not exist")))
+    }
+
+    fn decide(&self, id: Uuid, caller: &Caller, action: &str, ctx: &EncryptionContext) -> Result<Decision> {
+        let k = self.key(id)?;
+        // A stored policy was validated when put; if it no longer parses, nothing is allowed.
+        let Ok(p) = policy::parse(&k.policy) else {
+            return Ok(Decision::ImplicitDeny);
+        };
+        Ok(policy::evaluate(
+            &p,
+            &Request {
+                caller,
+                action,
+                resource: &k.arn(),
+                context: ctx,
+            },
+        ))
+    }
+
+    fn authorize(&self, id: Uuid, action: &str, ctx: &EncryptionContext) -> Result<()> {
+        let why = match self.decide(id, self.caller, action, ctx)? {
+            Decision::Allow { .. } => return Ok(()),
+            Decision::ExplicitDeny { statement } => format!("denied by statement {statement:?}"),
+            Decision::ImplicitDeny => "no policy statement allows it".to_string(),
+        };
+        let who = match &self.caller.user {
+            Some(u) => format!("uid {} ({u})", self.caller.uid),
+            None => format!("uid {}", self.caller.uid),
+        };
+        Err(KmsError::new(
+            ErrorKind::AccessDenied,
+            format!("{who} may not {action} on key {id}: {why}"),
+        ))
+    }
+
+    /// Generates and seals new material as the key's next version.
+    fn add_material(&mut self, id: Uuid, source: VersionSource) -> Result<u32> {
+        let material =
+            cryptocore::random_key().map_err(|_| KmsError::internal("the system random source failed"))?;
+        self.add_sealed(id, source, &material)
+    }
+
+    fn add_sealed(&mut self, id: Uuid, source: VersionSource, material: &SecretKey) -> Result<u32> {
+        let number = self.key(id)?.next_version_number();
+        let sealed = self.store.seal_material(&id, number, material)?;
+        let now = self.now;
+        Ok(self.key_mut(id)?.add_version(source, sealed, now))
+    }
+
+    fn material(&self, id: Uuid, version: u32) -> Result<SecretKey> {
+        let v = self.key(id)?.version(version).ok_or_else(|| {
+            KmsError::invalid_ciphertext(format!("key {id} has no version {version}"))
+        })?;
+        self.store.unseal_material(&id, version, &v.sealed_material)
+    }
+
+    fn aliases_of(&self, id: Uuid) -> Vec<String> {
+        self.db
+            .aliases
+            .iter()
+            .filter(|(_, k)| **k == id)
+            .map(|(a, _)| a.clone())
+            .collect()
+    }
+
+    fn metadata(&self, id: Uuid) -> Result<KeyMetadata> {
+        Ok(KeyMetadata::from_record(self.key(id)?, self.aliases_of(id)))
+    }
+
+    /// Encrypts under the key's current version; the key must be Enabled.
+    fn seal_blob(&self, id: Uuid, plaintext: &[u8], ctx: &EncryptionContext, draft: &mut Draft) -> Result<Wrapped> {
+        let k = self.key(id)?;
+        k.check_usable()?;
+        let version = k
+            .current_version()
+            .map(|v| v.number)
+            .ok_or_else(|| KmsError::invalid_state(format!("key {id} has no key material")))?;
+        draft.key_version = Some(version);
+        let material = self.material(id, version)?;
+        let header = BlobHeader {
+            key_id: id,
+            key_version: version,
+        };
+        let sealed = cryptocore::seal(&blob_key(&material, &id), &header.aad(&ctx.canonical()), plaintext)
+            .map_err(|_| KmsError::internal("the system random source failed"))?;
+        Ok(Wrapped {
+            blob: blob::assemble(&header, &sealed),
+            key_id: id,
+            key_version: version,
+        })
+    }
+
+    /// Authenticates and decrypts a blob, checking `action` on the key it names.
+    fn open_blob(
+        &mut self,
+        data: &[u8],
+        ctx: &EncryptionContext,
+        expected: Option<&str>,
+        action: &str,
+        draft: &mut Draft,
+    ) -> Result<Unwrapped> {
+        let (header, sealed) = blob::parse(data)?;
+        draft.key_id = Some(header.key_id);
+        draft.key_version = Some(header.key_version);
+        if let Some(name) = expected {
+            let want = self.lookup(&KeyRef::parse(name)?)?;
+            if want != header.key_id {
+                return Err(KmsError::new(
+                    ErrorKind::IncorrectKey,
+                    format!(
+                        "the ciphertext was made under key {}, not {name}",
+                        header.key_id
+                    ),
+                ));
+            }
+        }
+        let id = self.lookup(&KeyRef::Id(header.key_id))?;
+        self.touch(id)?;
+        self.authorize(id, action, ctx)?;
+        self.key(id)?.check_usable()?;
+        let material = self.material(id, header.key_version)?;
+        let plaintext = cryptocore::open(&blob_key(&material, &id), &header.aad(&ctx.canonical()), sealed)
+            .map_err(|_| {
+                KmsError::invalid_ciphertext(
+                    "the ciphertext failed authentication: wrong encryption context, or the blob was modified",
+                )
+            })?;
+        Ok(Unwrapped {
+            plaintext,
+            key_id: id,
+            key_version: header.key_version,
+        })
+    }
+}
+
+impl Kms {
+    pub fn new(store: KeyStore, clock: Clock) -> Kms {
+        Kms { store, clock }
+    }
+
+    pub fn store(&self) -> &KeyStore {
+        &self.store
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Runs one operation as a transaction and writes its audit record, whatever the outcome.
+    fn run<T>(
+        &self,
+        caller: &Caller,
+        operation: &str,
+        f: impl FnOnce(&mut Txn, &mut Draft) -> Result<T>,
+    ) -> Result<T> {
+        let lock = self.store.lock()?;
+        let db = self.store.load(&lock)?;
+        let mut txn = Txn {
+            store: &self.store,
+            caller,
+            db,
+            now: self.clock.now(),
+            dirty: false,
+            events: Vec::new(),
+            request_id: Uuid::new_v4().to_string(),
+        };
+        txn.sweep_deletions();
+        let mut draft = Draft::default();
+        let result = f(&mut txn, &mut draft);
+        // Operations validate before they mutate, so a failed one leaves only side effects to save.
+        if txn.dirty {
+            self.store.save(&lock, &txn.db)?;
+        }
+        let outcome = result.as_ref().map(|_| ()).map_err(Clone::clone);
+        let mut ev = txn.event(operation, draft.key_id, draft.key_version, &outcome);
+        ev.context = draft.context;
+        if outcome.is_ok() {
+            ev.message = draft.message;
+        }
+        let mut events = txn.events;
+        events.push(ev);
+        AuditLog::new(self.store.dir(), self.store.audit_key().as_ref()).append(&events)?;
+        result
+    }
+
+    pub fn create_key(&self, caller: &Caller, req: CreateKeyRequest) -> Result<KeyMetadata> {
+        self.run(caller, "CreateKey", |t, d| {
+            if req.description.len() > MAX_DESCRIPTION {
+                return Err(KmsError::validation(format!(
+                    "description is longer than {MAX_DESCRIPTION} bytes"
+                )));
+            }
+            validate_tags(&req.tags)?;
+            let alias = req.alias.as_deref().map(normalize_alias).transpose()?;
+            if let Some(a) = &alias {
+                if t.db.aliases.contains_key(a) {
+                    return Err(KmsError::new(
+                        ErrorKind::AlreadyExists,
+                        format!("alias {a} already exists"),
+                    ));
+                }
+            }
+            let id = Uuid::new_v4();
+            d.key_id = Some(id);
+            let policy_text = match &req.policy {
+                Some(p) => {
+                    let parsed = policy::parse(p)?;
+                    check_lockout(&parsed, t.caller, req.bypass_lockout_check, &key_arn(&id))?;
+                    p.clone()
+                }
+                None => policy::default_policy(t.caller.uid),
+            };
+            let origin = req.origin.unwrap_or(Origin::AwsKms);
+            t.db.keys.insert(
+                id,
+                KeyRecord {
+                    id,
+                    description: req.description.clone(),
+                    created: t.now,
+                    creator_uid: t.caller.uid,
+                    origin,
+                    state: match origin {
+                        Origin::AwsKms => KeyState::Enabled,
+                        Origin::External => KeyState::PendingImport,
+                    },
+                    deletion_date: None,
+                    versions: Vec::new(),
+                    rotation: None,
+                    policy: policy_text,
+                    tags: req.tags.clone(),
+                },
+            );
+            t.dirty = true;
+            if origin == Origin::AwsKms {
+                d.key_version = Some(t.add_material(id, VersionSource::Initial)?);
+            }
+            if let Some(a) = alias {
+                t.db.aliases.insert(a, id);
+            }
+            t.metadata(id)
+        })
+    }
+
+    pub fn describe_key(&self, caller: &Caller, key: &str) -> Result<KeyMetadata> {
+        self.run(caller, "DescribeKey", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:DescribeKey", &EncryptionContext::default())?;
+            t.metadata(id)
+        })
+    }
+
+    pub fn list_keys(&self, caller: &Caller) -> Result<Vec<KeyListEntry>> {
+        self.run(caller, "ListKeys", |t, _| {
+            Ok(t.db
+                .keys
+                .values()
+                .map(|k| KeyListEntry {
+                    key_id: k.id.to_string(),
+                    key_arn: k.arn(),
+                    key_state: k.state.as_str(),
+                    aliases: t.aliases_of(k.id),
+                })
+                .collect())
+        })
+    }
+
+    pub fn list_aliases(&self, caller: &Caller, key: Option<&str>) -> Result<Vec<AliasEntry>> {
+        self.run(caller, "ListAliases", |t, d| {
+            let only = key.map(|k| t.resolve(k, d)).transpose()?;
+            Ok(t.db
+                .aliases
+                .iter()
+                .filter(|(_, id)| only.is_none_or(|o| o == **id))
+                .map(|(a, id)| AliasEntry {
+                    alias_name: a.clone(),
+                    alias_arn: format!("kmsfs:{a}"),
+                    target_key_id: id.to_string(),
+                })
+                .collect())
+        })
+    }
+
+    pub fn create_alias(&self, caller: &Caller, alias: &str, key: &str) -> Result<()> {
+        self.run(caller, "CreateAlias", |t, d| {
+            let alias = normalize_alias(alias)?;
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:CreateAlias", &EncryptionContext::default())?;
+            if t.key(id)?.state == KeyState::PendingDeletion {
+                return Err(KmsError::invalid_state(format!(
+                    "key {id} is pending deletion"
+                )));
+            }
+            if t.db.aliases.contains_key(&alias) {
+                return Err(KmsError::new(
+                    ErrorKind::AlreadyExists,
+                    format!("alias {alias} already exists"),
+                ));
+            }
+            d.message = Some(alias.clone());
+            t.db.aliases.insert(alias, id);
+            t.dirty = true;
+            Ok(())
+        })
+    }
+
+    pub fn delete_alias(&self, caller: &Caller, alias: &str) -> Result<()> {
+        self.run(caller, "DeleteAlias", |t, d| {
+            let alias = normalize_alias(alias)?;
+            let id = t.resolve(&alias, d)?;
+            t.authorize(id, "kms:DeleteAlias", &EncryptionContext::default())?;
+            d.message = Some(alias.clone());
+            t.db.aliases.remove(&alias);
+            t.dirty = true;
+            Ok(())
+        })
+    }
+
+    /// Shared shape of operations that check one action and then change the key record.
+    fn modify<T>(
+        &self,
+        caller: &Caller,
+        operation: &str,
+        key: &str,
+        f: impl FnOnce(&mut KeyRecord, DateTime<Utc>) -> Result<T>,
+    ) -> Result<T> {
+        self.run(caller, operation, |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, &format!("kms:{operation}"), &EncryptionContext::default())?;
+            let now = t.now;
+            let mut rec = t.key(id)?.clone();
+            let out = f(&mut rec, now)?;
+            *t.key_mut(id)? = rec;
+            Ok(out)
+        })
+    }
+
+    pub fn enable_key(&self, caller: &Caller, key: &str) -> Result<()> {
+        self.modify(caller, "EnableKey", key, |k, _| k.enable())
+    }
+
+    pub fn disable_key(&self, caller: &Caller, key: &str) -> Result<()> {
+        self.modify(caller, "DisableKey", key, |k, _| k.disable())
+    }
+
+    pub fn enable_key_rotation(&self, caller: &Caller, key: &str, period_days: Option<u32>) -> Result<()> {
+        self.modify(caller, "EnableKeyRotation", key, |k, now| {
+            k.enable_rotation(period_days.unwrap_or(DEFAULT_ROTATION_DAYS), now)
+        })
+    }
+
+    pub fn disable_key_rotation(&self, caller: &Caller, key: &str) -> Result<()> {
+        self.modify(caller, "DisableKeyRotation", key, |k, _| k.disable_rotation())
+    }
+
+    pub fn schedule_key_deletion(&self, caller: &Caller, key: &str, days: u32) -> Result<DeletionResult> {
+        self.modify(caller, "ScheduleKeyDeletion", key, |k, now| {
+            let when = k.schedule_deletion(days, now)?;
+            Ok(DeletionResult {
+                key_id: k.id.to_string(),
+                deletion_date: format_time(&when),
+                key_state: k.state.as_str(),
+                pending_window_in_days: days,
+            })
+        })
+    }
+
+    pub fn cancel_key_deletion(&self, caller: &Caller, key: &str) -> Result<()> {
+        self.modify(caller, "CancelKeyDeletion", key, |k, _| k.cancel_deletion())
+    }
+
+    pub fn rotate_key_on_demand(&self, caller: &Caller, key: &str) -> Result<u32> {
+        self.run(caller, "RotateKeyOnDemand", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:RotateKeyOnDemand", &EncryptionContext::default())?;
+            t.key(id)?.check_rotate()?;
+            let v = t.add_material(id, VersionSource::OnDemandRotation)?;
+            d.key_version = Some(v);
+            Ok(v)
+        })
+    }
+
+    pub fn get_key_rotation_status(&self, caller: &Caller, key: &str) -> Result<RotationStatus> {
+        self.run(caller, "GetKeyRotationStatus", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:GetKeyRotationStatus", &EncryptionContext::default())?;
+            let m = t.metadata(id)?;
+            Ok(RotationStatus {
+                key_id: m.key_id,
+                key_rotation_enabled: m.key_rotation_enabled,
+                rotation_period_in_days: m.rotation_period_in_days,
+                next_rotation_date: m.next_rotation_date,
+            })
+        })
+    }
+
+    pub fn list_key_rotations(&self, caller: &Caller, key: &str) -> Result<Vec<RotationEntry>> {
+        self.run(caller, "ListKeyRotations", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:ListKeyRotations", &EncryptionContext::default())?;
+            let k = t.key(id)?;
+            let current = k.current_version().map(|v| v.number);
+            Ok(k.versions
+                .iter()
+                .map(|v| RotationEntry {
+                    key_id: id.to_string(),
+                    key_version: v.number,
+                    created: format_time(&v.created),
+                    rotation_type: v.source.rotation_type().unwrap_or(match v.source {
+                        VersionSource::Imported => "IMPORTED",
+                        _ => "INITIAL",
+                    }),
+                    current: Some(v.number) == current,
+                })
+                .collect())
+        })
+    }
+
+    /// Imports 256-bit material into an EXTERNAL key. Importing the same material again is a no-op
+    /// (it re-enables a key that was waiting for it); different material is refused.
+    pub fn import_key_material(&self, caller: &Caller, key: &str, material: &[u8]) -> Result<()> {
+        self.run(caller, "ImportKeyMaterial", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:ImportKeyMaterial", &EncryptionContext::default())?;
+            if material.len() != cryptocore::KEY_LEN {
+                return Err(KmsError::validation(format!(
+                    "key material must be exactly 256 bits (32 bytes); got {} bytes",
+                    material.len()
+                )));
+            }
+            let k = t.key(id)?;
+            if k.origin != Origin::External {
+                return Err(KmsError::new(
+                    ErrorKind::UnsupportedOperation,
+                    format!("key {id} was not created with --origin external"),
+                ));
+            }
+            if k.state == KeyState::PendingDeletion {
+                return Err(KmsError::invalid_state(format!("key {id} is pending deletion")));
+            }
+            let mut m = Zeroizing::new([0u8; cryptocore::KEY_LEN]);
+            m.copy_from_slice(material);
+            if let Some(v) = k.current_version().map(|v| v.number) {
+                d.key_version = Some(v);
+                if !cryptocore::ct_eq(t.material(id, v)?.as_ref(), m.as_ref()) {
+                    return Err(KmsError::new(
+                        ErrorKind::IncorrectKeyMaterial,
+                        format!("key {id} already has different key material"),
+                    ));
+                }
+            } else {
+                d.key_version = Some(t.add_sealed(id, VersionSource::Imported, &m)?);
+            }
+            let k = t.key_mut(id)?;
+            if k.state == KeyState::PendingImport {
+                k.state = KeyState::Enabled;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn tag_resource(&self, caller: &Caller, key: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+        validate_tags(tags)?;
+        self.modify(caller, "TagResource", key, |k, _| {
+            k.tags.extend(tags.iter().map(|(a, b)| (a.clone(), b.clone())));
+            Ok(())
+        })
+    }
+
+    pub fn untag_resource(&self, caller: &Caller, key: &str, tag_keys: &[String]) -> Result<()> {
+        self.modify(caller, "UntagResource", key, |k, _| {
+            for t in tag_keys {
+                k.tags.remove(t);
+            }
+            Ok(())
+        })
+    }
+
+    pub fn list_resource_tags(&self, caller: &Caller, key: &str) -> Result<BTreeMap<String, String>> {
+        self.run(caller, "ListResourceTags", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:ListResourceTags", &EncryptionContext::default())?;
+            Ok(t.key(id)?.tags.clone())
+        })
+    }
+
+    pub fn get_key_policy(&self, caller: &Caller, key: &str) -> Result<String> {
+        self.run(caller, "GetKeyPolicy", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:GetKeyPolicy", &EncryptionContext::default())?;
+            Ok(t.key(id)?.policy.clone())
+        })
+    }
+
+    /// Replaces a key's policy. Refuses one that would stop the caller changing it again, unless
+    /// `bypass_lockout_check` (as AWS's BypassPolicyLockoutSafetyCheck).
+    pub fn put_key_policy(&self, caller: &Caller, key: &str, text: &str, bypass_lockout_check: bool) -> Result<()> {
+        self.run(caller, "PutKeyPolicy", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:PutKeyPolicy", &EncryptionContext::default())?;
+            let parsed = policy::parse(text)?;
+            check_lockout(&parsed, t.caller, bypass_lockout_check, &key_arn(&id))?;
+            t.key_mut(id)?.policy = text.to_string();
+            Ok(())
+        })
+    }
+
+    /// Says whether `principal` may do `action` on the key, and which statement decides it.
+    pub fn explain_policy(
+        &self,
+        caller: &Caller,
+        key: &str,
+        action: &str,
+        principal: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<Explanation> {
+        let subject = Caller::for_principal(principal)?;
+        self.run(caller, "GetKeyPolicy", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:GetKeyPolicy", &EncryptionContext::default())?;
+            let decision = t.decide(id, &subject, action, ctx)?;
+            Ok(Explanation::new(
+                id.to_string(),
+                action.to_string(),
+                principal.to_string(),
+                &decision,
+            ))
+        })
+    }
+
+    pub fn encrypt(&self, caller: &Caller, key: &str, plaintext: &[u8], ctx: &EncryptionContext) -> Result<Wrapped> {
+        self.run(caller, "Encrypt", |t, d| {
+            d.context = ctx.clone();
+            let id = t.resolve(key, d)?;
+            if plaintext.len() > MAX_PLAINTEXT {
+                return Err(KmsError::validation(format!(
+                    "plaintext is {} bytes; Encrypt takes at most {MAX_PLAINTEXT} (use generate-data-key for more)",
+                    plaintext.len()
+                )));
+            }
+            ctx.validate()?;
+            t.authorize(id, "kms:Encrypt", ctx)?;
+            t.seal_blob(id, plaintext, ctx, d)
+        })
+    }
+
+    /// Decrypts a blob; the blob names its key. With `expected`, a blob of another key is
+    /// IncorrectKeyException.
+    pub fn decrypt(
+        &self,
+        caller: &Caller,
+        data: &[u8],
+        ctx: &EncryptionContext,
+        expected: Option<&str>,
+    ) -> Result<Unwrapped> {
+        self.run(caller, "Decrypt", |t, d| {
+            d.context = ctx.clone();
+            t.open_blob(data, ctx, expected, "kms:Decrypt", d)
+        })
+    }
+
+    /// Decrypts under the source key and encrypts under `to` without the plaintext leaving here.
+    pub fn re_encrypt(
+        &self,
+        caller: &Caller,
+        data: &[u8],
+        source_ctx: &EncryptionContext,
+        to: &str,
+        dest_ctx: &EncryptionContext,
+    ) -> Result<Wrapped> {
+        self.run(caller, "ReEncrypt", |t, d| {
+            d.context = source_ctx.clone();
+            let inner = t.open_blob(data, source_ctx, None, "kms:ReEncryptFrom", d)?;
+            let mut dest_draft = Draft::default();
+            let dest = t.resolve(to, &mut dest_draft)?;
+            dest_ctx.validate()?;
+            t.authorize(dest, "kms:ReEncryptTo", dest_ctx)?;
+            let out = t.seal_blob(dest, &inner.plaintext, dest_ctx, &mut dest_draft)?;
+            d.message = Some(format!(
+                "re-encrypted to key {} version {}",
+                out.key_id, out.key_version
+            ));
+            Ok(out)
+        })
+    }
+
+    /// A fresh random data key of `bytes` bytes, encrypted under `key` (and returned in plaintext
+    /// unless `with_plaintext` is false).
+    pub fn generate_data_key(
+        &self,
+        caller: &Caller,
+        key: &str,
+        bytes: usize,
+        ctx: &EncryptionContext,
+        with_plaintext: bool,
+    ) -> Result<DataKey> {
+        let op = if with_plaintext {
+            "GenerateDataKey"
+        } else {
+            "GenerateDataKeyWithoutPlaintext"
+        };
+        self.run(caller, op, |t, d| {
+            d.context = ctx.clone();
+            let id = t.resolve(key, d)?;
+            if !(1..=MAX_DATA_KEY_BYTES).contains(&bytes) {
+                return Err(KmsError::validation(format!(
+                    "data keys are 1 to {MAX_DATA_KEY_BYTES} bytes; {bytes} was asked"
+                )));
+            }
+            ctx.validate()?;
+            t.authorize(id, &format!("kms:{op}"), ctx)?;
+            let mut plaintext = Zeroizing::new(vec![0u8; bytes]);
+            cryptocore::fill_random(&mut plaintext)
+                .map_err(|_| KmsError::internal("the system random source failed"))?;
+            let wrapped = t.seal_blob(id, &plaintext, ctx, d)?;
+            Ok(DataKey {
+                plaintext: with_plaintext.then_some(plaintext),
+                wrapped,
+            })
+        })
+    }
+
+    pub fn generate_random(&self, caller: &Caller, bytes: usize) -> Result<Zeroizing<Vec<u8>>> {
+        self.run(caller, "GenerateRandom", |_, _| {
+            if !(1..=MAX_DATA_KEY_BYTES).contains(&bytes) {
+                return Err(KmsError::validation(format!(
+                    "random output is 1 to {MAX_DATA_KEY_BYTES} bytes; {bytes} was asked"
+                )));
+            }
+            let mut out = Zeroizing::new(vec![0u8; bytes]);
+            cryptocore::fill_random(&mut out)
+                .map_err(|_| KmsError::internal("the system random source failed"))?;
+            Ok(out)
+        })
+    }
+
+    /// Verifies the audit chain and returns its records.
+    pub fn audit_records(&self) -> Result<Vec<AuditRecord>> {
+        let _lock = self.store.lock()?;
+        AuditLog::new(self.store.dir(), self.store.audit_key().as_ref())
+            .read_verified()
+            .map(|(r, _)| r)
+    }
+
+    /// Resolves a key name to its id without auditing (for filters such as `audit show --key`).
+    pub fn resolve_quiet(&self, key: &str) -> Result<Uuid> {
+        let lock = self.store.lock()?;
+        let db = self.store.load(&lock)?;
+        match KeyRef::parse(key)? {
+            KeyRef::Id(id) => Ok(id),
+            KeyRef::Alias(a) => db
+                .aliases
+                .get(&a)
+                .copied()
+                .ok_or_else(|| KmsError::not_found(format!("alias {a} does not exist"))),
+        }
+    }
+}
+
+fn check_lockout(p: &policy::Policy, caller: &Caller, bypass: bool, resource: &str) -> Result<()> {
+    if bypass {
+        return Ok(());
+    }
+    let d = policy::evaluate(
+        p,
+        &Request {
+            caller,
+            action: "kms:PutKeyPolicy",
+            resource,
+            context: &EncryptionContext::default(),
+        },
+    );
+    if d.allowed() {
+        return Ok(());
+    }
+    Err(KmsError::validation(format!(
+        "this policy would not let you (uid {}) change it again (kms:PutKeyPolicy): \
+         fix it, or pass --bypass-lockout-check if that is intended",
+        caller.uid
+    )))
+}

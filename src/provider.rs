@@ -1,0 +1,69 @@
+//! The seam between the filesystem and whatever holds its CMKs. The filesystem asks for data keys
+//! through `KeyProvider` only, so it never knows whether the KMS is this host's or a remote one.
+
+use crate::error::Result;
+use crate::kms::types::Wrapped;
+use crate::kms::{Caller, EncryptionContext, Kms};
+use zeroize::Zeroizing;
+
+/// A data key: the plaintext for immediate use (wiped on drop) and its wrapped form to store.
+pub struct ProvidedKey {
+    pub plaintext: Zeroizing<Vec<u8>>,
+    pub wrapped: Wrapped,
+}
+
+pub trait KeyProvider: Send + Sync {
+    /// A fresh 256-bit data key wrapped by the current version of `key`.
+    fn generate_data_key(&self, caller: &Caller, key: &str, ctx: &EncryptionContext) -> Result<ProvidedKey>;
+
+    /// Unwraps a data key; the blob names its key and version.
+    fn decrypt_data_key(&self, caller: &Caller, blob: &[u8], ctx: &EncryptionContext) -> Result<Zeroizing<Vec<u8>>>;
+
+    /// Re-wraps a data key under `to` (or the current version of its own key) without exposing it.
+    fn re_encrypt(&self, caller: &Caller, blob: &[u8], ctx: &EncryptionContext, to: Option<&str>) -> Result<Wrapped>;
+}
+
+/// The local KMS behind the seam.
+pub struct LocalProvider {
+    kms: Kms,
+}
+
+impl LocalProvider {
+    pub fn new(kms: Kms) -> Self {
+        LocalProvider { kms }
+    }
+
+    pub fn kms(&self) -> &Kms {
+        &self.kms
+    }
+}
+
+/// Data keys for file contents are AES-256 keys.
+pub const DATA_KEY_BYTES: usize = 32;
+
+impl KeyProvider for LocalProvider {
+    fn generate_data_key(&self, caller: &Caller, key: &str, ctx: &EncryptionContext) -> Result<ProvidedKey> {
+        let dk = self
+            .kms
+            .generate_data_key(caller, key, DATA_KEY_BYTES, ctx, true)?;
+        let plaintext = dk.plaintext.ok_or_else(|| {
+            crate::error::KmsError::internal("GenerateDataKey returned no plaintext")
+        })?;
+        Ok(ProvidedKey {
+            plaintext,
+            wrapped: dk.wrapped,
+        })
+    }
+
+    fn decrypt_data_key(&self, caller: &Caller, blob: &[u8], ctx: &EncryptionContext) -> Result<Zeroizing<Vec<u8>>> {
+        Ok(self.kms.decrypt(caller, blob, ctx, None)?.plaintext)
+    }
+
+    fn re_encrypt(&self, caller: &Caller, blob: &[u8], ctx: &EncryptionContext, to: Option<&str>) -> Result<Wrapped> {
+        let to = match to {
+            Some(t) => t.to_string(),
+            None => crate::kms::blob::parse(blob)?.0.key_id.to_string(),
+        };
+        self.kms.re_encrypt(caller, blob, ctx, &to, ctx)
+    }
+}
