@@ -16,9 +16,11 @@ impl Clock {
     /// The system clock, unless `KMSFS_NOW` is set; a malformed value is an error, never ignored.
     pub fn from_env() -> Result<Clock> {
         match std::env::var(NOW_ENV) {
-            Ok(v) if !v.trim().is_empty() => Ok(Clock::Fixed(parse_time(&v).map_err(|e| {
-                KmsError::validation(format!("{NOW_ENV}: {}", e.message))
-            })?)),
+            Ok(v) if !v.trim().is_empty() => {
+                Ok(Clock::Fixed(parse_time(&v).map_err(|e| {
+                    KmsError::validation(format!("{NOW_ENV}: {}", e.message))
+                })?))
+            }
             _ => Ok(Clock::System),
         }
     }

@@ -71,7 +71,11 @@ pub fn seal(key: &[u8; KEY_LEN], aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>
 }
 
 /// Opens what `seal` produced; the plaintext is wiped when dropped.
-pub fn open(key: &[u8; KEY_LEN], aad: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+pub fn open(
+    key: &[u8; KEY_LEN],
+    aad: &[u8],
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     if sealed.len() < SEAL_OVERHEAD {
         return Err(OpenError);
     }

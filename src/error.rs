@@ -142,6 +142,9 @@ mod tests {
         let names: HashSet<&str> = ErrorKind::ALL.iter().map(|k| k.name()).collect();
         assert_eq!(codes.len(), ErrorKind::ALL.len());
         assert_eq!(names.len(), ErrorKind::ALL.len());
-        assert!(!codes.contains(&0) && !codes.contains(&2), "0 is success, 2 is usage");
+        assert!(
+            !codes.contains(&0) && !codes.contains(&2),
+            "0 is success, 2 is usage"
+        );
     }
 }

@@ -1,7 +1,11 @@
 //! kmsfs: a local key management service with AWS KMS semantics, and (next) an encrypted FUSE
 //! filesystem whose per-file data keys it wraps.
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod cryptocore;
@@ -10,4 +14,3 @@ pub mod error;
 pub mod keystore;
 pub mod kms;
 pub mod provider;
-pub mod cli;

@@ -14,13 +14,29 @@ pub struct ProvidedKey {
 
 pub trait KeyProvider: Send + Sync {
     /// A fresh 256-bit data key wrapped by the current version of `key`.
-    fn generate_data_key(&self, caller: &Caller, key: &str, ctx: &EncryptionContext) -> Result<ProvidedKey>;
+    fn generate_data_key(
+        &self,
+        caller: &Caller,
+        key: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<ProvidedKey>;
 
     /// Unwraps a data key; the blob names its key and version.
-    fn decrypt_data_key(&self, caller: &Caller, blob: &[u8], ctx: &EncryptionContext) -> Result<Zeroizing<Vec<u8>>>;
+    fn decrypt_data_key(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>>;
 
     /// Re-wraps a data key under `to` (or the current version of its own key) without exposing it.
-    fn re_encrypt(&self, caller: &Caller, blob: &[u8], ctx: &EncryptionContext, to: Option<&str>) -> Result<Wrapped>;
+    fn re_encrypt(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        ctx: &EncryptionContext,
+        to: Option<&str>,
+    ) -> Result<Wrapped>;
 }
 
 /// The local KMS behind the seam.
@@ -42,7 +58,12 @@ impl LocalProvider {
 pub const DATA_KEY_BYTES: usize = 32;
 
 impl KeyProvider for LocalProvider {
-    fn generate_data_key(&self, caller: &Caller, key: &str, ctx: &EncryptionContext) -> Result<ProvidedKey> {
+    fn generate_data_key(
+        &self,
+        caller: &Caller,
+        key: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<ProvidedKey> {
         let dk = self
             .kms
             .generate_data_key(caller, key, DATA_KEY_BYTES, ctx, true)?;
@@ -55,11 +76,22 @@ impl KeyProvider for LocalProvider {
         })
     }
 
-    fn decrypt_data_key(&self, caller: &Caller, blob: &[u8], ctx: &EncryptionContext) -> Result<Zeroizing<Vec<u8>>> {
+    fn decrypt_data_key(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Zeroizing<Vec<u8>>> {
         Ok(self.kms.decrypt(caller, blob, ctx, None)?.plaintext)
     }
 
-    fn re_encrypt(&self, caller: &Caller, blob: &[u8], ctx: &EncryptionContext, to: Option<&str>) -> Result<Wrapped> {
+    fn re_encrypt(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        ctx: &EncryptionContext,
+        to: Option<&str>,
+    ) -> Result<Wrapped> {
         let to = match to {
             Some(t) => t.to_string(),
             None => crate::kms::blob::parse(blob)?.0.key_id.to_string(),

@@ -51,16 +51,24 @@ pub enum Command {
     #[command(subcommand)]
     Key(KeyCmd),
     /// Encrypt up to 4096 bytes under a CMK
-    #[command(after_help = "Example:\n  echo secret | kmsfs encrypt --key alias/app --context app=web --base64")]
+    #[command(
+        after_help = "Example:\n  echo secret | kmsfs encrypt --key alias/app --context app=web --base64"
+    )]
     Encrypt(EncryptArgs),
     /// Decrypt a ciphertext blob (binary or base64); the blob names its key
     #[command(after_help = "Example:\n  kmsfs decrypt --in secret.blob --context app=web")]
     Decrypt(DecryptArgs),
     /// Re-encrypt a blob under another key, or the current version of its own
-    #[command(name = "re-encrypt", after_help = "Example:\n  kmsfs re-encrypt --to alias/new --in old.blob --out new.blob")]
+    #[command(
+        name = "re-encrypt",
+        after_help = "Example:\n  kmsfs re-encrypt --to alias/new --in old.blob --out new.blob"
+    )]
     ReEncrypt(ReEncryptArgs),
     /// Generate a data key for envelope encryption (JSON output)
-    #[command(name = "generate-data-key", after_help = "Example:\n  kmsfs generate-data-key --key alias/app --spec AES_256")]
+    #[command(
+        name = "generate-data-key",
+        after_help = "Example:\n  kmsfs generate-data-key --key alias/app --spec AES_256"
+    )]
     GenerateDataKey(DataKeyArgs),
     /// Random bytes from the KMS
     #[command(after_help = "Example:\n  kmsfs random --bytes 32 --base64")]
@@ -73,7 +81,9 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum KeystoreCmd {
     /// Create a key store, unlocked by a passphrase or a root key file
-    #[command(after_help = "Examples:\n  kmsfs random --bytes 32 > root.key   (needs a store; or: head -c32 /dev/urandom > root.key)\n  kmsfs keystore init --root-key-file root.key\n  KMSFS_PASSPHRASE=... kmsfs keystore init")]
+    #[command(
+        after_help = "Examples:\n  kmsfs random --bytes 32 > root.key   (needs a store; or: head -c32 /dev/urandom > root.key)\n  kmsfs keystore init --root-key-file root.key\n  KMSFS_PASSPHRASE=... kmsfs keystore init"
+    )]
     Init(InitArgs),
     /// Show the key store's location and format (no passphrase needed)
     Info,
@@ -92,7 +102,9 @@ pub struct InitArgs {
 #[derive(Subcommand, Debug)]
 pub enum KeyCmd {
     /// Create a CMK and print its id
-    #[command(after_help = "Examples:\n  kmsfs key create --alias finance --description \"finance share\"\n  kmsfs key create --origin external   (then: kmsfs key import KEY --material-file F)")]
+    #[command(
+        after_help = "Examples:\n  kmsfs key create --alias finance --description \"finance share\"\n  kmsfs key create --origin external   (then: kmsfs key import KEY --material-file F)"
+    )]
     Create(CreateArgs),
     /// List CMKs
     List,
@@ -111,13 +123,18 @@ pub enum KeyCmd {
     /// List a key's material versions with dates
     Rotations(KeyArg),
     /// Schedule deletion after a waiting period of 7 to 30 days
-    #[command(name = "schedule-deletion", after_help = "Example:\n  kmsfs key schedule-deletion alias/old --days 7")]
+    #[command(
+        name = "schedule-deletion",
+        after_help = "Example:\n  kmsfs key schedule-deletion alias/old --days 7"
+    )]
     ScheduleDeletion(ScheduleDeletionArgs),
     /// Cancel a scheduled deletion; the key becomes Disabled
     #[command(name = "cancel-deletion")]
     CancelDeletion(KeyArg),
     /// Import 256-bit key material into a key created with --origin external
-    #[command(after_help = "Example:\n  head -c 32 /dev/urandom > material.bin && kmsfs key import KEY --material-file material.bin")]
+    #[command(
+        after_help = "Example:\n  head -c 32 /dev/urandom > material.bin && kmsfs key import KEY --material-file material.bin"
+    )]
     Import(ImportArgs),
     /// Manage aliases
     #[command(subcommand)]
@@ -239,7 +256,9 @@ pub enum PolicyCmd {
     #[command(after_help = "Example:\n  kmsfs key policy put alias/app --file policy.json")]
     Put(PolicyPutArgs),
     /// Say whether a principal may do an action, and which statement decides
-    #[command(after_help = "Example:\n  kmsfs key policy explain alias/app --action kms:Decrypt --as uid:1000")]
+    #[command(
+        after_help = "Example:\n  kmsfs key policy explain alias/app --action kms:Decrypt --as uid:1000"
+    )]
     Explain(ExplainArgs),
 }
 

@@ -138,8 +138,9 @@ fn read_blob(input: Option<&Path>) -> Result<Vec<u8>> {
     if data.starts_with(blob::MAGIC) {
         return Ok(data.to_vec());
     }
-    let text = std::str::from_utf8(&data)
-        .map_err(|_| KmsError::invalid_ciphertext("input is neither a ciphertext blob nor base64"))?;
+    let text = std::str::from_utf8(&data).map_err(|_| {
+        KmsError::invalid_ciphertext("input is neither a ciphertext blob nor base64")
+    })?;
     b64_decode(text)
         .map_err(|_| KmsError::invalid_ciphertext("input is neither a ciphertext blob nor base64"))
 }
@@ -304,7 +305,11 @@ impl Ctx<'_> {
                 let tags = parse_tags(&a.tags)?;
                 self.done(kms.tag_resource(c, &a.key, &tags), &a.key, "tagged")
             }
-            KeyCmd::Untag(a) => self.done(kms.untag_resource(c, &a.key, &a.tag_keys), &a.key, "untagged"),
+            KeyCmd::Untag(a) => self.done(
+                kms.untag_resource(c, &a.key, &a.tag_keys),
+                &a.key,
+                "untagged",
+            ),
             KeyCmd::Tags(k) => {
                 let t = kms.list_resource_tags(c, &k.key)?;
                 if self.json {
@@ -386,7 +391,10 @@ impl Ctx<'_> {
             return output::bytes(format!("{s}\n").as_bytes(), io.output_file.as_deref());
         }
         if io.base64 {
-            output::bytes(format!("{}\n", b64_encode(&w.blob)).as_bytes(), io.output_file.as_deref())
+            output::bytes(
+                format!("{}\n", b64_encode(&w.blob)).as_bytes(),
+                io.output_file.as_deref(),
+            )
         } else {
             output::bytes(&w.blob, io.output_file.as_deref())
         }
@@ -402,7 +410,9 @@ impl Ctx<'_> {
     fn decrypt(&self, a: &DecryptArgs) -> Result<()> {
         let ctx = EncryptionContext::from_pairs(&a.context)?;
         let data = read_blob(a.io.input.as_deref())?;
-        let u = self.kms.decrypt(self.caller, &data, &ctx, a.key.as_deref())?;
+        let u = self
+            .kms
+            .decrypt(self.caller, &data, &ctx, a.key.as_deref())?;
         if self.json {
             let v = json!({
                 "KeyId": key_arn(&u.key_id),
@@ -450,9 +460,9 @@ impl Ctx<'_> {
             (None, Some(KeySpecArg::Aes128)) => 16,
             (None, _) => 32,
         };
-        let dk = self
-            .kms
-            .generate_data_key(self.caller, &a.key, bytes, &ctx, !a.without_plaintext)?;
+        let dk =
+            self.kms
+                .generate_data_key(self.caller, &a.key, bytes, &ctx, !a.without_plaintext)?;
         let mut v = json!({
             "CiphertextBlob": b64_encode(&dk.wrapped.blob),
             "KeyId": key_arn(&dk.wrapped.key_id),
@@ -475,7 +485,10 @@ impl Ctx<'_> {
             return output::json(&json!({ "Plaintext": b64_encode(&r) }));
         }
         if a.base64 {
-            output::bytes(format!("{}\n", b64_encode(&r)).as_bytes(), a.output_file.as_deref())
+            output::bytes(
+                format!("{}\n", b64_encode(&r)).as_bytes(),
+                a.output_file.as_deref(),
+            )
         } else {
             output::bytes(&r, a.output_file.as_deref())
         }
@@ -504,7 +517,11 @@ impl Ctx<'_> {
                     .audit_records()?
                     .into_iter()
                     .filter(|r| key.is_none() || r.key_id == key)
-                    .filter(|r| a.operation.as_ref().is_none_or(|o| o.eq_ignore_ascii_case(&r.operation)))
+                    .filter(|r| {
+                        a.operation
+                            .as_ref()
+                            .is_none_or(|o| o.eq_ignore_ascii_case(&r.operation))
+                    })
                     .filter(|r| {
                         since.is_none_or(|s| clock::parse_time(&r.time).is_ok_and(|t| t >= s))
                     })
@@ -517,7 +534,11 @@ impl Ctx<'_> {
                     return output::json(&recs);
                 }
                 for r in recs {
-                    let who = r.caller.user.clone().unwrap_or_else(|| format!("uid:{}", r.caller.uid));
+                    let who = r
+                        .caller
+                        .user
+                        .clone()
+                        .unwrap_or_else(|| format!("uid:{}", r.caller.uid));
                     let key = match (&r.key_id, r.key_version) {
                         (Some(k), Some(v)) => format!("{k} v{v}"),
                         (Some(k), None) => k.clone(),
@@ -535,7 +556,11 @@ impl Ctx<'_> {
 }
 
 fn on_off(b: bool) -> String {
-    if b { "enabled".into() } else { "disabled".into() }
+    if b {
+        "enabled".into()
+    } else {
+        "disabled".into()
+    }
 }
 
 fn print_metadata(m: &KeyMetadata) {
@@ -556,7 +581,10 @@ fn print_metadata(m: &KeyMetadata) {
                 _ => "disabled".into(),
             },
         ),
-        ("deletion date", m.deletion_date.clone().unwrap_or("-".into())),
+        (
+            "deletion date",
+            m.deletion_date.clone().unwrap_or("-".into()),
+        ),
         ("aliases", m.aliases.join(", ")),
         ("tags", tags.join(", ")),
     ]);

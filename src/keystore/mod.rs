@@ -91,9 +91,8 @@ fn read_meta(dir: &Path) -> Result<StoreMeta> {
         }
         Err(e) => return Err(KmsError::io(path.display(), e)),
     };
-    let meta: StoreMeta = serde_json::from_str(&text).map_err(|e| {
-        KmsError::keystore(format!("{} is damaged: {e}", path.display()))
-    })?;
+    let meta: StoreMeta = serde_json::from_str(&text)
+        .map_err(|e| KmsError::keystore(format!("{} is damaged: {e}", path.display())))?;
     if meta.format != META_FORMAT {
         return Err(KmsError::keystore(format!(
             "{} is not a kmsfs key store",
@@ -178,8 +177,12 @@ impl KeyStore {
             return Err(KmsError::new(
                 ErrorKind::WrongPassphrase,
                 match meta.root {
-                    RootKind::Passphrase => "this key store is unlocked by a passphrase, not a root key file",
-                    RootKind::KeyFile => "this key store is unlocked by a root key file, not a passphrase",
+                    RootKind::Passphrase => {
+                        "this key store is unlocked by a passphrase, not a root key file"
+                    }
+                    RootKind::KeyFile => {
+                        "this key store is unlocked by a root key file, not a passphrase"
+                    }
                 },
             ));
         }
@@ -240,7 +243,10 @@ impl KeyStore {
         let path = self.dir.join(DB_FILE);
         let data = std::fs::read(&path).map_err(|e| KmsError::io(path.display(), e))?;
         let damaged = |why: &str| {
-            KmsError::keystore(format!("{} is damaged or was modified: {why}", path.display()))
+            KmsError::keystore(format!(
+                "{} is damaged or was modified: {why}",
+                path.display()
+            ))
         };
         if data.len() < DB_HEADER_LEN + cryptocore::SEAL_OVERHEAD {
             return Err(damaged("too short"));
@@ -260,8 +266,8 @@ impl KeyStore {
         gen_bytes.copy_from_slice(&header[10..18]);
         let plain = cryptocore::open(&self.keys.db, &self.db_aad(header), sealed)
             .map_err(|_| damaged("authentication failed"))?;
-        let mut db: KeyDb = serde_json::from_slice(&plain)
-            .map_err(|e| damaged(&format!("bad content: {e}")))?;
+        let mut db: KeyDb =
+            serde_json::from_slice(&plain).map_err(|e| damaged(&format!("bad content: {e}")))?;
         db.generation = u64::from_be_bytes(gen_bytes);
         Ok(db)
     }
@@ -291,7 +297,12 @@ impl KeyStore {
     }
 
     /// Seals one version of key material, bound to its key id and version number.
-    pub fn seal_material(&self, key_id: &Uuid, version: u32, material: &SecretKey) -> Result<Vec<u8>> {
+    pub fn seal_material(
+        &self,
+        key_id: &Uuid,
+        version: u32,
+        material: &SecretKey,
+    ) -> Result<Vec<u8>> {
         cryptocore::seal(
             &self.keys.material,
             &Self::material_aad(key_id, version),
@@ -347,7 +358,9 @@ mod tests {
         assert!(KeyStore::open(&dir, &pw("right")).is_ok());
         let e = KeyStore::open(&dir, &pw("wrong")).err().unwrap();
         assert_eq!(e.kind, ErrorKind::WrongPassphrase);
-        let e = KeyStore::init(&dir, &pw("right"), fast(), Utc::now()).err().unwrap();
+        let e = KeyStore::init(&dir, &pw("right"), fast(), Utc::now())
+            .err()
+            .unwrap();
         assert_eq!(e.kind, ErrorKind::AlreadyExists);
     }
 
@@ -368,7 +381,11 @@ mod tests {
             let mut bad = good.clone();
             bad[i] ^= 0x40;
             std::fs::write(&path, &bad).unwrap();
-            assert_eq!(ks.load(&lock).unwrap_err().kind, ErrorKind::KeyStore, "flip at {i}");
+            assert_eq!(
+                ks.load(&lock).unwrap_err().kind,
+                ErrorKind::KeyStore,
+                "flip at {i}"
+            );
         }
     }
 

@@ -120,7 +120,8 @@ pub fn derive_root_key(secret: &RootSecret, salt: &[u8], kdf: &KdfParams) -> Res
                 Some(KEY_LEN),
             )
             .map_err(|e| KmsError::validation(format!("Argon2id parameters: {e}")))?;
-            let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let a =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
             let mut out = Zeroizing::new([0u8; KEY_LEN]);
             a.hash_password_into(p, salt, out.as_mut())
                 .map_err(|e| KmsError::internal(format!("Argon2id: {e}")))?;
@@ -219,16 +220,22 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let raw = d.path().join("raw");
         std::fs::write(&raw, [7u8; 32]).unwrap();
-        assert!(matches!(RootSecret::key_from_file(&raw).unwrap(), RootSecret::KeyFile(k) if *k == [7u8; 32]));
+        assert!(
+            matches!(RootSecret::key_from_file(&raw).unwrap(), RootSecret::KeyFile(k) if *k == [7u8; 32])
+        );
         let hexf = d.path().join("hex");
         std::fs::write(&hexf, format!("{}\n", "07".repeat(32))).unwrap();
-        assert!(matches!(RootSecret::key_from_file(&hexf).unwrap(), RootSecret::KeyFile(k) if *k == [7u8; 32]));
+        assert!(
+            matches!(RootSecret::key_from_file(&hexf).unwrap(), RootSecret::KeyFile(k) if *k == [7u8; 32])
+        );
         let short = d.path().join("short");
         std::fs::write(&short, [7u8; 31]).unwrap();
         assert!(RootSecret::key_from_file(&short).is_err());
         let pw = d.path().join("pw");
         std::fs::write(&pw, "secret\nignored").unwrap();
-        assert!(matches!(RootSecret::passphrase_from_file(&pw).unwrap(), RootSecret::Passphrase(p) if &p[..] == b"secret"));
+        assert!(
+            matches!(RootSecret::passphrase_from_file(&pw).unwrap(), RootSecret::Passphrase(p) if &p[..] == b"secret")
+        );
         std::fs::write(&pw, "\n").unwrap();
         assert!(RootSecret::passphrase_from_file(&pw).is_err());
     }
@@ -236,7 +243,21 @@ mod tests {
     #[test]
     fn kdf_bounds() {
         assert!(FAST.validate().is_ok());
-        assert!(KdfParams { memory_kib: 1024, ..FAST }.validate().is_err());
-        assert!(KdfParams { iterations: 0, ..FAST }.validate().is_err());
+        assert!(
+            KdfParams {
+                memory_kib: 1024,
+                ..FAST
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            KdfParams {
+                iterations: 0,
+                ..FAST
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

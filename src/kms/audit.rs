@@ -83,7 +83,12 @@ fn record_mac(key: &[u8], rec: &AuditRecord) -> Result<String> {
 fn head_mac(key: &[u8], seq: u64, mac: &str, len: u64) -> String {
     hex::encode(cryptocore::hmac_sha256(
         key,
-        &[HEAD_LABEL, &seq.to_be_bytes(), mac.as_bytes(), &len.to_be_bytes()],
+        &[
+            HEAD_LABEL,
+            &seq.to_be_bytes(),
+            mac.as_bytes(),
+            &len.to_be_bytes(),
+        ],
     ))
 }
 
@@ -141,7 +146,8 @@ impl<'k> AuditLog<'k> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut file = atomic::open_append(&self.log).map_err(|e| KmsError::io(self.log.display(), e))?;
+        let mut file =
+            atomic::open_append(&self.log).map_err(|e| KmsError::io(self.log.display(), e))?;
         let len = file
             .seek(SeekFrom::End(0))
             .map_err(|e| KmsError::io(self.log.display(), e))?;
@@ -248,7 +254,9 @@ pub fn verify_lines(key: &[u8], data: &str) -> Result<(Vec<AuditRecord>, Vec<Hea
             )));
         }
         if rec.prev != prev {
-            return Err(bad("does not follow the previous record: the chain is broken"));
+            return Err(bad(
+                "does not follow the previous record: the chain is broken",
+            ));
         }
         let want = record_mac(key, &rec)?;
         if !cryptocore::ct_eq(want.as_bytes(), rec.mac.as_bytes()) {
@@ -319,19 +327,31 @@ mod tests {
         let join = |v: Vec<&str>| v.iter().map(|l| format!("{l}\n")).collect::<String>();
 
         let edited = text.replacen("Op2", "Op9", 1);
-        assert_eq!(first_bad_line(verify_lines(b"key", &edited).unwrap_err()), 3);
+        assert_eq!(
+            first_bad_line(verify_lines(b"key", &edited).unwrap_err()),
+            3
+        );
 
         let mut removed = lines.clone();
         removed.remove(1);
-        assert_eq!(first_bad_line(verify_lines(b"key", &join(removed)).unwrap_err()), 2);
+        assert_eq!(
+            first_bad_line(verify_lines(b"key", &join(removed)).unwrap_err()),
+            2
+        );
 
         let mut inserted = lines.clone();
         inserted.insert(2, lines[1]);
-        assert_eq!(first_bad_line(verify_lines(b"key", &join(inserted)).unwrap_err()), 3);
+        assert_eq!(
+            first_bad_line(verify_lines(b"key", &join(inserted)).unwrap_err()),
+            3
+        );
 
         let mut swapped = lines.clone();
         swapped.swap(2, 3);
-        assert_eq!(first_bad_line(verify_lines(b"key", &join(swapped)).unwrap_err()), 3);
+        assert_eq!(
+            first_bad_line(verify_lines(b"key", &join(swapped)).unwrap_err()),
+            3
+        );
 
         // Dropping the last line keeps the chain intact; only audit.head notices.
         std::fs::write(d.path().join("audit.log"), join(lines[..4].to_vec())).unwrap();
@@ -350,7 +370,10 @@ mod tests {
         log.read_verified().unwrap();
         log.append(&[ev("Op3")]).unwrap();
         let (recs, _) = log.read_verified().unwrap();
-        assert_eq!(recs.iter().map(|r| r.seq).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+        assert_eq!(
+            recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
     }
 
     proptest! {

@@ -61,7 +61,9 @@ pub fn parse(blob: &[u8]) -> Result<(BlobHeader, &[u8])> {
         )));
     }
     if &blob[..4] != MAGIC {
-        return Err(KmsError::invalid_ciphertext("not a kmsfs ciphertext blob (bad magic)"));
+        return Err(KmsError::invalid_ciphertext(
+            "not a kmsfs ciphertext blob (bad magic)",
+        ));
     }
     if blob[4] != VERSION {
         return Err(KmsError::invalid_ciphertext(format!(

@@ -15,7 +15,10 @@ pub struct Caller {
 }
 
 fn user_name(uid: u32) -> Option<String> {
-    User::from_uid(Uid::from_raw(uid)).ok().flatten().map(|u| u.name)
+    User::from_uid(Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
 }
 
 fn group_names(gids: &[u32]) -> Vec<String> {

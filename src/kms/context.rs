@@ -38,7 +38,9 @@ impl EncryptionContext {
 
     pub fn validate(&self) -> Result<()> {
         if self.0.keys().any(|k| k.is_empty()) {
-            return Err(KmsError::validation("encryption context keys must not be empty"));
+            return Err(KmsError::validation(
+                "encryption context keys must not be empty",
+            ));
         }
         let n = self.canonical().len();
         if n > MAX_CONTEXT_BYTES {

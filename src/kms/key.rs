@@ -137,7 +137,9 @@ impl KeyRecord {
             KeyState::PendingDeletion => Err(KmsError::invalid_state(format!(
                 "key {} is pending deletion on {}: `kmsfs key cancel-deletion {}` stops it",
                 self.id,
-                self.deletion_date.as_ref().map_or_else(String::new, format_time),
+                self.deletion_date
+                    .as_ref()
+                    .map_or_else(String::new, format_time),
                 self.id
             ))),
             KeyState::PendingImport => Err(KmsError::invalid_state(format!(
@@ -212,7 +214,10 @@ impl KeyRecord {
     /// Automatic rotation is due: enabled key, schedule set and reached.
     pub fn rotation_due(&self, now: DateTime<Utc>) -> bool {
         self.state == KeyState::Enabled
-            && self.rotation.as_ref().is_some_and(|r| r.next_rotation <= now)
+            && self
+                .rotation
+                .as_ref()
+                .is_some_and(|r| r.next_rotation <= now)
     }
 
     fn check_rotatable(&self) -> Result<()> {
@@ -229,7 +234,12 @@ impl KeyRecord {
     }
 
     /// Adds a version that becomes current; older versions stay for decryption.
-    pub fn add_version(&mut self, source: VersionSource, sealed: Vec<u8>, now: DateTime<Utc>) -> u32 {
+    pub fn add_version(
+        &mut self,
+        source: VersionSource,
+        sealed: Vec<u8>,
+        now: DateTime<Utc>,
+    ) -> u32 {
         let number = self.next_version_number();
         self.versions.push(KeyVersion {
             number,
@@ -344,7 +354,10 @@ pub(crate) mod tests {
         r.enable_rotation(10, t(0)).unwrap();
         assert!(!r.rotation_due(t(9)));
         assert!(r.rotation_due(t(10)));
-        assert_eq!(r.add_version(VersionSource::AutomaticRotation, vec![2], t(10)), 2);
+        assert_eq!(
+            r.add_version(VersionSource::AutomaticRotation, vec![2], t(10)),
+            2
+        );
         assert!(!r.rotation_due(t(19)));
         assert!(r.rotation_due(t(20)));
         assert_eq!(r.current_version().map(|v| v.number), Some(2));

@@ -11,4 +11,4 @@ pub mod types;
 
 pub use caller::Caller;
 pub use context::EncryptionContext;
-pub use service::{Kms, KeyRef};
+pub use service::{KeyRef, Kms};

@@ -371,7 +371,9 @@ fn condition_holds(cond: &Condition, ctx: &EncryptionContext) -> bool {
         // As in AWS: a missing key satisfies only the negated operators.
         return matches!(
             cond.operator,
-            Operator::StringNotEquals | Operator::StringNotEqualsIgnoreCase | Operator::StringNotLike
+            Operator::StringNotEquals
+                | Operator::StringNotEqualsIgnoreCase
+                | Operator::StringNotLike
         );
     };
     let any = |f: &dyn Fn(&str) -> bool| cond.values.iter().any(|v| f(v));
@@ -389,7 +391,9 @@ fn statement_matches(s: &Statement, r: &Request) -> bool {
     let action = r.action.to_ascii_lowercase();
     s.principals.iter().any(|p| principal_matches(p, r.caller))
         && s.actions.iter().any(|a| wildcard_match(&action, a))
-        && s.resources.iter().any(|res| wildcard_match(r.resource, res))
+        && s.resources
+            .iter()
+            .any(|res| wildcard_match(r.resource, res))
         && s.conditions.iter().all(|c| condition_holds(c, r.context))
 }
 
@@ -476,8 +480,14 @@ mod tests {
             }
         );
         assert!(decide(p, &u1000, "kms:GenerateDataKeyWithoutPlaintext", &[]).allowed());
-        assert!(decide(p, &u1000, "KMS:DECRYPT", &[]).allowed(), "actions are case-insensitive");
-        assert_eq!(decide(p, &u1000, "kms:DisableKey", &[]), Decision::ImplicitDeny);
+        assert!(
+            decide(p, &u1000, "KMS:DECRYPT", &[]).allowed(),
+            "actions are case-insensitive"
+        );
+        assert_eq!(
+            decide(p, &u1000, "kms:DisableKey", &[]),
+            Decision::ImplicitDeny
+        );
         let alice_staff = caller(1001, &[50], Some("alice"), &["staff"]);
         assert!(decide(p, &alice_staff, "kms:Encrypt", &[]).allowed());
         assert_eq!(
@@ -487,7 +497,10 @@ mod tests {
             }
         );
         let other = caller(2000, &[2000], Some("bob"), &[]);
-        assert_eq!(decide(p, &other, "kms:Encrypt", &[]), Decision::ImplicitDeny);
+        assert_eq!(
+            decide(p, &other, "kms:Encrypt", &[]),
+            Decision::ImplicitDeny
+        );
     }
 
     #[test]
@@ -499,22 +512,45 @@ mod tests {
             {"Sid":"d","Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Resource":"*",
              "Condition":{"StringNotEquals":{"kms:EncryptionContext:env":"prod"}}}]}"#;
         let c = caller(5, &[], None, &[]);
-        assert!(decide(p, &c, "kms:Encrypt", &[("dept", "fin"), ("path", "/data/x")]).allowed());
-        assert!(!decide(p, &c, "kms:Encrypt", &[("dept", "ops"), ("path", "/data/x")]).allowed());
+        assert!(
+            decide(
+                p,
+                &c,
+                "kms:Encrypt",
+                &[("dept", "fin"), ("path", "/data/x")]
+            )
+            .allowed()
+        );
+        assert!(
+            !decide(
+                p,
+                &c,
+                "kms:Encrypt",
+                &[("dept", "ops"), ("path", "/data/x")]
+            )
+            .allowed()
+        );
         assert!(!decide(p, &c, "kms:Encrypt", &[("dept", "fin"), ("path", "/etc")]).allowed());
         assert!(!decide(p, &c, "kms:Encrypt", &[("path", "/data/x")]).allowed());
         // Missing "env" satisfies StringNotEquals, so the Deny applies.
         assert!(matches!(
-            decide(p, &c, "kms:Decrypt", &[("dept", "fin"), ("path", "/data/x")]),
+            decide(
+                p,
+                &c,
+                "kms:Decrypt",
+                &[("dept", "fin"), ("path", "/data/x")]
+            ),
             Decision::ExplicitDeny { .. }
         ));
-        assert!(decide(
-            p,
-            &c,
-            "kms:Decrypt",
-            &[("dept", "fin"), ("path", "/data/x"), ("env", "prod")]
-        )
-        .allowed());
+        assert!(
+            decide(
+                p,
+                &c,
+                "kms:Decrypt",
+                &[("dept", "fin"), ("path", "/data/x"), ("env", "prod")]
+            )
+            .allowed()
+        );
     }
 
     #[test]

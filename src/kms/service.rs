@@ -9,9 +9,7 @@ use crate::kms::audit::{AuditCaller, AuditEvent, AuditLog, AuditRecord};
 use crate::kms::blob::{self, BlobHeader};
 use crate::kms::caller::Caller;
 use crate::kms::context::EncryptionContext;
-use crate::kms::key::{
-    DEFAULT_ROTATION_DAYS, KeyRecord, KeyState, Origin, VersionSource, key_arn,
-};
+use crate::kms::key::{DEFAULT_ROTATION_DAYS, KeyRecord, KeyState, Origin, VersionSource, key_arn};
 use crate::kms::policy::{self, Decision, Request};
 use crate::kms::types::*;
 use chrono::{DateTime, Utc};
@@ -79,7 +77,9 @@ pub fn normalize_alias(name: &str) -> Result<String> {
         )));
     }
     if rest.starts_with("aws/") {
-        return Err(KmsError::validation("aliases under alias/aws/ are reserved"));
+        return Err(KmsError::validation(
+            "aliases under alias/aws/ are reserved",
+        ));
     }
     Ok(full)
 }
@@ -122,7 +122,13 @@ struct Txn<'a> {
 }
 
 impl Txn<'_> {
-    fn event(&self, operation: &str, key: Option<Uuid>, version: Option<u32>, result: &Result<()>) -> AuditEvent {
+    fn event(
+        &self,
+        operation: &str,
+        key: Option<Uuid>,
+        version: Option<u32>,
+        result: &Result<()>,
+    ) -> AuditEvent {
         AuditEvent {
             time: format_time(&self.now),
             request_id: self.request_id.clone(),
@@ -222,7 +228,13 @@ impl Txn<'_> {
             .ok_or_else(|| KmsError::not_found(format!("key {id} does not exist")))
     }
 
-    fn decide(&self, id: Uuid, caller: &Caller, action: &str, ctx: &EncryptionContext) -> Result<Decision> {
+    fn decide(
+        &self,
+        id: Uuid,
+        caller: &Caller,
+        action: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<Decision> {
         let k = self.key(id)?;
         // A stored policy was validated when put; if it no longer parses, nothing is allowed.
         let Ok(p) = policy::parse(&k.policy) else {
@@ -257,8 +269,8 @@ impl Txn<'_> {
 
     /// Generates and seals new material as the key's next version.
     fn add_material(&mut self, id: Uuid, source: VersionSource) -> Result<u32> {
-        let material =
-            cryptocore::random_key().map_err(|_| KmsError::internal("the system random source failed"))?;
+        let material = cryptocore::random_key()
+            .map_err(|_| KmsError::internal("the system random source failed"))?;
         self.add_sealed(id, source, &material)
     }
 
@@ -290,7 +302,13 @@ impl Txn<'_> {
     }
 
     /// Encrypts under the key's current version; the key must be Enabled.
-    fn seal_blob(&self, id: Uuid, plaintext: &[u8], ctx: &EncryptionContext, draft: &mut Draft) -> Result<Wrapped> {
+    fn seal_blob(
+        &self,
+        id: Uuid,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+        draft: &mut Draft,
+    ) -> Result<Wrapped> {
         let k = self.key(id)?;
         k.check_usable()?;
         let version = k
@@ -303,8 +321,12 @@ impl Txn<'_> {
             key_id: id,
             key_version: version,
         };
-        let sealed = cryptocore::seal(&blob_key(&material, &id), &header.aad(&ctx.canonical()), plaintext)
-            .map_err(|_| KmsError::internal("the system random source failed"))?;
+        let sealed = cryptocore::seal(
+            &blob_key(&material, &id),
+            &header.aad(&ctx.canonical()),
+            plaintext,
+        )
+        .map_err(|_| KmsError::internal("the system random source failed"))?;
         Ok(Wrapped {
             blob: blob::assemble(&header, &sealed),
             key_id: id,
@@ -547,7 +569,11 @@ impl Kms {
     ) -> Result<T> {
         self.run(caller, operation, |t, d| {
             let id = t.resolve(key, d)?;
-            t.authorize(id, &format!("kms:{operation}"), &EncryptionContext::default())?;
+            t.authorize(
+                id,
+                &format!("kms:{operation}"),
+                &EncryptionContext::default(),
+            )?;
             let now = t.now;
             let mut rec = t.key(id)?.clone();
             let out = f(&mut rec, now)?;
@@ -564,17 +590,29 @@ impl Kms {
         self.modify(caller, "DisableKey", key, |k, _| k.disable())
     }
 
-    pub fn enable_key_rotation(&self, caller: &Caller, key: &str, period_days: Option<u32>) -> Result<()> {
+    pub fn enable_key_rotation(
+        &self,
+        caller: &Caller,
+        key: &str,
+        period_days: Option<u32>,
+    ) -> Result<()> {
         self.modify(caller, "EnableKeyRotation", key, |k, now| {
             k.enable_rotation(period_days.unwrap_or(DEFAULT_ROTATION_DAYS), now)
         })
     }
 
     pub fn disable_key_rotation(&self, caller: &Caller, key: &str) -> Result<()> {
-        self.modify(caller, "DisableKeyRotation", key, |k, _| k.disable_rotation())
+        self.modify(caller, "DisableKeyRotation", key, |k, _| {
+            k.disable_rotation()
+        })
     }
 
-    pub fn schedule_key_deletion(&self, caller: &Caller, key: &str, days: u32) -> Result<DeletionResult> {
+    pub fn schedule_key_deletion(
+        &self,
+        caller: &Caller,
+        key: &str,
+        days: u32,
+    ) -> Result<DeletionResult> {
         self.modify(caller, "ScheduleKeyDeletion", key, |k, now| {
             let when = k.schedule_deletion(days, now)?;
             Ok(DeletionResult {
@@ -604,7 +642,11 @@ impl Kms {
     pub fn get_key_rotation_status(&self, caller: &Caller, key: &str) -> Result<RotationStatus> {
         self.run(caller, "GetKeyRotationStatus", |t, d| {
             let id = t.resolve(key, d)?;
-            t.authorize(id, "kms:GetKeyRotationStatus", &EncryptionContext::default())?;
+            t.authorize(
+                id,
+                "kms:GetKeyRotationStatus",
+                &EncryptionContext::default(),
+            )?;
             let m = t.metadata(id)?;
             Ok(RotationStatus {
                 key_id: m.key_id,
@@ -657,7 +699,9 @@ impl Kms {
                 ));
             }
             if k.state == KeyState::PendingDeletion {
-                return Err(KmsError::invalid_state(format!("key {id} is pending deletion")));
+                return Err(KmsError::invalid_state(format!(
+                    "key {id} is pending deletion"
+                )));
             }
             let mut m = Zeroizing::new([0u8; cryptocore::KEY_LEN]);
             m.copy_from_slice(material);
@@ -680,10 +724,16 @@ impl Kms {
         })
     }
 
-    pub fn tag_resource(&self, caller: &Caller, key: &str, tags: &BTreeMap<String, String>) -> Result<()> {
+    pub fn tag_resource(
+        &self,
+        caller: &Caller,
+        key: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<()> {
         validate_tags(tags)?;
         self.modify(caller, "TagResource", key, |k, _| {
-            k.tags.extend(tags.iter().map(|(a, b)| (a.clone(), b.clone())));
+            k.tags
+                .extend(tags.iter().map(|(a, b)| (a.clone(), b.clone())));
             Ok(())
         })
     }
@@ -697,7 +747,11 @@ impl Kms {
         })
     }
 
-    pub fn list_resource_tags(&self, caller: &Caller, key: &str) -> Result<BTreeMap<String, String>> {
+    pub fn list_resource_tags(
+        &self,
+        caller: &Caller,
+        key: &str,
+    ) -> Result<BTreeMap<String, String>> {
         self.run(caller, "ListResourceTags", |t, d| {
             let id = t.resolve(key, d)?;
             t.authorize(id, "kms:ListResourceTags", &EncryptionContext::default())?;
@@ -715,7 +769,13 @@ impl Kms {
 
     /// Replaces a key's policy. Refuses one that would stop the caller changing it again, unless
     /// `bypass_lockout_check` (as AWS's BypassPolicyLockoutSafetyCheck).
-    pub fn put_key_policy(&self, caller: &Caller, key: &str, text: &str, bypass_lockout_check: bool) -> Result<()> {
+    pub fn put_key_policy(
+        &self,
+        caller: &Caller,
+        key: &str,
+        text: &str,
+        bypass_lockout_check: bool,
+    ) -> Result<()> {
         self.run(caller, "PutKeyPolicy", |t, d| {
             let id = t.resolve(key, d)?;
             t.authorize(id, "kms:PutKeyPolicy", &EncryptionContext::default())?;
@@ -749,7 +809,13 @@ impl Kms {
         })
     }
 
-    pub fn encrypt(&self, caller: &Caller, key: &str, plaintext: &[u8], ctx: &EncryptionContext) -> Result<Wrapped> {
+    pub fn encrypt(
+        &self,
+        caller: &Caller,
+        key: &str,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Wrapped> {
         self.run(caller, "Encrypt", |t, d| {
             d.context = ctx.clone();
             let id = t.resolve(key, d)?;

@@ -1,0 +1,189 @@
+//! Helpers for CLI integration tests: a private key store per test, run through the real binary.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kmsfs");
+
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub store: PathBuf,
+    pub root_key: PathBuf,
+    pub now: Option<String>,
+}
+
+impl Env {
+    /// A fresh key store unlocked by a root key file.
+    pub fn new() -> Env {
+        let e = Env::bare();
+        e.ok(&["keystore", "init"]);
+        e
+    }
+
+    /// Paths only; no store yet.
+    pub fn bare() -> Env {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = tmp.path().join("ks");
+        let root_key = tmp.path().join("root.key");
+        std::fs::write(&root_key, [0x5au8; 32]).expect("write root key");
+        Env {
+            tmp,
+            store,
+            root_key,
+            now: None,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.tmp.path())
+            .env("KMSFS_KEYSTORE", &self.store)
+            .env("KMSFS_ROOT_KEY_FILE", &self.root_key)
+            .stdin(Stdio::null());
+        if let Some(n) = &self.now {
+            c.env("KMSFS_NOW", n);
+        }
+        c
+    }
+
+    /// The same command, run as another user (real uid and gid, no supplementary groups).
+    pub fn command_as(&self, uid: u32, gid: u32, args: &[&str]) -> Command {
+        let base = self.command(args);
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &gid.to_string(),
+            "--clear-groups",
+            BIN,
+        ])
+        .args(args)
+        .env_clear();
+        for (k, v) in base.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        c.env("HOME", "/");
+        c
+    }
+
+    pub fn run_with(&self, args: &[&str], stdin: &[u8]) -> Output {
+        feed(self.command(args), stdin)
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.run_with(args, b"")
+    }
+
+    /// Runs and requires success; returns stdout.
+    pub fn ok_with(&self, args: &[&str], stdin: &[u8]) -> Vec<u8> {
+        let out = self.run_with(args, stdin);
+        assert!(
+            out.status.success(),
+            "kmsfs {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        String::from_utf8(self.ok_with(args, b"")).expect("utf8 stdout")
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.extend(["--output", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("json output")
+    }
+
+    /// Runs and requires the given exit code; returns stderr. Failures print nothing on stdout.
+    pub fn fails_with(&self, args: &[&str], stdin: &[u8], code: i32) -> String {
+        let out = self.run_with(args, stdin);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(out.status.code(), Some(code), "kmsfs {args:?}: {err}");
+        assert!(out.stdout.is_empty(), "kmsfs {args:?} printed on failure");
+        err
+    }
+
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        self.fails_with(args, b"", code)
+    }
+
+    pub fn create_key(&self, extra: &[&str]) -> String {
+        let mut a = vec!["key", "create"];
+        a.extend(extra);
+        self.ok(&a).trim().to_string()
+    }
+
+    pub fn encrypt(&self, key: &str, plaintext: &[u8], ctx: &[&str]) -> Vec<u8> {
+        let mut a = vec!["encrypt", "--key", key];
+        for c in ctx {
+            a.extend(["--context", c]);
+        }
+        self.ok_with(&a, plaintext)
+    }
+
+    pub fn decrypt(&self, blob: &[u8], ctx: &[&str]) -> Vec<u8> {
+        let mut a = vec!["decrypt"];
+        for c in ctx {
+            a.extend(["--context", c]);
+        }
+        self.ok_with(&a, blob)
+    }
+
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.store.join("audit.log")).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+}
+
+/// Runs a command with `stdin` as its input and collects its output.
+pub fn feed(mut c: Command, stdin: &[u8]) -> Output {
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn");
+    let mut input = child.stdin.take().expect("stdin");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().expect("wait");
+    let _ = writer.join();
+    out
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
