@@ -13,6 +13,21 @@ pub const SYSTEM_CONFIG: &str = "/etc/kmsfs/kmsfs.toml";
 pub struct Config {
     #[serde(default)]
     pub keystore: KeystoreConfig,
+    #[serde(default)]
+    pub mount: MountConfig,
+}
+
+/// Defaults for `kmsfs mount`; flags override them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    pub allow_other: Option<bool>,
+    pub read_only: Option<bool>,
+    /// FUSE worker threads.
+    pub threads: Option<usize>,
+    /// How long the kernel may cache attributes and names, in milliseconds.
+    pub attr_ttl_ms: Option<u64>,
+    pub log_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

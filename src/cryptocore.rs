@@ -46,6 +46,14 @@ pub fn derive_key(ikm: &[u8], salt: &[u8], info: &[u8]) -> SecretKey {
     okm
 }
 
+/// HKDF-SHA256 into a buffer of any length up to 8160 bytes (e.g. 64-byte AES-SIV keys).
+pub fn derive_into(ikm: &[u8], salt: &[u8], info: &[u8], out: &mut [u8]) {
+    let hk = Hkdf::<Sha256>::new(Some(salt), ikm);
+    if hk.expand(info, out).is_err() {
+        unreachable!("HKDF-SHA256 output longer than 8160 bytes");
+    }
+}
+
 fn cipher(key: &[u8; KEY_LEN]) -> Aes256Gcm {
     Aes256Gcm::new(&(*key).into())
 }

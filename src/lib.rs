@@ -11,6 +11,8 @@ pub mod config;
 pub mod cryptocore;
 pub mod encoding;
 pub mod error;
+pub mod fs;
 pub mod keystore;
 pub mod kms;
+pub mod logging;
 pub mod provider;

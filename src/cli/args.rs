@@ -76,6 +76,58 @@ pub enum Command {
     /// Show and verify the tamper-evident audit log
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Prepare an empty directory to hold an encrypted filesystem
+    #[command(after_help = "Example:\n  kmsfs init ~/secret.enc --key alias/home")]
+    Init(InitFsArgs),
+    /// Mount a cipher directory: plaintext at MOUNTPOINT, ciphertext in CIPHERDIR
+    #[command(
+        after_help = "Example:\n  kmsfs mount ~/secret.enc ~/secret\n  kmsfs umount ~/secret"
+    )]
+    Mount(MountArgs),
+    /// Unmount a kmsfs mount
+    #[command(after_help = "Example:\n  kmsfs umount ~/secret")]
+    Umount(UmountArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitFsArgs {
+    pub cipherdir: PathBuf,
+    /// CMK that wraps the data keys of new files
+    #[arg(long)]
+    pub key: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MountArgs {
+    pub cipherdir: PathBuf,
+    pub mountpoint: PathBuf,
+    /// Stay in the foreground (logs to standard error)
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Mount read-only
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let other users reach the mount (permissions still apply; non-root needs
+    /// user_allow_other in /etc/fuse.conf)
+    #[arg(long)]
+    pub allow_other: bool,
+    /// FUSE worker threads [default: from the config, else the number of CPUs]
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Append the daemon's log to FILE [default: syslog when daemonized]
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Internal: set by `kmsfs mount` for the daemon it starts.
+    #[arg(long, hide = true)]
+    pub daemon_child: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UmountArgs {
+    pub mountpoint: PathBuf,
+    /// Detach now, finish when no longer busy
+    #[arg(long, short = 'z')]
+    pub lazy: bool,
 }
 
 #[derive(Subcommand, Debug)]

@@ -26,6 +26,9 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Keystore(KeystoreCmd::Init(a)) => keystore_init(g, &cfg, &a),
         Command::Keystore(KeystoreCmd::Info) => keystore_info(g, &cfg),
+        Command::Init(a) => crate::cli::mountcmd::init(g, &cfg, &a),
+        Command::Mount(a) => crate::cli::mountcmd::mount(g, &cfg, &a),
+        Command::Umount(a) => crate::cli::mountcmd::umount(&a),
         cmd => {
             let kms = open_kms(g, &cfg)?;
             let caller = Caller::current();
@@ -42,13 +45,16 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::GenerateDataKey(a) => ctx.generate_data_key(&a),
                 Command::Random(a) => ctx.random(&a),
                 Command::Audit(a) => ctx.audit(a),
-                Command::Keystore(_) => Ok(()),
+                Command::Keystore(_)
+                | Command::Init(_)
+                | Command::Mount(_)
+                | Command::Umount(_) => Ok(()),
             }
         }
     }
 }
 
-fn open_kms(g: &Global, cfg: &Config) -> Result<Kms> {
+pub fn open_kms(g: &Global, cfg: &Config) -> Result<Kms> {
     let dir = unlock::keystore_dir(g, cfg);
     let meta = KeyStore::probe(&dir)?;
     let secret = unlock::secret_for_open(g, cfg, meta.root)?;

@@ -2,5 +2,6 @@
 
 pub mod args;
 pub mod commands;
+pub mod mountcmd;
 pub mod output;
 pub mod unlock;

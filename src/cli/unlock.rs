@@ -36,6 +36,15 @@ fn configured_secret(g: &Global, cfg: &Config) -> Result<Option<RootSecret>> {
     Ok(None)
 }
 
+/// Whether flags, environment or config give the secret (so nothing needs to be typed).
+pub fn has_configured_secret(g: &Global, cfg: &Config) -> bool {
+    g.root_key_file.is_some()
+        || g.passphrase_file.is_some()
+        || std::env::var_os(PASSPHRASE_ENV).is_some()
+        || cfg.keystore.root_key_file.is_some()
+        || cfg.keystore.passphrase_file.is_some()
+}
+
 fn prompt(text: &str) -> Result<RootSecret> {
     let p = rpassword::prompt_password(text)
         .map_err(|e| KmsError::validation(format!("reading the passphrase: {e}")))?;

@@ -1,0 +1,297 @@
+//! File content format: the header, then fixed 4 KiB plaintext blocks, each AES-256-GCM with its own
+//! random nonce. This module owns the offset arithmetic (pure functions) and the block cipher.
+//!
+//! Block `i` is stored at `HEADER_LEN + i * CIPHER_BLOCK` as `nonce (12) || ciphertext || tag (16)`.
+//! Its AAD is `file id (16) || i (u64) || last (u8)`: a block moved within or between files fails,
+//! and the final block carries `last = 1`, so cutting whole blocks off the end is detected (age's
+//! STREAM construction). Every file has at least one block; an empty file is one empty final block.
+//! A backing block of all zeros is a hole and reads as zeros.
+
+use crate::cryptocore::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+
+pub const BLOCK: u64 = 4096;
+pub const OVERHEAD: u64 = (NONCE_LEN + TAG_LEN) as u64;
+pub const CIPHER_BLOCK: u64 = BLOCK + OVERHEAD;
+pub const HEADER_LEN: u64 = crate::fs::header::HEADER_LEN as u64;
+/// Random 96-bit nonces: at most 2^32 block encryptions per data key.
+pub const MAX_BLOCK_ENCRYPTIONS: u64 = 1 << 32;
+
+/// What a backing file's length says about its plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// False if the length cannot be a valid file (header missing, or a block shorter than its
+    /// nonce and tag); reads then fail with EIO.
+    pub valid: bool,
+}
+
+/// Plaintext size of a backing file of `len` bytes.
+pub fn layout(len: u64) -> Layout {
+    if len < HEADER_LEN + OVERHEAD {
+        return Layout {
+            size: 0,
+            valid: false,
+        };
+    }
+    let data = len - HEADER_LEN;
+    let full = data / CIPHER_BLOCK;
+    let rem = data % CIPHER_BLOCK;
+    match rem {
+        0 => Layout {
+            size: full * BLOCK,
+            valid: true,
+        },
+        r if r >= OVERHEAD => Layout {
+            size: full * BLOCK + r - OVERHEAD,
+            valid: true,
+        },
+        _ => Layout {
+            size: full * BLOCK,
+            valid: false,
+        },
+    }
+}
+
+/// Number of blocks a file of `size` plaintext bytes has (at least one).
+pub fn block_count(size: u64) -> u64 {
+    size.div_ceil(BLOCK).max(1)
+}
+
+/// Backing length of a file of `size` plaintext bytes.
+pub fn backing_len(size: u64) -> u64 {
+    let n = block_count(size);
+    let last_plain = size - (n - 1) * BLOCK;
+    HEADER_LEN + (n - 1) * CIPHER_BLOCK + last_plain + OVERHEAD
+}
+
+/// Backing offset of block `i`.
+pub fn block_offset(i: u64) -> u64 {
+    HEADER_LEN + i * CIPHER_BLOCK
+}
+
+/// Plaintext length of block `i` in a file of `size` bytes (0 for blocks past the end).
+pub fn block_plain_len(i: u64, size: u64) -> u64 {
+    let start = i * BLOCK;
+    if i >= block_count(size) {
+        0
+    } else {
+        (size - start.min(size)).min(BLOCK)
+    }
+}
+
+/// Indexes of the blocks that bytes `[offset, offset + len)` touch (len > 0).
+pub fn blocks_touched(offset: u64, len: u64) -> std::ops::RangeInclusive<u64> {
+    offset / BLOCK..=(offset + len - 1) / BLOCK
+}
+
+/// A block that failed authentication: tampered, moved, torn, or cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockError {
+    pub index: u64,
+}
+
+/// AES-256-GCM over one file's blocks.
+pub struct ContentCipher {
+    aead: Aes256Gcm,
+    file_id: [u8; 16],
+}
+
+impl ContentCipher {
+    pub fn new(content_key: &[u8; KEY_LEN], file_id: [u8; 16]) -> Self {
+        ContentCipher {
+            aead: Aes256Gcm::new(&(*content_key).into()),
+            file_id,
+        }
+    }
+
+    fn aad(&self, index: u64, last: bool) -> [u8; 25] {
+        let mut a = [0u8; 25];
+        a[..16].copy_from_slice(&self.file_id);
+        a[16..24].copy_from_slice(&index.to_be_bytes());
+        a[24] = u8::from(last);
+        a
+    }
+
+    /// Appends the encryption of one block (at most BLOCK bytes) to `out`.
+    pub fn encrypt_block(
+        &self,
+        index: u64,
+        last: bool,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), cryptocore::RandomError> {
+        let mut nonce = [0u8; NONCE_LEN];
+        cryptocore::fill_random(&mut nonce)?;
+        let start = out.len();
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(plaintext);
+        let body = &mut out[start + NONCE_LEN..];
+        let tag = self
+            .aead
+            .encrypt_inout_detached(&Nonce::from(nonce), &self.aad(index, last), body.into())
+            .map_err(|_| cryptocore::RandomError)?;
+        out.extend_from_slice(&tag);
+        Ok(())
+    }
+
+    fn open(&self, index: u64, last: bool, nonce: &[u8], body: &mut [u8], tag: &[u8]) -> bool {
+        let (Ok(nonce), Ok(tag)) = (
+            <[u8; NONCE_LEN]>::try_from(nonce),
+            <[u8; TAG_LEN]>::try_from(tag),
+        ) else {
+            return false;
+        };
+        self.aead
+            .decrypt_inout_detached(
+                &Nonce::from(nonce),
+                &self.aad(index, last),
+                body.into(),
+                &Tag::from(tag),
+            )
+            .is_ok()
+    }
+
+    /// Decrypts block `index` into `out` (appending its plaintext). `is_final` says whether the
+    /// file's length makes this its last block: that one must carry the last flag. A non-final
+    /// block may carry either flag (a crash can land between an append and the rewrite of the old
+    /// final block). A non-final all-zero full block is a hole.
+    pub fn decrypt_block(
+        &self,
+        index: u64,
+        is_final: bool,
+        block: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), BlockError> {
+        let err = BlockError { index };
+        if block.len() < OVERHEAD as usize || block.len() > CIPHER_BLOCK as usize {
+            return Err(err);
+        }
+        if !is_final && block.len() == CIPHER_BLOCK as usize && block.iter().all(|b| *b == 0) {
+            out.resize(out.len() + BLOCK as usize, 0);
+            return Ok(());
+        }
+        let (nonce, rest) = block.split_at(NONCE_LEN);
+        let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
+        let start = out.len();
+        out.extend_from_slice(body);
+        let ok = if is_final {
+            self.open(index, true, nonce, &mut out[start..], tag)
+        } else {
+            self.open(index, false, nonce, &mut out[start..], tag) || {
+                out[start..].copy_from_slice(body);
+                self.open(index, true, nonce, &mut out[start..], tag)
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            out.truncate(start);
+            Err(err)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn layout_arithmetic() {
+        let h = HEADER_LEN;
+        assert_eq!(backing_len(0), h + 28);
+        assert_eq!(backing_len(1), h + 29);
+        assert_eq!(backing_len(4096), h + 4124);
+        assert_eq!(backing_len(4097), h + 4124 + 29);
+        assert_eq!(
+            layout(h + 28),
+            Layout {
+                size: 0,
+                valid: true
+            }
+        );
+        assert_eq!(
+            layout(h + 4124),
+            Layout {
+                size: 4096,
+                valid: true
+            }
+        );
+        assert!(!layout(h).valid);
+        assert!(!layout(0).valid);
+        assert!(!layout(h + 4124 + 5).valid);
+        assert_eq!(block_count(0), 1);
+        assert_eq!(block_count(4096), 1);
+        assert_eq!(block_count(4097), 2);
+        assert_eq!(block_plain_len(1, 4097), 1);
+        assert_eq!(block_plain_len(0, 4097), 4096);
+        assert_eq!(block_plain_len(2, 4097), 0);
+        assert_eq!(blocks_touched(4095, 2), 0..=1);
+        assert_eq!(blocks_touched(4096, 4096), 1..=1);
+    }
+
+    proptest! {
+        #[test]
+        fn layout_inverts_backing_len(size in 0u64..(1 << 40)) {
+            prop_assert_eq!(layout(backing_len(size)), Layout { size, valid: true });
+        }
+    }
+
+    fn cipher(id: u8) -> ContentCipher {
+        ContentCipher::new(&[7u8; 32], [id; 16])
+    }
+
+    #[test]
+    fn blocks_bind_index_file_and_last_flag() {
+        let c = cipher(1);
+        let mut b = Vec::new();
+        c.encrypt_block(3, false, b"hello", &mut b).unwrap();
+        let mut out = Vec::new();
+        c.decrypt_block(3, false, &b, &mut out).unwrap();
+        assert_eq!(out, b"hello");
+        assert!(
+            c.decrypt_block(4, false, &b, &mut Vec::new()).is_err(),
+            "moved block"
+        );
+        assert!(
+            cipher(2)
+                .decrypt_block(3, false, &b, &mut Vec::new())
+                .is_err(),
+            "other file"
+        );
+        assert!(
+            c.decrypt_block(3, true, &b, &mut Vec::new()).is_err(),
+            "cut after it"
+        );
+        let mut last = Vec::new();
+        c.encrypt_block(5, true, b"end", &mut last).unwrap();
+        let mut out = Vec::new();
+        c.decrypt_block(5, true, &last, &mut out).unwrap();
+        c.decrypt_block(5, false, &last, &mut out).unwrap();
+        assert_eq!(out, b"endend");
+        for i in 0..b.len() {
+            let mut t = b.clone();
+            t[i] ^= 0x80;
+            let mut out = Vec::new();
+            assert!(c.decrypt_block(3, false, &t, &mut out).is_err());
+            assert!(out.is_empty(), "no partial plaintext on failure");
+        }
+    }
+
+    #[test]
+    fn zero_blocks_are_holes_unless_final() {
+        let c = cipher(1);
+        let z = vec![0u8; CIPHER_BLOCK as usize];
+        let mut out = Vec::new();
+        c.decrypt_block(0, false, &z, &mut out).unwrap();
+        assert_eq!(out, vec![0u8; 4096]);
+        assert!(c.decrypt_block(0, true, &z, &mut Vec::new()).is_err());
+        assert!(
+            c.decrypt_block(0, false, &z[..100], &mut Vec::new())
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! Reading and writing one open regular file: block-aligned read-modify-write over the backing
+//! file, in single pread/pwrite calls per request. The caller serializes writers (and readers
+//! against writers) per file, so no reader sees a half-written run of blocks.
+
+use crate::fs::contentenc::{self as ce, BLOCK, BlockError, CIPHER_BLOCK, ContentCipher};
+use crate::fs::errno::{Errno, FsResult};
+use crate::fs::header::{self, COUNTER_OFFSET, DataKeys};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use zeroize::Zeroizing;
+
+/// Block encryptions reserved in the header at a time (4 GiB of writes).
+const RESERVATION: u64 = 1 << 20;
+
+pub struct FileContent {
+    file: File,
+    cipher: ContentCipher,
+    /// Block encryptions this data key has done or reserved.
+    used: u64,
+    reserved: u64,
+    /// Backing path, for log messages.
+    pub label: String,
+}
+
+impl FileContent {
+    /// `header` is the first HEADER_LEN bytes of the file, already authenticated by the caller.
+    pub fn new(file: File, keys: &DataKeys, id: [u8; 16], header: &[u8], label: String) -> Self {
+        let reserved = header::counter(header);
+        FileContent {
+            file,
+            cipher: ContentCipher::new(&keys.content, id),
+            used: reserved,
+            reserved,
+            label,
+        }
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    fn backing_len(&self) -> FsResult<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Plaintext size; EIO if the backing length cannot belong to a valid file.
+    pub fn size(&self) -> FsResult<u64> {
+        let l = ce::layout(self.backing_len()?);
+        if !l.valid {
+            log::error!(
+                "{}: backing length is not a valid kmsfs file (truncated or damaged)",
+                self.label
+            );
+            return Err(Errno::EIO);
+        }
+        Ok(l.size)
+    }
+
+    fn corrupt(&self, e: BlockError) -> Errno {
+        log::error!(
+            "{}: block {} failed authentication (corrupted, moved or cut)",
+            self.label,
+            e.index
+        );
+        Errno::EIO
+    }
+
+    /// Decrypts blocks `first..=last` of a file of `size` bytes, reading them in one call.
+    fn read_blocks(&self, first: u64, last: u64, size: u64) -> FsResult<Zeroizing<Vec<u8>>> {
+        let final_index = ce::block_count(size) - 1;
+        let start = ce::block_offset(first);
+        let end = ce::block_offset(last) + ce::block_plain_len(last, size) + ce::OVERHEAD;
+        let mut raw = vec![0u8; (end - start) as usize];
+        self.file.read_exact_at(&mut raw, start).map_err(|e| {
+            log::error!("{}: reading blocks {first}..={last}: {e}", self.label);
+            Errno::EIO
+        })?;
+        let mut out = Zeroizing::new(Vec::with_capacity(((last - first + 1) * BLOCK) as usize));
+        for (k, chunk) in raw.chunks(CIPHER_BLOCK as usize).enumerate() {
+            let i = first + k as u64;
+            self.cipher
+                .decrypt_block(i, i == final_index, chunk, &mut out)
+                .map_err(|e| self.corrupt(e))?;
+        }
+        Ok(out)
+    }
+
+    pub fn read(&self, offset: u64, len: u32) -> FsResult<Zeroizing<Vec<u8>>> {
+        let size = self.size()?;
+        if offset >= size || len == 0 {
+            return Ok(Zeroizing::new(Vec::new()));
+        }
+        let end = size.min(offset + u64::from(len));
+        let blocks = ce::blocks_touched(offset, end - offset);
+        let (first, last) = (*blocks.start(), *blocks.end());
+        let plain = self.read_blocks(first, last, size)?;
+        let from = (offset - first * BLOCK) as usize;
+        let to = (end - first * BLOCK) as usize;
+        Ok(Zeroizing::new(plain[from..to].to_vec()))
+    }
+
+    /// Takes `n` block encryptions from the data key's budget, reserving more in the header.
+    fn spend(&mut self, n: u64) -> FsResult<()> {
+        let want = self.used + n;
+        if want > ce::MAX_BLOCK_ENCRYPTIONS {
+            log::error!(
+                "{}: its data key has encrypted 2^32 blocks; `kmsfs reencrypt` gives it a fresh one",
+                self.label
+            );
+            return Err(Errno::EFBIG);
+        }
+        if want > self.reserved {
+            let next = (want + RESERVATION).min(ce::MAX_BLOCK_ENCRYPTIONS);
+            self.file
+                .write_all_at(&next.to_be_bytes(), COUNTER_OFFSET as u64)?;
+            self.reserved = next;
+        }
+        self.used = want;
+        Ok(())
+    }
+
+    /// Encrypts and writes consecutive blocks starting at `first` in one call.
+    fn write_run(&mut self, first: u64, blocks: &[(Zeroizing<Vec<u8>>, bool)]) -> FsResult<()> {
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        self.spend(blocks.len() as u64)?;
+        let mut out = Vec::with_capacity(blocks.len() * CIPHER_BLOCK as usize);
+        for (k, (plain, last)) in blocks.iter().enumerate() {
+            self.cipher
+                .encrypt_block(first + k as u64, *last, plain, &mut out)
+                .map_err(|_| Errno::EIO)?;
+        }
+        self.file.write_all_at(&out, ce::block_offset(first))?;
+        Ok(())
+    }
+
+    /// Plaintext of block `i` of a file of `size` bytes (empty past the end).
+    fn block_plain(&self, i: u64, size: u64) -> FsResult<Zeroizing<Vec<u8>>> {
+        if i >= ce::block_count(size) {
+            return Ok(Zeroizing::new(Vec::new()));
+        }
+        self.read_blocks(i, i, size)
+    }
+
+    /// Before the file grows past its final block: makes that block full-length (still flagged
+    /// last), so the layout stays valid whatever happens next. Returns its index if it must be
+    /// re-flagged once the new blocks are written.
+    fn prepare_growth(
+        &mut self,
+        size: u64,
+        new_size: u64,
+        first_written: u64,
+    ) -> FsResult<Option<u64>> {
+        let old_final = ce::block_count(size) - 1;
+        if ce::block_count(new_size) - 1 <= old_final || first_written <= old_final {
+            return Ok(None);
+        }
+        if ce::block_plain_len(old_final, size) < BLOCK {
+            let mut p = self.block_plain(old_final, size)?;
+            p.resize(BLOCK as usize, 0);
+            self.write_run(old_final, &[(p, true)])?;
+        }
+        Ok(Some(old_final))
+    }
+
+    /// Clears the last flag of a block that is no longer final.
+    fn finish_growth(&mut self, old_final: Option<u64>, new_size: u64) -> FsResult<()> {
+        if let Some(i) = old_final {
+            let p = self.read_blocks(i, i, new_size)?;
+            self.write_run(i, &[(p, false)])?;
+        }
+        Ok(())
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> FsResult<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        let end = offset.checked_add(data.len() as u64).ok_or(Errno::EFBIG)?;
+        let size = self.size()?;
+        let new_size = size.max(end);
+        let new_final = ce::block_count(new_size) - 1;
+        let blocks = ce::blocks_touched(offset, data.len() as u64);
+        let (first, last) = (*blocks.start(), *blocks.end());
+        let reflag = self.prepare_growth(size, new_size, first)?;
+        // After prepare_growth the old final block is full, so `grown` reads it correctly.
+        let grown = if reflag.is_some() {
+            ce::block_count(size) * BLOCK
+        } else {
+            size
+        };
+        let mut run = Vec::with_capacity((last - first + 1) as usize);
+        for i in first..=last {
+            let bstart = i * BLOCK;
+            let lo = offset.max(bstart) - bstart;
+            let hi = end.min(bstart + BLOCK) - bstart;
+            let whole = lo == 0 && hi == BLOCK;
+            let mut p = if whole || bstart >= grown {
+                Zeroizing::new(Vec::new())
+            } else {
+                self.block_plain(i, grown)?
+            };
+            let len = if i < new_final {
+                BLOCK
+            } else {
+                ce::block_plain_len(i, new_size)
+            };
+            p.resize(len as usize, 0);
+            let src = (bstart + lo - offset) as usize..(bstart + hi - offset) as usize;
+            p[lo as usize..hi as usize].copy_from_slice(&data[src]);
+            run.push((p, i == new_final));
+        }
+        self.write_run(first, &run)?;
+        self.finish_growth(reflag, new_size)?;
+        Ok(data.len())
+    }
+
+    /// Sets the plaintext size (size 0 is handled by the caller: it gets a new id and key).
+    pub fn truncate(&mut self, new_size: u64) -> FsResult<()> {
+        let size = self.size()?;
+        if new_size == size {
+            return Ok(());
+        }
+        let new_final = ce::block_count(new_size) - 1;
+        if new_size > size {
+            let reflag = self.prepare_growth(size, new_size, new_final)?;
+            let grown = if reflag.is_some() {
+                ce::block_count(size) * BLOCK
+            } else {
+                size
+            };
+            let mut p = self.block_plain(new_final, grown)?;
+            p.resize(ce::block_plain_len(new_final, new_size) as usize, 0);
+            self.write_run(new_final, &[(p, true)])?;
+            return self.finish_growth(reflag, new_size);
+        }
+        let mut p = self.block_plain(new_final, size)?;
+        p.truncate(ce::block_plain_len(new_final, new_size) as usize);
+        self.file.set_len(ce::block_offset(new_final))?;
+        self.write_run(new_final, &[(p, true)])?;
+        self.file.set_len(ce::backing_len(new_size))?;
+        Ok(())
+    }
+
+    /// Verifies every block of the file (fsck and tests).
+    pub fn verify_all(&self) -> FsResult<u64> {
+        let size = self.size()?;
+        let n = ce::block_count(size);
+        let mut i = 0;
+        while i < n {
+            let last = (i + 255).min(n - 1);
+            self.read_blocks(i, last, size)?;
+            i = last + 1;
+        }
+        Ok(size)
+    }
+}

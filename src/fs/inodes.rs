@@ -1,0 +1,246 @@
+//! The inode table. Node ids are the backing inode numbers (the root's swapped with 1, which FUSE
+//! reserves for the root), so `st_ino` and `d_ino` agree and stay stable across mounts. A backing
+//! inode number reused after its file was deleted gets a new generation, which tells the kernel
+//! its cached inode is stale. A node keeps every (parent, name) link it was found under, so hard
+//! links keep working when one of their names goes away.
+
+use crate::fs::header::DataKeys;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub const ROOT: u64 = 1;
+
+pub struct Node {
+    pub generation: u64,
+    pub links: Vec<(u64, OsString)>,
+    pub nlookup: u64,
+    /// Its last name is gone: a new file with the same backing inode number is another inode.
+    pub gone: bool,
+    /// For directories: the name keys, once unwrapped.
+    pub dir_keys: Option<Arc<DataKeys>>,
+}
+
+pub struct Inodes {
+    root: PathBuf,
+    root_backing_ino: u64,
+    nodes: HashMap<u64, Node>,
+    by_name: HashMap<(u64, OsString), u64>,
+}
+
+impl Inodes {
+    pub fn new(root: PathBuf, root_backing_ino: u64) -> Inodes {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node {
+                generation: 0,
+                links: Vec::new(),
+                nlookup: 1,
+                gone: false,
+                dir_keys: None,
+            },
+        );
+        Inodes {
+            root,
+            root_backing_ino,
+            nodes,
+            by_name: HashMap::new(),
+        }
+    }
+
+    /// The node id of a backing inode number.
+    pub fn node_id(&self, backing_ino: u64) -> u64 {
+        if backing_ino == self.root_backing_ino {
+            ROOT
+        } else if backing_ino == ROOT {
+            self.root_backing_ino
+        } else {
+            backing_ino
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get(&ino)
+    }
+
+    pub fn get_mut(&mut self, ino: u64) -> Option<&mut Node> {
+        self.nodes.get_mut(&ino)
+    }
+
+    /// Backing path of a node, through its first link.
+    pub fn path(&self, ino: u64) -> Option<PathBuf> {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        while cur != ROOT {
+            let (parent, name) = self.nodes.get(&cur)?.links.first()?;
+            parts.push(name.clone());
+            cur = *parent;
+            if parts.len() > 4096 {
+                return None;
+            }
+        }
+        let mut p = self.root.clone();
+        for part in parts.iter().rev() {
+            p.push(part);
+        }
+        Some(p)
+    }
+
+    /// Records that `parent/name` reaches backing inode `backing_ino`, counting one lookup.
+    /// Returns the node id and its generation.
+    pub fn link(&mut self, parent: u64, name: &OsStr, backing_ino: u64) -> (u64, u64) {
+        let ino = self.node_id(backing_ino);
+        let key = (parent, name.to_os_string());
+        if let Some(old) = self.by_name.get(&key).copied() {
+            if old != ino {
+                self.drop_link(old, parent, name);
+            }
+        }
+        let node = self.nodes.entry(ino).or_insert_with(|| Node {
+            generation: 0,
+            links: Vec::new(),
+            nlookup: 0,
+            gone: false,
+            dir_keys: None,
+        });
+        if node.gone {
+            node.generation += 1;
+            node.links.clear();
+            node.dir_keys = None;
+            node.gone = false;
+        }
+        node.nlookup += 1;
+        if !node.links.iter().any(|(p, m)| *p == parent && m == name) {
+            node.links.insert(0, (parent, name.to_os_string()));
+        }
+        let generation = node.generation;
+        self.by_name.insert(key, ino);
+        (ino, generation)
+    }
+
+    fn drop_link(&mut self, ino: u64, parent: u64, name: &OsStr) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.links.retain(|(p, m)| !(*p == parent && m == name));
+        }
+        self.by_name.remove(&(parent, name.to_os_string()));
+    }
+
+    /// `parent/name` no longer exists; `gone` says the backing inode went with it.
+    pub fn unlink(&mut self, parent: u64, name: &OsStr, gone: bool) {
+        let Some(ino) = self.find(parent, name) else {
+            return;
+        };
+        self.drop_link(ino, parent, name);
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            if gone || n.links.is_empty() {
+                n.gone = true;
+            }
+        }
+    }
+
+    /// The node reached through `parent/name`, if known.
+    pub fn find(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        self.by_name.get(&(parent, name.to_os_string())).copied()
+    }
+
+    /// A rename moved `from` to `to`, replacing whatever `to` reached.
+    pub fn rename(&mut self, from: (u64, &OsStr), to: (u64, &OsStr)) {
+        if let Some(victim) = self.find(to.0, to.1) {
+            self.drop_link(victim, to.0, to.1);
+        }
+        if let Some(ino) = self.find(from.0, from.1) {
+            self.drop_link(ino, from.0, from.1);
+            self.add_link(ino, to);
+        }
+    }
+
+    fn add_link(&mut self, ino: u64, to: (u64, &OsStr)) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.links.insert(0, (to.0, to.1.to_os_string()));
+        }
+        self.by_name.insert((to.0, to.1.to_os_string()), ino);
+    }
+
+    /// Swaps what two names reach (RENAME_EXCHANGE).
+    pub fn exchange(&mut self, a: (u64, &OsStr), b: (u64, &OsStr)) {
+        let ia = self.find(a.0, a.1);
+        let ib = self.find(b.0, b.1);
+        if let Some(i) = ia {
+            self.drop_link(i, a.0, a.1);
+        }
+        if let Some(i) = ib {
+            self.drop_link(i, b.0, b.1);
+        }
+        if let Some(i) = ia {
+            self.add_link(i, b);
+        }
+        if let Some(i) = ib {
+            self.add_link(i, a);
+        }
+    }
+
+    /// The kernel dropped `n` references.
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT {
+            return;
+        }
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        node.nlookup = node.nlookup.saturating_sub(n);
+        if node.nlookup == 0 {
+            if let Some(node) = self.nodes.remove(&ino) {
+                for l in node.links {
+                    if self.by_name.get(&l) == Some(&ino) {
+                        self.by_name.remove(&l);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_paths_links_renames_reuse_and_forget() {
+        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+        assert_eq!(t.node_id(10), ROOT);
+        assert_eq!(t.node_id(1), 10);
+        assert_eq!(t.node_id(11), 11);
+        let (d, _) = t.link(ROOT, OsStr::new("d"), 11);
+        let (f, g0) = t.link(d, OsStr::new("f"), 12);
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("/c/d/f"));
+        // A hard link reaches the same node; dropping one name keeps the other.
+        assert_eq!(t.link(ROOT, OsStr::new("g"), 12), (f, g0));
+        t.unlink(ROOT, OsStr::new("g"), false);
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("/c/d/f"));
+        t.rename((ROOT, OsStr::new("d")), (ROOT, OsStr::new("e")));
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("/c/e/f"));
+        t.exchange((d, OsStr::new("f")), (ROOT, OsStr::new("x")));
+        assert_eq!(t.path(f).unwrap(), PathBuf::from("/c/x"));
+        // The last name gone: the same backing number later is a new generation.
+        t.unlink(ROOT, OsStr::new("x"), true);
+        let (n, g1) = t.link(d, OsStr::new("new"), 12);
+        assert_eq!(n, f);
+        assert_eq!(g1, g0 + 1);
+        assert_eq!(t.path(n).unwrap(), PathBuf::from("/c/e/new"));
+        t.forget(f, 4);
+        assert!(t.get(f).is_none());
+        assert_eq!(t.find(d, OsStr::new("new")), None);
+        t.forget(ROOT, 100);
+        assert!(t.get(ROOT).is_some());
+    }
+}

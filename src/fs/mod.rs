@@ -1,0 +1,14 @@
+//! The encrypted filesystem: a FUSE view of a cipher directory, with per-file data keys wrapped by
+//! a CMK through the key provider.
+
+pub mod cipherdir;
+pub mod contentenc;
+pub mod errno;
+pub mod fileio;
+pub mod fuse;
+pub mod header;
+pub mod inodes;
+pub mod mount;
+pub mod nametransform;
+pub mod ops;
+pub mod sys;

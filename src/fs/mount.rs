@@ -1,0 +1,181 @@
+//! Mounting: checks on the mount point, the FUSE session, signals, and unmounting.
+
+use crate::error::{KmsError, Result};
+use crate::fs::fuse::Fuse;
+use crate::fs::ops::KmsFs;
+use fuser::{Config, MountOption, SessionACL};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub read_only: bool,
+    pub allow_other: bool,
+    pub threads: usize,
+    pub attr_ttl: Duration,
+}
+
+/// Undoes the escaping of /proc/self/mountinfo fields (`\040` for a space, and so on).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mount points listed in mountinfo text.
+pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .collect()
+}
+
+pub fn is_mount_point(p: &Path) -> bool {
+    let Ok(canon) = p.canonicalize() else {
+        return false;
+    };
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| mount_points(&t).contains(&canon))
+        .unwrap_or(false)
+}
+
+/// The mount point must exist, be a directory, be empty and not be mounted on already.
+pub fn check_mount_point(p: &Path) -> Result<()> {
+    let m = std::fs::metadata(p).map_err(|e| {
+        KmsError::validation(format!(
+            "mount point {}: {e} (create it with mkdir)",
+            p.display()
+        ))
+    })?;
+    if !m.is_dir() {
+        return Err(KmsError::validation(format!(
+            "mount point {} is not a directory",
+            p.display()
+        )));
+    }
+    if is_mount_point(p) {
+        return Err(KmsError::validation(format!(
+            "{} is already a mount point (busy): `kmsfs umount {}` first",
+            p.display(),
+            p.display()
+        )));
+    }
+    let mut entries =
+        std::fs::read_dir(p).map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))?;
+    if entries.next().is_some() {
+        return Err(KmsError::validation(format!(
+            "mount point {} is not empty: mounting over files would hide them",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+fn fuse_config(cipherdir: &Path, o: &MountOptions) -> Config {
+    let mut opts = vec![
+        MountOption::FSName(cipherdir.display().to_string()),
+        MountOption::Subtype("kmsfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if o.read_only {
+        opts.push(MountOption::RO);
+    }
+    let mut c = Config::default();
+    c.mount_options = opts;
+    c.acl = if o.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    c.n_threads = Some(o.threads.max(1));
+    c.clone_fd = o.threads > 1;
+    c
+}
+
+/// Mounts and serves until unmounted or sent SIGTERM/SIGINT/SIGHUP (which unmount cleanly).
+/// `ready` runs once the mount is live.
+pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce()) -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let cipherdir = fs.root().to_path_buf();
+    // Block the signals in every thread; one thread waits for them.
+    let mut sigs = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        sigs.add(s);
+    }
+    sigs.thread_block()
+        .map_err(|e| KmsError::internal(format!("signal mask: {e}")))?;
+    let fuse = Fuse {
+        fs: Arc::new(fs),
+        ttl: o.attr_ttl,
+    };
+    let mut session = fuser::Session::new(fuse, mountpoint, &fuse_config(&cipherdir, o))
+        .map_err(|e| KmsError::validation(format!("mounting on {}: {e}", mountpoint.display())))?;
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.to_path_buf();
+    std::thread::spawn(move || {
+        if let Ok(sig) = sigs.wait() {
+            log::info!("{sig:?}: unmounting {}", mp.display());
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmounting {}: {e}", mp.display());
+            }
+        }
+    });
+    ready();
+    session
+        .run()
+        .map_err(|e| KmsError::internal(format!("FUSE session: {e}")))
+}
+
+/// Unmounts through fusermount3 (works for the mount's owner), falling back to umount2 as root.
+pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u").arg("-q");
+    if lazy {
+        cmd.arg("-z");
+    }
+    match cmd.arg(mountpoint).status() {
+        Ok(s) if s.success() => return Ok(()),
+        _ => {}
+    }
+    let flags = if lazy {
+        nix::mount::MntFlags::MNT_DETACH
+    } else {
+        nix::mount::MntFlags::empty()
+    };
+    nix::mount::umount2(mountpoint, flags)
+        .map_err(|e| KmsError::validation(format!("unmounting {}: {e}", mountpoint.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo() {
+        let t = "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw\n\
+                 37 35 0:5 / /proc rw - proc proc rw\n";
+        assert_eq!(
+            mount_points(t),
+            vec![PathBuf::from("/mnt/with space"), PathBuf::from("/proc")]
+        );
+        assert_eq!(unescape_mountinfo("a\\011b"), "a\tb");
+        assert_eq!(unescape_mountinfo("trailing\\"), "trailing\\");
+    }
+}
