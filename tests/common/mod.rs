@@ -167,17 +167,17 @@ pub fn feed(mut c: Command, stdin: &[u8]) -> Output {
     out
 }
 
-/// Every file below `dir`, recursively.
+/// Every regular file below `dir`, recursively (symlinks are not followed).
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
+            let t = e.file_type().expect("file type");
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                out.push(e.path());
             }
         }
     }
@@ -186,4 +186,94 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A mounted kmsfs: its own key store, CMK, cipher directory and mount point. Dropping it
+/// unmounts lazily, also when the test failed.
+pub struct Mounted {
+    pub env: Env,
+    pub cipher: PathBuf,
+    pub mnt: PathBuf,
+    pub key: String,
+    pub log: PathBuf,
+}
+
+impl Mounted {
+    pub fn new() -> Mounted {
+        Mounted::with_args(&[])
+    }
+
+    pub fn with_args(extra: &[&str]) -> Mounted {
+        let env = Env::new();
+        let key = env.create_key(&["--alias", "fs"]);
+        let cipher = env.path("cipher");
+        let mnt = env.path("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir mnt");
+        env.ok(&["init", cipher.to_str().expect("utf8"), "--key", "alias/fs"]);
+        let log = env.path("kmsfs.log");
+        let m = Mounted { env, cipher, mnt, key, log };
+        m.mount(extra);
+        m
+    }
+
+    pub fn mount(&self, extra: &[&str]) {
+        let mut args = vec![
+            "mount",
+            self.cipher.to_str().expect("utf8"),
+            self.mnt.to_str().expect("utf8"),
+            "--log-file",
+            self.log.to_str().expect("utf8"),
+        ];
+        args.extend(extra);
+        self.env.ok(&args);
+        assert!(is_mounted(&self.mnt), "mount returned before the mount was live");
+    }
+
+    pub fn unmount(&self) {
+        self.env.ok(&["umount", self.mnt.to_str().expect("utf8")]);
+        // The daemon exits when the kernel ends the session.
+        for _ in 0..100 {
+            if !is_mounted(&self.mnt) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("still mounted after umount");
+    }
+
+    pub fn p(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// Regular files in the cipher directory (kmsfs's own files excluded).
+    pub fn cipher_files(&self) -> Vec<PathBuf> {
+        files_under(&self.cipher)
+            .into_iter()
+            .filter(|p| {
+                let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                !n.starts_with("kmsfs.") || (n.starts_with("kmsfs.longname.") && !n.ends_with(".name"))
+            })
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mnt).status();
+            if is_mounted(&self.mnt) {
+                let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
+    }
+}
+
+pub fn is_mounted(p: &Path) -> bool {
+    let Ok(canon) = p.canonicalize() else { return false };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    kmsfs::fs::mount::mount_points(&info).contains(&canon)
 }
