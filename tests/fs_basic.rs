@@ -8,23 +8,42 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 
 fn pattern(n: usize, seed: u8) -> Vec<u8> {
-    (0..n).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 #[test]
 fn files_of_every_size_round_trip_and_survive_remount() {
     let m = Mounted::new();
-    let sizes = [0usize, 1, 100, 4095, 4096, 4097, 8192, 3 * 4096 + 17, (1 << 20) + 3];
+    let sizes = [
+        0usize,
+        1,
+        100,
+        4095,
+        4096,
+        4097,
+        8192,
+        3 * 4096 + 17,
+        (1 << 20) + 3,
+    ];
     for (i, n) in sizes.iter().enumerate() {
         let data = pattern(*n, i as u8);
         fs::write(m.p(&format!("f{n}")), &data).unwrap();
         assert_eq!(fs::read(m.p(&format!("f{n}"))).unwrap(), data, "size {n}");
-        assert_eq!(fs::metadata(m.p(&format!("f{n}"))).unwrap().len(), *n as u64);
+        assert_eq!(
+            fs::metadata(m.p(&format!("f{n}"))).unwrap().len(),
+            *n as u64
+        );
     }
     m.unmount();
     m.mount(&[]);
     for (i, n) in sizes.iter().enumerate() {
-        assert_eq!(fs::read(m.p(&format!("f{n}"))).unwrap(), pattern(*n, i as u8), "after remount, size {n}");
+        assert_eq!(
+            fs::read(m.p(&format!("f{n}"))).unwrap(),
+            pattern(*n, i as u8),
+            "after remount, size {n}"
+        );
     }
 }
 
@@ -39,23 +58,48 @@ fn cipher_directory_holds_no_plaintext_names_or_content() {
     fs::create_dir(m.p("secret-dir-name")).unwrap();
     fs::write(m.p("secret-dir-name/secret-file-name.txt"), &body).unwrap();
     std::os::unix::fs::symlink("secret-link-target", m.p("secret-link")).unwrap();
-    xattr_set(&m.p("secret-dir-name/secret-file-name.txt"), "user.secret-attr", b"SECRET-XATTR-VALUE");
+    xattr_set(
+        &m.p("secret-dir-name/secret-file-name.txt"),
+        "user.secret-attr",
+        b"SECRET-XATTR-VALUE",
+    );
     for f in files_under(&m.cipher) {
         let data = fs::read(&f).unwrap();
-        assert!(!contains(&data, &marker[..16]), "{} holds plaintext", f.display());
+        assert!(
+            !contains(&data, &marker[..16]),
+            "{} holds plaintext",
+            f.display()
+        );
         assert!(!contains(&data, b"SECRET-XATTR-VALUE"));
         let name = f.to_string_lossy().to_string();
         assert!(!name.contains("secret"), "plaintext name in {name}");
     }
-    let links: Vec<_> = fs::read_dir(&m.cipher).unwrap().flatten().filter(|e| e.file_type().unwrap().is_symlink()).collect();
+    let links: Vec<_> = fs::read_dir(&m.cipher)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_type().unwrap().is_symlink())
+        .collect();
     assert_eq!(links.len(), 1);
-    assert!(!fs::read_link(links[0].path()).unwrap().to_string_lossy().contains("secret"));
+    assert!(
+        !fs::read_link(links[0].path())
+            .unwrap()
+            .to_string_lossy()
+            .contains("secret")
+    );
 }
 
 pub fn xattr_set(p: &std::path::Path, name: &str, value: &[u8]) {
     let cp = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
     let cn = std::ffi::CString::new(name).unwrap();
-    let rc = unsafe { libc::setxattr(cp.as_ptr(), cn.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    let rc = unsafe {
+        libc::setxattr(
+            cp.as_ptr(),
+            cn.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
     assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
 
@@ -63,12 +107,22 @@ pub fn xattr_set(p: &std::path::Path, name: &str, value: &[u8]) {
 fn writes_at_offsets_holes_and_sparse_files() {
     let m = Mounted::new();
     let p = m.p("sparse");
-    let f = fs::OpenOptions::new().create(true).read(true).write(true).open(&p).unwrap();
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
     f.write_all_at(b"start", 0).unwrap();
     f.write_all_at(b"far away", 10 * 1024 * 1024).unwrap();
     let meta = fs::metadata(&p).unwrap();
     assert_eq!(meta.len(), 10 * 1024 * 1024 + 8);
-    assert!(meta.blocks() * 512 < 1024 * 1024, "holes stay holes: {} blocks", meta.blocks());
+    assert!(
+        meta.blocks() * 512 < 1024 * 1024,
+        "holes stay holes: {} blocks",
+        meta.blocks()
+    );
     let mut buf = vec![1u8; 8192];
     f.read_exact_at(&mut buf, 5 * 1024 * 1024).unwrap();
     assert!(buf.iter().all(|b| *b == 0), "holes read as zeros");
@@ -133,14 +187,23 @@ fn append_excl_and_seek() {
         f.write_all(line).unwrap();
     }
     assert_eq!(fs::read(&p).unwrap(), b"one\ntwo\nthree\n");
-    let e = fs::OpenOptions::new().write(true).create_new(true).open(&p).unwrap_err();
+    let e = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap_err();
     assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
     let mut f = fs::File::open(&p).unwrap();
     f.seek(SeekFrom::Start(4)).unwrap();
     let mut s = String::new();
     f.read_to_string(&mut s).unwrap();
     assert_eq!(s, "two\nthree\n");
-    let mode = fs::OpenOptions::new().write(true).create_new(true).mode(0o640).open(m.p("m")).unwrap();
+    let mode = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(m.p("m"))
+        .unwrap();
     drop(mode);
     assert_eq!(fs::metadata(m.p("m")).unwrap().mode() & 0o777, 0o640);
 }
@@ -166,19 +229,29 @@ fn corruption_is_eio_never_wrong_bytes() {
     assert_eq!(e.raw_os_error(), Some(libc::EIO));
     assert!(fs::read(m.p("c")).is_err());
     drop(f);
-    assert!(m.log_text().contains("block 2 failed authentication"), "{}", m.log_text());
+    assert!(
+        m.log_text().contains("block 2 failed authentication"),
+        "{}",
+        m.log_text()
+    );
     // Cutting the last whole block off is detected, not read as a shorter file.
     fs::write(&cf, &good[..good.len() - 4124]).unwrap();
     m.unmount();
     m.mount(&[]);
-    assert_eq!(fs::read(m.p("c")).unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert_eq!(
+        fs::read(m.p("c")).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
     // A damaged header makes the file unreadable.
     let mut bad = good.clone();
     bad[40] ^= 1;
     fs::write(&cf, &bad).unwrap();
     m.unmount();
     m.mount(&[]);
-    assert_eq!(fs::File::open(m.p("c")).unwrap_err().raw_os_error(), Some(libc::EIO));
+    assert_eq!(
+        fs::File::open(m.p("c")).unwrap_err().raw_os_error(),
+        Some(libc::EIO)
+    );
     fs::write(&cf, &good).unwrap();
     m.unmount();
     m.mount(&[]);
@@ -193,24 +266,50 @@ fn mount_refuses_foreign_dirs_and_bad_mount_points() {
     fs::create_dir(&plain).unwrap();
     let mp = e.path("mp2");
     fs::create_dir(&mp).unwrap();
-    let err = e.fails(&["mount", plain.to_str().unwrap(), mp.to_str().unwrap()], 15);
+    let err = e.fails(
+        &["mount", plain.to_str().unwrap(), mp.to_str().unwrap()],
+        15,
+    );
     assert!(err.contains("not a kmsfs cipher directory"), "{err}");
-    let err = e.fails(&["mount", m.cipher.to_str().unwrap(), e.path("missing").to_str().unwrap()], 15);
+    let err = e.fails(
+        &[
+            "mount",
+            m.cipher.to_str().unwrap(),
+            e.path("missing").to_str().unwrap(),
+        ],
+        15,
+    );
     assert!(err.contains("mkdir"), "{err}");
-    let err = e.fails(&["mount", m.cipher.to_str().unwrap(), m.mnt.to_str().unwrap()], 15);
+    let err = e.fails(
+        &["mount", m.cipher.to_str().unwrap(), m.mnt.to_str().unwrap()],
+        15,
+    );
     assert!(err.contains("already a mount point"), "{err}");
     fs::write(mp.join("x"), b"").unwrap();
-    let err = e.fails(&["mount", m.cipher.to_str().unwrap(), mp.to_str().unwrap()], 15);
+    let err = e.fails(
+        &["mount", m.cipher.to_str().unwrap(), mp.to_str().unwrap()],
+        15,
+    );
     assert!(err.contains("not empty"), "{err}");
     // A modified config is refused.
     let cfg = m.cipher.join("kmsfs.conf");
     let text = fs::read_to_string(&cfg).unwrap();
-    fs::write(&cfg, text.replace("\"block_size\": 4096", "\"block_size\": 4097")).unwrap();
+    fs::write(
+        &cfg,
+        text.replace("\"block_size\": 4096", "\"block_size\": 4097"),
+    )
+    .unwrap();
     fs::remove_file(mp.join("x")).unwrap();
-    let err = e.fails(&["mount", m.cipher.to_str().unwrap(), mp.to_str().unwrap()], 15);
+    let err = e.fails(
+        &["mount", m.cipher.to_str().unwrap(), mp.to_str().unwrap()],
+        15,
+    );
     assert!(err.contains("modified"), "{err}");
     // init refuses a non-empty directory.
-    let err = e.fails(&["init", m.cipher.to_str().unwrap(), "--key", "alias/fs"], 15);
+    let err = e.fails(
+        &["init", m.cipher.to_str().unwrap(), "--key", "alias/fs"],
+        15,
+    );
     assert!(err.contains("not empty"), "{err}");
 }
 
@@ -223,5 +322,8 @@ fn read_only_mount() {
     assert_eq!(fs::read(m.p("r")).unwrap(), b"data");
     let e = fs::write(m.p("r"), b"x").unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::EROFS));
-    assert_eq!(fs::create_dir(m.p("d")).unwrap_err().raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        fs::create_dir(m.p("d")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
 }

@@ -5,7 +5,7 @@ use common::*;
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 fn c(p: &Path) -> CString {
@@ -13,15 +13,30 @@ fn c(p: &Path) -> CString {
 }
 
 fn errno_of(rc: i32) -> i32 {
-    if rc == 0 { 0 } else { std::io::Error::last_os_error().raw_os_error().unwrap_or(-1) }
+    if rc == 0 {
+        0
+    } else {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    }
 }
 
 fn rename2(a: &Path, b: &Path, flags: u32) -> i32 {
-    errno_of(unsafe { libc::renameat2(libc::AT_FDCWD, c(a).as_ptr(), libc::AT_FDCWD, c(b).as_ptr(), flags) })
+    errno_of(unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c(a).as_ptr(),
+            libc::AT_FDCWD,
+            c(b).as_ptr(),
+            flags,
+        )
+    })
 }
 
 fn names(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -34,15 +49,30 @@ fn directories_and_readdir() {
         fs::write(m.p(&format!("a/b/{n}")), n).unwrap();
     }
     assert_eq!(names(&m.p("a/b")), ["c", "x", "y", "z"]);
-    assert_eq!(fs::remove_dir(m.p("a/b")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
+    assert_eq!(
+        fs::remove_dir(m.p("a/b")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
     fs::remove_dir(m.p("a/b/c")).unwrap();
     assert_eq!(names(&m.p("a/b")), ["x", "y", "z"]);
     assert!(fs::metadata(m.p("a")).unwrap().is_dir());
     assert_eq!(fs::metadata(m.p("a")).unwrap().nlink(), 3);
-    assert_eq!(fs::create_dir(m.p("a")).unwrap_err().kind(), std::io::ErrorKind::AlreadyExists);
-    assert_eq!(fs::remove_dir(m.p("a/b/x")).unwrap_err().raw_os_error(), Some(libc::ENOTDIR));
-    assert_eq!(fs::remove_file(m.p("a/b")).unwrap_err().raw_os_error(), Some(libc::EISDIR));
-    assert_eq!(fs::metadata(m.p("nope")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    assert_eq!(
+        fs::create_dir(m.p("a")).unwrap_err().kind(),
+        std::io::ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        fs::remove_dir(m.p("a/b/x")).unwrap_err().raw_os_error(),
+        Some(libc::ENOTDIR)
+    );
+    assert_eq!(
+        fs::remove_file(m.p("a/b")).unwrap_err().raw_os_error(),
+        Some(libc::EISDIR)
+    );
+    assert_eq!(
+        fs::metadata(m.p("nope")).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
     // A large directory lists completely.
     fs::create_dir(m.p("many")).unwrap();
     for i in 0..500 {
@@ -75,13 +105,25 @@ fn renames_of_every_kind() {
     assert_eq!(fs::read(m.p("empty/deep")).unwrap(), b"deep");
     fs::create_dir(m.p("full")).unwrap();
     fs::write(m.p("full/x"), b"").unwrap();
-    assert_eq!(fs::rename(m.p("empty"), m.p("full")).unwrap_err().raw_os_error(), Some(libc::ENOTEMPTY));
-    assert_eq!(fs::read(m.p("empty/deep")).unwrap(), b"deep", "a failed rename changes nothing");
+    assert_eq!(
+        fs::rename(m.p("empty"), m.p("full"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    assert_eq!(
+        fs::read(m.p("empty/deep")).unwrap(),
+        b"deep",
+        "a failed rename changes nothing"
+    );
     assert_eq!(names(&m.p("full")), ["x"]);
     // RENAME_NOREPLACE and RENAME_EXCHANGE.
     fs::write(m.p("a"), b"A").unwrap();
     fs::write(m.p("b"), b"B").unwrap();
-    assert_eq!(rename2(&m.p("a"), &m.p("b"), libc::RENAME_NOREPLACE), libc::EEXIST);
+    assert_eq!(
+        rename2(&m.p("a"), &m.p("b"), libc::RENAME_NOREPLACE),
+        libc::EEXIST
+    );
     assert_eq!(rename2(&m.p("a"), &m.p("c"), libc::RENAME_NOREPLACE), 0);
     assert_eq!(rename2(&m.p("c"), &m.p("b"), libc::RENAME_EXCHANGE), 0);
     assert_eq!(fs::read(m.p("b")).unwrap(), b"A");
@@ -103,11 +145,17 @@ fn hard_links_and_symlinks() {
     fs::write(m.p("orig"), b"shared").unwrap();
     fs::hard_link(m.p("orig"), m.p("d/link")).unwrap();
     assert_eq!(fs::metadata(m.p("orig")).unwrap().nlink(), 2);
-    assert_eq!(fs::metadata(m.p("orig")).unwrap().ino(), fs::metadata(m.p("d/link")).unwrap().ino());
+    assert_eq!(
+        fs::metadata(m.p("orig")).unwrap().ino(),
+        fs::metadata(m.p("d/link")).unwrap().ino()
+    );
     fs::write(m.p("d/link"), b"changed through the link").unwrap();
     assert_eq!(fs::read(m.p("orig")).unwrap(), b"changed through the link");
     fs::remove_file(m.p("orig")).unwrap();
-    assert_eq!(fs::read(m.p("d/link")).unwrap(), b"changed through the link");
+    assert_eq!(
+        fs::read(m.p("d/link")).unwrap(),
+        b"changed through the link"
+    );
     assert_eq!(fs::metadata(m.p("d/link")).unwrap().nlink(), 1);
 
     std::os::unix::fs::symlink("d/link", m.p("sym")).unwrap();
@@ -120,7 +168,10 @@ fn hard_links_and_symlinks() {
     std::os::unix::fs::symlink(&long, m.p("long")).unwrap();
     assert_eq!(fs::read_link(m.p("long")).unwrap(), Path::new(&long));
     std::os::unix::fs::symlink("/nonexistent/dangling", m.p("dangling")).unwrap();
-    assert_eq!(fs::read_link(m.p("dangling")).unwrap(), Path::new("/nonexistent/dangling"));
+    assert_eq!(
+        fs::read_link(m.p("dangling")).unwrap(),
+        Path::new("/nonexistent/dangling")
+    );
     // A symlink renamed into another directory keeps its target.
     fs::rename(m.p("sym"), m.p("d/sym")).unwrap();
     assert_eq!(fs::read_link(m.p("d/sym")).unwrap(), Path::new("d/link"));
@@ -141,7 +192,10 @@ fn long_names_up_to_255_bytes() {
         v
     });
     let n256 = "n".repeat(256);
-    assert_eq!(fs::write(m.p(&n256), b"").unwrap_err().raw_os_error(), Some(libc::ENAMETOOLONG));
+    assert_eq!(
+        fs::write(m.p(&n256), b"").unwrap_err().raw_os_error(),
+        Some(libc::ENAMETOOLONG)
+    );
     let other = "m".repeat(250);
     fs::rename(m.p(&n255), m.p(&other)).unwrap();
     assert_eq!(fs::read(m.p(&other)).unwrap(), b"long");
@@ -149,8 +203,15 @@ fn long_names_up_to_255_bytes() {
     fs::remove_file(m.p(&other)).unwrap();
     fs::remove_dir_all(m.p(&n200)).unwrap();
     assert!(names(&m.mnt).is_empty());
-    let left: Vec<_> = fs::read_dir(&m.cipher).unwrap().map(|e| e.unwrap().file_name()).collect();
-    assert_eq!(left.len(), 2, "only kmsfs.conf and kmsfs.dirkey remain: {left:?}");
+    let left: Vec<_> = fs::read_dir(&m.cipher)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        left.len(),
+        2,
+        "only kmsfs.conf and kmsfs.dirkey remain: {left:?}"
+    );
 }
 
 #[test]
@@ -164,17 +225,33 @@ fn attributes_chmod_chown_utimens() {
     let meta = fs::metadata(&p).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1234, 5678));
     let times = [
-        libc::timespec { tv_sec: 1_000_000_000, tv_nsec: 5 },
-        libc::timespec { tv_sec: 1_500_000_000, tv_nsec: 123_456_789 },
+        libc::timespec {
+            tv_sec: 1_000_000_000,
+            tv_nsec: 5,
+        },
+        libc::timespec {
+            tv_sec: 1_500_000_000,
+            tv_nsec: 123_456_789,
+        },
     ];
-    assert_eq!(errno_of(unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), times.as_ptr(), 0) }), 0);
+    assert_eq!(
+        errno_of(unsafe { libc::utimensat(libc::AT_FDCWD, c(&p).as_ptr(), times.as_ptr(), 0) }),
+        0
+    );
     let meta = fs::metadata(&p).unwrap();
-    assert_eq!((meta.atime(), meta.mtime(), meta.mtime_nsec()), (1_000_000_000, 1_500_000_000, 123_456_789));
+    assert_eq!(
+        (meta.atime(), meta.mtime(), meta.mtime_nsec()),
+        (1_000_000_000, 1_500_000_000, 123_456_789)
+    );
     std::os::unix::fs::symlink("f", m.p("s")).unwrap();
     std::os::unix::fs::lchown(m.p("s"), Some(42), Some(43)).unwrap();
     let sm = fs::symlink_metadata(m.p("s")).unwrap();
     assert_eq!((sm.uid(), sm.gid()), (42, 43));
-    assert_eq!(fs::metadata(&p).unwrap().uid(), 1234, "lchown does not follow");
+    assert_eq!(
+        fs::metadata(&p).unwrap().uid(),
+        1234,
+        "lchown does not follow"
+    );
     // New entries in a setgid directory take its group; subdirectories inherit the bit.
     fs::create_dir(m.p("g")).unwrap();
     std::os::unix::fs::chown(m.p("g"), None, Some(777)).unwrap();
@@ -189,7 +266,10 @@ fn attributes_chmod_chown_utimens() {
 fn fifos_xattrs_statfs_fallocate_fsync() {
     let m = Mounted::new();
     let fifo = m.p("fifo");
-    assert_eq!(errno_of(unsafe { libc::mkfifo(c(&fifo).as_ptr(), 0o644) }), 0);
+    assert_eq!(
+        errno_of(unsafe { libc::mkfifo(c(&fifo).as_ptr(), 0o644) }),
+        0
+    );
     use std::os::unix::fs::FileTypeExt;
     assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
     fs::remove_file(&fifo).unwrap();
@@ -201,13 +281,22 @@ fn fifos_xattrs_statfs_fallocate_fsync() {
         let cp = c(&target);
         let set = |n: &str, v: &[u8], flags: i32| {
             let cn = CString::new(n).unwrap();
-            errno_of(unsafe { libc::setxattr(cp.as_ptr(), cn.as_ptr(), v.as_ptr().cast(), v.len(), flags) })
+            errno_of(unsafe {
+                libc::setxattr(cp.as_ptr(), cn.as_ptr(), v.as_ptr().cast(), v.len(), flags)
+            })
         };
         let get = |n: &str| -> Result<Vec<u8>, i32> {
             let cn = CString::new(n).unwrap();
             let mut buf = vec![0u8; 256];
-            let r = unsafe { libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-            if r < 0 { Err(std::io::Error::last_os_error().raw_os_error().unwrap()) } else { buf.truncate(r as usize); Ok(buf) }
+            let r = unsafe {
+                libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            };
+            if r < 0 {
+                Err(std::io::Error::last_os_error().raw_os_error().unwrap())
+            } else {
+                buf.truncate(r as usize);
+                Ok(buf)
+            }
         };
         assert_eq!(set("user.color", b"blue", 0), 0);
         assert_eq!(get("user.color").unwrap(), b"blue");
@@ -220,21 +309,37 @@ fn fifos_xattrs_statfs_fallocate_fsync() {
         let n = unsafe { libc::listxattr(cp.as_ptr(), list.as_mut_ptr().cast(), list.len()) };
         assert_eq!(&list[..n as usize], b"user.color\0");
         let cn = CString::new("user.color").unwrap();
-        assert_eq!(errno_of(unsafe { libc::removexattr(cp.as_ptr(), cn.as_ptr()) }), 0);
+        assert_eq!(
+            errno_of(unsafe { libc::removexattr(cp.as_ptr(), cn.as_ptr()) }),
+            0
+        );
         assert_eq!(get("user.color"), Err(libc::ENODATA));
         assert_eq!(set("trusted.x", b"v", 0), libc::EOPNOTSUPP);
     }
 
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    assert_eq!(errno_of(unsafe { libc::statvfs(c(&m.mnt).as_ptr(), &mut st) }), 0);
+    assert_eq!(
+        errno_of(unsafe { libc::statvfs(c(&m.mnt).as_ptr(), &mut st) }),
+        0
+    );
     assert_eq!(st.f_namemax, 255);
     assert!(st.f_blocks > 0);
 
-    let f = fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
     use std::os::fd::AsRawFd;
-    assert_eq!(errno_of(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 10000) }), 0);
+    assert_eq!(
+        errno_of(unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 10000) }),
+        0
+    );
     assert_eq!(fs::metadata(&p).unwrap().len(), 10000);
-    assert_eq!(errno_of(unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 50000) }), 0);
+    assert_eq!(
+        errno_of(unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_KEEP_SIZE, 0, 50000) }),
+        0
+    );
     assert_eq!(fs::metadata(&p).unwrap().len(), 10000);
     f.write_all_at(b"synced", 9000).unwrap();
     f.sync_all().unwrap();
@@ -249,11 +354,22 @@ fn shared_writable_mmap() {
     let m = Mounted::new();
     let p = m.p("mapped");
     fs::write(&p, vec![b'.'; 3 * 4096]).unwrap();
-    let f = fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
     use std::os::fd::AsRawFd;
     unsafe {
         let len = 3 * 4096;
-        let ptr = libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0);
+        let ptr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
         assert_ne!(ptr, libc::MAP_FAILED);
         let s = std::slice::from_raw_parts_mut(ptr as *mut u8, len);
         assert_eq!(s[5000], b'.');
@@ -270,7 +386,8 @@ fn shared_writable_mmap() {
 }
 
 /// Writers replace whole 8 KiB records (spanning two blocks) while readers check that every
-/// record they see is entirely one writer's.
+/// record they see is entirely one writer's. Both use O_DIRECT, so every request reaches the
+/// daemon: the kernel's page cache by itself does not promise atomic reads against writes.
 #[test]
 fn concurrent_readers_and_writers_never_see_mixed_blocks() {
     let m = Mounted::new();
@@ -283,9 +400,17 @@ fn concurrent_readers_and_writers_never_see_mixed_blocks() {
     for w in 1..=3u8 {
         let p = p.clone();
         threads.push(std::thread::spawn(move || {
-            let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&p)
+                .unwrap();
             for i in 0..200u64 {
-                f.write_all_at(&[w.wrapping_mul(50).wrapping_add(i as u8); REC], (i % RECS) * REC as u64).unwrap();
+                f.write_all_at(
+                    &[w.wrapping_mul(50).wrapping_add(i as u8); REC],
+                    (i % RECS) * REC as u64,
+                )
+                .unwrap();
             }
         }));
     }
@@ -293,7 +418,11 @@ fn concurrent_readers_and_writers_never_see_mixed_blocks() {
     for _ in 0..2 {
         let (p, stop) = (p.clone(), stop.clone());
         readers.push(std::thread::spawn(move || {
-            let f = fs::File::open(&p).unwrap();
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&p)
+                .unwrap();
             let mut buf = vec![0u8; REC];
             let mut checked = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) || checked == 0 {
@@ -302,6 +431,8 @@ fn concurrent_readers_and_writers_never_see_mixed_blocks() {
                     assert!(buf.iter().all(|b| *b == buf[0]), "record {r} mixes writers");
                     checked += 1;
                 }
+                // Leave the daemon's threads to the writers now and then.
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
             checked
         }));

@@ -69,8 +69,8 @@ impl Inodes {
         self.nodes.get_mut(&ino)
     }
 
-    /// Backing path of a node, through its first link.
-    pub fn path(&self, ino: u64) -> Option<PathBuf> {
+    /// Backing names from the root down to a node, through first links (empty for the root).
+    pub fn components(&self, ino: u64) -> Option<Vec<OsString>> {
         let mut parts = Vec::new();
         let mut cur = ino;
         while cur != ROOT {
@@ -81,10 +81,14 @@ impl Inodes {
                 return None;
             }
         }
+        parts.reverse();
+        Some(parts)
+    }
+
+    /// Backing path of a node (for messages: operations go through directory descriptors).
+    pub fn path(&self, ino: u64) -> Option<PathBuf> {
         let mut p = self.root.clone();
-        for part in parts.iter().rev() {
-            p.push(part);
-        }
+        p.extend(self.components(ino)?);
         Some(p)
     }
 

@@ -13,11 +13,15 @@ use crate::keystore::atomic;
 use crate::kms::Caller;
 use crate::provider::KeyProvider;
 use fuser::{FileAttr, FileType};
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{FileStat, Mode, fstatat};
+use nix::unistd::UnlinkatFlags;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::{File, Metadata, OpenOptions};
+use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -82,24 +86,24 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
-fn file_type(m: &Metadata) -> FileType {
-    use std::os::unix::fs::FileTypeExt;
-    let t = m.file_type();
-    if t.is_dir() {
-        FileType::Directory
-    } else if t.is_symlink() {
-        FileType::Symlink
-    } else if t.is_fifo() {
-        FileType::NamedPipe
-    } else if t.is_socket() {
-        FileType::Socket
-    } else if t.is_char_device() {
-        FileType::CharDevice
-    } else if t.is_block_device() {
-        FileType::BlockDevice
-    } else {
-        FileType::RegularFile
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
     }
+}
+
+fn is_dir(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+fn is_file(st: &FileStat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG
 }
 
 /// Plaintext length of a symlink whose stored target is `stored_len` base64url characters.
@@ -108,40 +112,81 @@ pub fn symlink_plain_len(stored_len: u64) -> u64 {
 }
 
 /// Attributes of node `ino` from its backing metadata, with plaintext sizes.
-pub fn to_attr(ino: u64, m: &Metadata) -> FileAttr {
-    let kind = file_type(m);
+pub fn to_attr(ino: u64, st: &FileStat) -> FileAttr {
+    let kind = file_type(st.st_mode);
+    let len = st.st_size.max(0) as u64;
     let size = match kind {
-        FileType::RegularFile => ce::layout(m.len()).size,
-        FileType::Symlink => symlink_plain_len(m.len()),
-        _ => m.len(),
+        FileType::RegularFile => ce::layout(len).size,
+        FileType::Symlink => symlink_plain_len(len),
+        _ => len,
     };
     FileAttr {
         ino: fuser::INodeNo(ino),
         size,
-        blocks: m.blocks(),
-        atime: time(m.atime(), m.atime_nsec()),
-        mtime: time(m.mtime(), m.mtime_nsec()),
-        ctime: time(m.ctime(), m.ctime_nsec()),
+        blocks: st.st_blocks.max(0) as u64,
+        atime: time(st.st_atime, st.st_atime_nsec),
+        mtime: time(st.st_mtime, st.st_mtime_nsec),
+        ctime: time(st.st_ctime, st.st_ctime_nsec),
         crtime: UNIX_EPOCH,
         kind,
-        perm: (m.mode() & 0o7777) as u16,
-        nlink: m.nlink() as u32,
-        uid: m.uid(),
-        gid: m.gid(),
-        rdev: m.rdev() as u32,
+        perm: (st.st_mode & 0o7777) as u16,
+        nlink: st.st_nlink as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        rdev: st.st_rdev as u32,
         blksize: ce::BLOCK as u32,
         flags: 0,
     }
 }
 
-fn header_errno(what: &Path, f: HeaderFailure) -> Errno {
+/// An entry reached through its parent directory's descriptor: no backing path is ever built,
+/// so plaintext paths up to PATH_MAX work although encrypted names are longer.
+pub struct At {
+    pub dir: OwnedFd,
+    pub name: OsString,
+}
+
+fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
+    Ok(openat(
+        dir,
+        name,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+fn stat_at(dir: &OwnedFd, name: &OsStr) -> FsResult<FileStat> {
+    Ok(fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?)
+}
+
+fn read_at(dir: &OwnedFd, name: &OsStr) -> FsResult<Vec<u8>> {
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut File::from(fd), &mut out)?;
+    Ok(out)
+}
+
+fn unlink_at(dir: &OwnedFd, name: &OsStr) -> FsResult<()> {
+    Ok(nix::unistd::unlinkat(
+        dir,
+        name,
+        UnlinkatFlags::NoRemoveDir,
+    )?)
+}
+
+fn header_errno(what: &str, f: HeaderFailure) -> Errno {
     match f {
         HeaderFailure::Corrupt(why) => {
-            log::error!("{}: header failed authentication: {why}", what.display());
+            log::error!("{what}: header failed authentication: {why}");
             Errno::EIO
         }
         HeaderFailure::Kms(e) => {
-            log::warn!("{}: the KMS refused its key: {e}", what.display());
+            log::warn!("{what}: the KMS refused its key: {e}");
             errno::from_kms(&e)
         }
     }
@@ -154,9 +199,9 @@ impl KmsFs {
         caller: Caller,
         volume: Volume,
     ) -> FsResult<KmsFs> {
-        let m = std::fs::symlink_metadata(&root)?;
+        let st = nix::sys::stat::lstat(&root)?;
         Ok(KmsFs {
-            inodes: Mutex::new(Inodes::new(root.clone(), m.ino())),
+            inodes: Mutex::new(Inodes::new(root.clone(), st.st_ino)),
             root,
             provider,
             caller,
@@ -172,8 +217,43 @@ impl KmsFs {
         &self.root
     }
 
-    fn path(&self, ino: u64) -> FsResult<PathBuf> {
-        lock(&self.inodes).path(ino).ok_or(Errno::ENOENT)
+    /// Backing path, for messages only.
+    fn label(&self, ino: u64) -> String {
+        lock(&self.inodes)
+            .path(ino)
+            .map_or_else(|| format!("inode {ino}"), |p| p.display().to_string())
+    }
+
+    fn root_fd(&self) -> FsResult<OwnedFd> {
+        Ok(nix::fcntl::open(
+            &self.root,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?)
+    }
+
+    fn walk(&self, comps: &[OsString]) -> FsResult<OwnedFd> {
+        let mut fd = self.root_fd()?;
+        for c in comps {
+            fd = open_dir_at(&fd, c)?;
+        }
+        Ok(fd)
+    }
+
+    /// A descriptor of directory `ino` (O_PATH).
+    fn dir_fd(&self, ino: u64) -> FsResult<OwnedFd> {
+        let comps = lock(&self.inodes).components(ino).ok_or(Errno::ENOENT)?;
+        self.walk(&comps)
+    }
+
+    /// Node `ino` as (parent descriptor, name); the root is (root, ".").
+    fn at(&self, ino: u64) -> FsResult<At> {
+        let mut comps = lock(&self.inodes).components(ino).ok_or(Errno::ENOENT)?;
+        let name = comps.pop().unwrap_or_else(|| ".".into());
+        Ok(At {
+            dir: self.walk(&comps)?,
+            name,
+        })
     }
 
     /// The name keys of directory `ino`, unwrapped once and then cached on its node.
@@ -181,14 +261,14 @@ impl KmsFs {
         if let Some(k) = lock(&self.inodes).get(ino).and_then(|n| n.dir_keys.clone()) {
             return Ok(k);
         }
-        let dir = self.path(ino)?;
-        let file = dir.join(DIRKEY_FILE);
-        let data = std::fs::read(&file).map_err(|e| {
-            log::error!("{}: {e}", file.display());
+        let dir = self.dir_fd(ino)?;
+        let label = format!("{}/{DIRKEY_FILE}", self.label(ino));
+        let data = read_at(&dir, OsStr::new(DIRKEY_FILE)).map_err(|e| {
+            log::error!("{label}: errno {}", e.0);
             Errno::EIO
         })?;
         let u = cipherdir::unwrap_header(Kind::DirKey, &data, self.provider.as_ref(), &self.caller)
-            .map_err(|f| header_errno(&file, f))?;
+            .map_err(|f| header_errno(&label, f))?;
         let keys = Arc::new(DataKeys::derive(&u.data_key, &u.id));
         if let Some(n) = lock(&self.inodes).get_mut(ino) {
             n.dir_keys = Some(keys.clone());
@@ -197,41 +277,44 @@ impl KmsFs {
     }
 
     /// The backing directory of `parent` and the backing name of `name` in it.
-    fn child(&self, parent: u64, name: &OsStr) -> FsResult<(PathBuf, BackingName)> {
+    fn child(&self, parent: u64, name: &OsStr) -> FsResult<(OwnedFd, BackingName)> {
         if name.len() > nt::NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
         let keys = self.dir_keys(parent)?;
         let bn = nt::encrypt(&keys.names, name.as_bytes()).map_err(|_| Errno::EINVAL)?;
-        Ok((self.path(parent)?, bn))
+        Ok((self.dir_fd(parent)?, bn))
     }
 
-    fn write_side_file(&self, dir: &Path, bn: &BackingName) -> FsResult<()> {
+    fn write_side_file(&self, dir: &OwnedFd, bn: &BackingName) -> FsResult<()> {
         if let (Some(side), BackingName::Long { full, .. }) = (bn.side_file(), bn) {
-            atomic::write_atomic(&dir.join(side), full.as_bytes())?;
+            atomic::write_atomic_at(dir, &side, full.as_bytes())?;
         }
         Ok(())
     }
 
-    fn remove_side_file(&self, dir: &Path, bn: &BackingName) {
+    fn remove_side_file(&self, dir: &OwnedFd, bn: &BackingName) {
         if let Some(side) = bn.side_file() {
-            let _ = std::fs::remove_file(dir.join(side));
+            let _ = unlink_at(dir, OsStr::new(&side));
         }
     }
 
     /// Counts a lookup of `parent/bn` and returns its attributes and generation.
-    fn register(&self, parent: u64, bn: &BackingName, m: &Metadata) -> Entry {
-        let (ino, generation) = lock(&self.inodes).link(parent, OsStr::new(bn.entry()), m.ino());
+    fn register(&self, parent: u64, bn: &BackingName, st: &FileStat) -> Entry {
+        let (ino, generation) = lock(&self.inodes).link(parent, OsStr::new(bn.entry()), st.st_ino);
         Entry {
-            attr: to_attr(ino, m),
+            attr: to_attr(ino, st),
             generation,
         }
     }
 
+    fn register_at(&self, parent: u64, dir: &OwnedFd, bn: &BackingName) -> FsResult<Entry> {
+        Ok(self.register(parent, bn, &stat_at(dir, OsStr::new(bn.entry()))?))
+    }
+
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
         let (dir, bn) = self.child(parent, name)?;
-        let m = std::fs::symlink_metadata(dir.join(bn.entry()))?;
-        Ok(self.register(parent, &bn, &m))
+        self.register_at(parent, &dir, &bn)
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -241,26 +324,27 @@ impl KmsFs {
     pub fn getattr(&self, ino: u64) -> FsResult<FileAttr> {
         if let Some(f) = lock(&self.files).get(&ino).cloned() {
             let c = f.content.read().map_err(|_| Errno::EIO)?;
-            return Ok(to_attr(ino, &c.file().metadata()?));
+            return Ok(to_attr(ino, &nix::sys::stat::fstat(c.file())?));
         }
-        Ok(to_attr(ino, &std::fs::symlink_metadata(self.path(ino)?)?))
+        let a = self.at(ino)?;
+        Ok(to_attr(ino, &stat_at(&a.dir, &a.name)?))
     }
 
     /// Ownership of a new entry: the requester, with the parent's group if it is setgid.
-    fn owner_for(&self, parent_dir: &Path, req: Requester) -> FsResult<(u32, u32, bool)> {
-        let pm = std::fs::metadata(parent_dir)?;
-        let setgid = pm.mode() & libc::S_ISGID != 0;
-        Ok((req.uid, if setgid { pm.gid() } else { req.gid }, setgid))
+    fn owner_for(&self, parent_dir: &OwnedFd, req: Requester) -> FsResult<(u32, u32, bool)> {
+        let st = nix::sys::stat::fstat(parent_dir)?;
+        let setgid = st.st_mode & libc::S_ISGID != 0;
+        Ok((req.uid, if setgid { st.st_gid } else { req.gid }, setgid))
     }
 
-    fn chown(&self, p: &Path, uid: u32, gid: u32) -> FsResult<()> {
+    fn chown(&self, dir: &OwnedFd, name: &OsStr, uid: u32, gid: u32) -> FsResult<()> {
         if self.is_root {
             nix::unistd::fchownat(
-                nix::fcntl::AT_FDCWD,
-                p,
+                dir,
+                name,
                 Some(nix::unistd::Uid::from_raw(uid)),
                 Some(nix::unistd::Gid::from_raw(gid)),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
             )?;
         }
         Ok(())
@@ -289,17 +373,23 @@ impl KmsFs {
         Ok(FileContent::new(dup, &keys, u.id, &h, label))
     }
 
-    fn open_backing(p: &Path) -> FsResult<File> {
-        match OpenOptions::new().read(true).write(true).open(p) {
-            Ok(f) => Ok(f),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
-                ) =>
-            {
-                Ok(File::open(p)?)
-            }
+    fn open_backing(a: &At) -> FsResult<File> {
+        let flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match openat(
+            &a.dir,
+            a.name.as_os_str(),
+            flags | OFlag::O_RDWR,
+            Mode::empty(),
+        ) {
+            Ok(fd) => Ok(File::from(fd)),
+            Err(
+                nix::errno::Errno::EACCES | nix::errno::Errno::EROFS | nix::errno::Errno::EPERM,
+            ) => Ok(File::from(openat(
+                &a.dir,
+                a.name.as_os_str(),
+                flags | OFlag::O_RDONLY,
+                Mode::empty(),
+            )?)),
             Err(e) => Err(e.into()),
         }
     }
@@ -311,7 +401,7 @@ impl KmsFs {
             Errno::EIO
         })?;
         let u = cipherdir::unwrap_header(Kind::File, &h, self.provider.as_ref(), &self.caller)
-            .map_err(|f| header_errno(Path::new(&label), f))?;
+            .map_err(|f| header_errno(&label, f))?;
         let keys = DataKeys::derive(&u.data_key, &u.id);
         Ok(FileContent::new(file, &keys, u.id, &h, label))
     }
@@ -321,8 +411,7 @@ impl KmsFs {
         if let Some(f) = lock(&self.files).get(&ino) {
             return Ok(f.clone());
         }
-        let p = self.path(ino)?;
-        let content = self.load_content(Self::open_backing(&p)?, p.display().to_string())?;
+        let content = self.load_content(Self::open_backing(&self.at(ino)?)?, self.label(ino))?;
         let mut files = lock(&self.files);
         // Another thread may have opened it meanwhile; keep the first.
         Ok(files
@@ -394,7 +483,14 @@ impl KmsFs {
     }
 
     pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
-        atomic::sync_dir(&self.path(ino)?)?;
+        let a = self.at(ino)?;
+        let fd = openat(
+            &a.dir,
+            a.name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        File::from(fd).sync_all()?;
         Ok(())
     }
 
@@ -436,29 +532,28 @@ impl KmsFs {
         atime: Option<Option<SystemTime>>,
         mtime: Option<Option<SystemTime>>,
     ) -> FsResult<FileAttr> {
-        let p = self.path(ino)?;
+        let a = self.at(ino)?;
         if let Some(s) = size {
-            let m = std::fs::symlink_metadata(&p)?;
-            if !m.is_file() {
+            if !is_file(&stat_at(&a.dir, &a.name)?) {
                 return Err(Errno::EINVAL);
             }
             self.truncate(ino, s)?;
         }
         if let Some(m) = mode {
             nix::sys::stat::fchmodat(
-                nix::fcntl::AT_FDCWD,
-                &p,
-                nix::sys::stat::Mode::from_bits_truncate(m & 0o7777),
+                &a.dir,
+                a.name.as_os_str(),
+                Mode::from_bits_truncate(m & 0o7777),
                 nix::sys::stat::FchmodatFlags::FollowSymlink,
             )?;
         }
         if uid.is_some() || gid.is_some() {
             nix::unistd::fchownat(
-                nix::fcntl::AT_FDCWD,
-                &p,
+                &a.dir,
+                a.name.as_os_str(),
                 uid.map(nix::unistd::Uid::from_raw),
                 gid.map(nix::unistd::Gid::from_raw),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                AtFlags::AT_SYMLINK_NOFOLLOW,
             )?;
         }
         if atime.is_some() || mtime.is_some() {
@@ -474,8 +569,8 @@ impl KmsFs {
                 },
             };
             nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                &p,
+                &a.dir,
+                a.name.as_os_str(),
                 &ts(atime),
                 &ts(mtime),
                 nix::sys::stat::UtimensatFlags::NoFollowSymlink,
@@ -494,46 +589,45 @@ impl KmsFs {
         excl: bool,
     ) -> FsResult<(Entry, u64)> {
         let (dir, bn) = self.child(parent, name)?;
-        let path = dir.join(bn.entry());
+        let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
         self.write_side_file(&dir, &bn)?;
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode & 0o7777)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !excl => {
+        let fd = match openat(
+            &dir,
+            entry_name,
+            OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(mode & 0o7777),
+        ) {
+            Ok(fd) => fd,
+            Err(nix::errno::Errno::EEXIST) if !excl => {
                 // The kernel asked to create what another client made meanwhile: open it.
-                let m = std::fs::symlink_metadata(&path)?;
-                let entry = self.register(parent, &bn, &m);
+                let entry = self.register_at(parent, &dir, &bn)?;
                 let fh = self.open(entry.attr.ino.0)?;
                 return Ok((entry, fh));
             }
             Err(e) => {
-                if e.kind() != std::io::ErrorKind::AlreadyExists {
+                if e != nix::errno::Errno::EEXIST {
                     self.remove_side_file(&dir, &bn);
                 }
                 return Err(e.into());
             }
         };
+        let file = File::from(fd);
+        let label = format!("{}/{}", self.label(parent), bn.entry());
         let made = (|| {
-            let content = self.fresh_content(&file, path.display().to_string())?;
-            self.chown(&path, uid, gid)?;
+            let content = self.fresh_content(&file, label)?;
+            self.chown(&dir, entry_name, uid, gid)?;
             Ok::<_, Errno>(content)
         })();
         let content = match made {
             Ok(c) => c,
             Err(e) => {
-                let _ = std::fs::remove_file(&path);
+                let _ = unlink_at(&dir, entry_name);
                 self.remove_side_file(&dir, &bn);
                 return Err(e);
             }
         };
-        let m = file.metadata()?;
-        let entry = self.register(parent, &bn, &m);
+        let entry = self.register(parent, &bn, &nix::sys::stat::fstat(&file)?);
         let ino = entry.attr.ino.0;
         let of = Arc::new(OpenFile {
             content: RwLock::new(content),
@@ -559,65 +653,77 @@ impl KmsFs {
             return Ok(entry);
         }
         let (dir, bn) = self.child(parent, name)?;
-        let path = dir.join(bn.entry());
+        let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
         self.write_side_file(&dir, &bn)?;
-        let made = nix::sys::stat::mknod(
-            &path,
+        let made = nix::sys::stat::mknodat(
+            &dir,
+            entry_name,
             nix::sys::stat::SFlag::from_bits_truncate(kind),
-            nix::sys::stat::Mode::from_bits_truncate(mode & 0o7777),
+            Mode::from_bits_truncate(mode & 0o7777),
             u64::from(rdev),
         )
         .map_err(Errno::from)
-        .and_then(|_| self.chown(&path, uid, gid));
+        .and_then(|_| self.chown(&dir, entry_name, uid, gid));
         if let Err(e) = made {
-            let _ = std::fs::remove_file(&path);
-            self.remove_side_file(&dir, &bn);
+            if e != Errno::EEXIST {
+                let _ = unlink_at(&dir, entry_name);
+                self.remove_side_file(&dir, &bn);
+            }
             return Err(e);
         }
-        Ok(self.register(parent, &bn, &std::fs::symlink_metadata(&path)?))
+        self.register_at(parent, &dir, &bn)
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, req: Requester) -> FsResult<Entry> {
         let (dir, bn) = self.child(parent, name)?;
-        let path = dir.join(bn.entry());
+        let entry_name = OsStr::new(bn.entry());
         let (uid, gid, setgid) = self.owner_for(&dir, req)?;
         self.write_side_file(&dir, &bn)?;
-        if let Err(e) = std::fs::create_dir(&path) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
+        // Private until the key file is in place, then the requested mode.
+        if let Err(e) = nix::sys::stat::mkdirat(&dir, entry_name, Mode::from_bits_truncate(0o700)) {
+            if e != nix::errno::Errno::EEXIST {
                 self.remove_side_file(&dir, &bn);
             }
             return Err(e.into());
         }
         let made = (|| {
-            // Private until the key file is in place, then the requested mode.
-            cipherdir::create_dirkey(
-                &path,
+            let (h, _) = cipherdir::new_header(
+                Kind::DirKey,
                 self.provider.as_ref(),
                 &self.caller,
                 &self.volume.config.key,
             )
             .map_err(|e| errno::from_kms(&e))?;
-            self.chown(&path, uid, gid)?;
+            let sub = openat(
+                &dir,
+                entry_name,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            atomic::write_atomic_at(&sub, DIRKEY_FILE, &h)?;
+            self.chown(&dir, entry_name, uid, gid)?;
             let mut m = mode & 0o7777;
             if setgid {
                 m |= libc::S_ISGID;
             }
             nix::sys::stat::fchmodat(
-                nix::fcntl::AT_FDCWD,
-                &path,
-                nix::sys::stat::Mode::from_bits_truncate(m),
+                &dir,
+                entry_name,
+                Mode::from_bits_truncate(m),
                 nix::sys::stat::FchmodatFlags::FollowSymlink,
             )?;
             Ok::<_, Errno>(())
         })();
         if let Err(e) = made {
-            let _ = std::fs::remove_file(path.join(DIRKEY_FILE));
-            let _ = std::fs::remove_dir(&path);
+            if let Ok(sub) = open_dir_at(&dir, entry_name) {
+                let _ = unlink_at(&sub, OsStr::new(DIRKEY_FILE));
+            }
+            let _ = nix::unistd::unlinkat(&dir, entry_name, UnlinkatFlags::RemoveDir);
             self.remove_side_file(&dir, &bn);
             return Err(e);
         }
-        Ok(self.register(parent, &bn, &std::fs::symlink_metadata(&path)?))
+        self.register_at(parent, &dir, &bn)
     }
 
     pub fn symlink(
@@ -628,7 +734,7 @@ impl KmsFs {
         req: Requester,
     ) -> FsResult<Entry> {
         let (dir, bn) = self.child(parent, name)?;
-        let path = dir.join(bn.entry());
+        let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
         let stored = cipherdir::encrypt_symlink(&self.volume.keys, target.as_os_str().as_bytes())
             .map_err(|_| Errno::EIO)?;
@@ -636,79 +742,84 @@ impl KmsFs {
             return Err(Errno::ENAMETOOLONG);
         }
         self.write_side_file(&dir, &bn)?;
-        let made = std::os::unix::fs::symlink(&stored, &path)
+        let made = nix::unistd::symlinkat(stored.as_str(), &dir, entry_name)
             .map_err(Errno::from)
-            .and_then(|_| self.chown(&path, uid, gid));
+            .and_then(|_| self.chown(&dir, entry_name, uid, gid));
         if let Err(e) = made {
             if e != Errno::EEXIST {
-                let _ = std::fs::remove_file(&path);
+                let _ = unlink_at(&dir, entry_name);
                 self.remove_side_file(&dir, &bn);
             }
             return Err(e);
         }
-        Ok(self.register(parent, &bn, &std::fs::symlink_metadata(&path)?))
+        self.register_at(parent, &dir, &bn)
     }
 
     pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
-        let p = self.path(ino)?;
-        let stored = std::fs::read_link(&p)?;
-        cipherdir::decrypt_symlink(&self.volume.keys, stored.as_os_str().as_bytes())
+        let a = self.at(ino)?;
+        let stored = nix::fcntl::readlinkat(&a.dir, a.name.as_os_str())?;
+        cipherdir::decrypt_symlink(&self.volume.keys, stored.as_bytes())
             .map(|t| t.to_vec())
             .ok_or_else(|| {
-                log::error!("{}: symlink target failed authentication", p.display());
+                log::error!("{}: symlink target failed authentication", self.label(ino));
                 Errno::EIO
             })
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let (dir, bn) = self.child(parent, name)?;
-        let path = dir.join(bn.entry());
-        let m = std::fs::symlink_metadata(&path)?;
-        if m.is_dir() {
+        let entry_name = OsStr::new(bn.entry());
+        let st = stat_at(&dir, entry_name)?;
+        if is_dir(&st) {
             return Err(Errno(libc::EISDIR));
         }
-        std::fs::remove_file(&path)?;
+        unlink_at(&dir, entry_name)?;
         self.remove_side_file(&dir, &bn);
-        lock(&self.inodes).unlink(parent, OsStr::new(bn.entry()), m.nlink() <= 1);
+        lock(&self.inodes).unlink(parent, entry_name, st.st_nlink <= 1);
         Ok(())
     }
 
     /// Removes an (encrypted-)empty directory's key file so the backing directory can go,
     /// returning the key file's bytes to put back if that fails.
-    fn strip_dirkey(path: &Path) -> FsResult<Vec<u8>> {
-        for e in std::fs::read_dir(path)? {
-            if e?.file_name() != DIRKEY_FILE {
+    fn strip_dirkey(dir: &OwnedFd, name: &OsStr) -> FsResult<(OwnedFd, Vec<u8>)> {
+        let sub = openat(
+            dir,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut d = nix::dir::Dir::from_fd(sub.try_clone()?)?;
+        for e in d.iter() {
+            let e = e?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." && n != DIRKEY_FILE.as_bytes() {
                 return Err(Errno::ENOTEMPTY);
             }
         }
-        let key = path.join(DIRKEY_FILE);
-        let saved = std::fs::read(&key)?;
-        std::fs::remove_file(&key)?;
-        Ok(saved)
+        let saved = read_at(&sub, OsStr::new(DIRKEY_FILE))?;
+        unlink_at(&sub, OsStr::new(DIRKEY_FILE))?;
+        Ok((sub, saved))
     }
 
-    fn restore_dirkey(path: &Path, saved: &[u8]) {
-        if let Err(e) = atomic::write_atomic(&path.join(DIRKEY_FILE), saved) {
-            log::error!(
-                "{}: could not restore the directory key: {e}",
-                path.display()
-            );
+    fn restore_dirkey(sub: &OwnedFd, saved: &[u8]) {
+        if let Err(e) = atomic::write_atomic_at(sub, DIRKEY_FILE, saved) {
+            log::error!("could not restore a directory key after a failed removal: {e}");
         }
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let (dir, bn) = self.child(parent, name)?;
-        let path = dir.join(bn.entry());
-        if !std::fs::symlink_metadata(&path)?.is_dir() {
+        let entry_name = OsStr::new(bn.entry());
+        if !is_dir(&stat_at(&dir, entry_name)?) {
             return Err(Errno(libc::ENOTDIR));
         }
-        let saved = Self::strip_dirkey(&path)?;
-        if let Err(e) = std::fs::remove_dir(&path) {
-            Self::restore_dirkey(&path, &saved);
+        let (sub, saved) = Self::strip_dirkey(&dir, entry_name)?;
+        if let Err(e) = nix::unistd::unlinkat(&dir, entry_name, UnlinkatFlags::RemoveDir) {
+            Self::restore_dirkey(&sub, &saved);
             return Err(e.into());
         }
         self.remove_side_file(&dir, &bn);
-        lock(&self.inodes).unlink(parent, OsStr::new(bn.entry()), true);
+        lock(&self.inodes).unlink(parent, entry_name, true);
         Ok(())
     }
 
@@ -722,81 +833,85 @@ impl KmsFs {
     ) -> FsResult<()> {
         let (sdir, sbn) = self.child(parent, name)?;
         let (ddir, dbn) = self.child(newparent, newname)?;
-        let (src, dst) = (sdir.join(sbn.entry()), ddir.join(dbn.entry()));
+        let (sname, dname) = (OsStr::new(sbn.entry()), OsStr::new(dbn.entry()));
+        let rflags = nix::fcntl::RenameFlags::from_bits_truncate(flags);
         if flags & libc::RENAME_EXCHANGE != 0 {
-            sys::rename2(&src, &dst, flags)?;
-            lock(&self.inodes).exchange(
-                (parent, OsStr::new(sbn.entry())),
-                (newparent, OsStr::new(dbn.entry())),
-            );
+            nix::fcntl::renameat2(&sdir, sname, &ddir, dname, rflags)?;
+            lock(&self.inodes).exchange((parent, sname), (newparent, dname));
             return Ok(());
         }
-        let sm = std::fs::symlink_metadata(&src)?;
+        let sst = stat_at(&sdir, sname)?;
+        let dst = stat_at(&ddir, dname).ok();
         // Renaming a directory over an empty one: the backing target still holds its key file.
         let mut saved = None;
-        if sm.is_dir() && flags & libc::RENAME_NOREPLACE == 0 {
-            if let Ok(dm) = std::fs::symlink_metadata(&dst) {
-                if dm.is_dir() && dm.ino() != sm.ino() {
-                    saved = Some(Self::strip_dirkey(&dst)?);
-                }
+        if is_dir(&sst) && flags & libc::RENAME_NOREPLACE == 0 {
+            if let Some(d) = dst.as_ref().filter(|d| is_dir(d) && d.st_ino != sst.st_ino) {
+                let _ = d;
+                saved = Some(Self::strip_dirkey(&ddir, dname)?);
             }
         }
-        let dst_gone = std::fs::symlink_metadata(&dst)
-            .ok()
-            .map(|m| m.nlink() <= 1 || m.is_dir());
         let done = self
             .write_side_file(&ddir, &dbn)
-            .and_then(|_| sys::rename2(&src, &dst, flags));
+            .and_then(|_| Ok(nix::fcntl::renameat2(&sdir, sname, &ddir, dname, rflags)?));
         if let Err(e) = done {
-            if let Some(s) = saved {
-                Self::restore_dirkey(&dst, &s);
+            if let Some((sub, s)) = saved {
+                Self::restore_dirkey(&sub, &s);
             }
             return Err(e);
         }
-        if sbn.side_file() != dbn.side_file() || sdir != ddir {
+        let same_entry = parent == newparent && sname == dname;
+        if sbn.side_file().is_some() && !same_entry {
             self.remove_side_file(&sdir, &sbn);
         }
         let mut inodes = lock(&self.inodes);
-        if dst_gone == Some(true) {
-            inodes.unlink(newparent, OsStr::new(dbn.entry()), true);
+        if let Some(d) = dst.filter(|d| d.st_ino != sst.st_ino) {
+            inodes.unlink(newparent, dname, d.st_nlink <= 1 || is_dir(&d));
         }
-        inodes.rename(
-            (parent, OsStr::new(sbn.entry())),
-            (newparent, OsStr::new(dbn.entry())),
-        );
+        inodes.rename((parent, sname), (newparent, dname));
         Ok(())
     }
 
     pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Entry> {
-        let src = self.path(ino)?;
+        let src = self.at(ino)?;
         let (dir, bn) = self.child(newparent, newname)?;
-        let dst = dir.join(bn.entry());
         self.write_side_file(&dir, &bn)?;
-        if let Err(e) = std::fs::hard_link(&src, &dst) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
+        if let Err(e) = nix::unistd::linkat(
+            &src.dir,
+            src.name.as_os_str(),
+            &dir,
+            bn.entry(),
+            AtFlags::empty(),
+        ) {
+            if e != nix::errno::Errno::EEXIST {
                 self.remove_side_file(&dir, &bn);
             }
             return Err(e.into());
         }
-        Ok(self.register(newparent, &bn, &std::fs::symlink_metadata(&dst)?))
+        self.register_at(newparent, &dir, &bn)
     }
 
     /// Decrypts one backing directory entry's name; None for kmsfs's own files and for names that
     /// do not decrypt (logged).
-    fn plain_name(&self, dir: &Path, keys: &DataKeys, entry: &OsStr) -> Option<OsString> {
+    fn plain_name(
+        &self,
+        dir: &OwnedFd,
+        label: &str,
+        keys: &DataKeys,
+        entry: &OsStr,
+    ) -> Option<OsString> {
         let s = entry.to_str()?;
         let encoded = match nt::classify(s) {
             EntryKind::Internal => return None,
             EntryKind::Encrypted => s.to_string(),
             EntryKind::LongName => {
-                let side = dir.join(format!("{s}{}", nt::LONGNAME_SUFFIX));
-                match std::fs::read_to_string(&side) {
-                    Ok(full) if nt::long_name_matches(s, &full) => full,
+                let side = format!("{s}{}", nt::LONGNAME_SUFFIX);
+                match read_at(dir, OsStr::new(&side))
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                {
+                    Some(full) if nt::long_name_matches(s, &full) => full,
                     _ => {
-                        log::warn!(
-                            "{}: long name without a valid side file",
-                            dir.join(s).display()
-                        );
+                        log::warn!("{label}/{s}: long name without a valid side file");
                         return None;
                     }
                 }
@@ -805,44 +920,76 @@ impl KmsFs {
         match nt::decrypt(&keys.names, &encoded) {
             Ok(n) => Some(OsString::from_vec(n)),
             Err(_) => {
-                log::warn!(
-                    "{}: name does not decrypt in this directory",
-                    dir.join(s).display()
-                );
+                log::warn!("{label}/{s}: name does not decrypt in this directory");
                 None
             }
         }
     }
 
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let dir = self.path(ino)?;
         let keys = self.dir_keys(ino)?;
-        let parent = lock(&self.inodes)
-            .get(ino)
-            .and_then(|n| n.links.first().map(|l| l.0))
-            .unwrap_or(ROOT);
-        let mut entries = vec![
-            DirEntry {
-                ino,
-                name: ".".into(),
-                kind: FileType::Directory,
-            },
-            DirEntry {
-                ino: parent,
-                name: "..".into(),
-                kind: FileType::Directory,
-            },
-        ];
-        for e in std::fs::read_dir(&dir)? {
+        let a = self.at(ino)?;
+        let dir = openat(
+            &a.dir,
+            a.name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let label = self.label(ino);
+        let (parent, mut entries) = {
+            let inodes = lock(&self.inodes);
+            let parent = inodes
+                .get(ino)
+                .and_then(|n| n.links.first().map(|l| l.0))
+                .unwrap_or(ROOT);
+            (parent, Vec::new())
+        };
+        entries.push(DirEntry {
+            ino,
+            name: ".".into(),
+            kind: FileType::Directory,
+        });
+        entries.push(DirEntry {
+            ino: parent,
+            name: "..".into(),
+            kind: FileType::Directory,
+        });
+        let mut d = nix::dir::Dir::from_fd(dir.try_clone()?)?;
+        let mut found = Vec::new();
+        for e in d.iter() {
             let e = e?;
-            let Some(name) = self.plain_name(&dir, &keys, &e.file_name()) else {
+            let raw = OsStr::from_bytes(e.file_name().to_bytes()).to_os_string();
+            if raw == "." || raw == ".." {
+                continue;
+            }
+            found.push((raw, e.ino(), e.file_type()));
+        }
+        let inodes_ids: Vec<u64> = {
+            let inodes = lock(&self.inodes);
+            found.iter().map(|(_, i, _)| inodes.node_id(*i)).collect()
+        };
+        for ((raw, _, t), id) in found.iter().zip(inodes_ids) {
+            let Some(name) = self.plain_name(&dir, &label, &keys, raw) else {
                 continue;
             };
-            let Ok(m) = e.metadata() else { continue };
+            use nix::dir::Type;
+            let kind = match t {
+                Some(Type::Directory) => FileType::Directory,
+                Some(Type::Symlink) => FileType::Symlink,
+                Some(Type::Fifo) => FileType::NamedPipe,
+                Some(Type::Socket) => FileType::Socket,
+                Some(Type::CharacterDevice) => FileType::CharDevice,
+                Some(Type::BlockDevice) => FileType::BlockDevice,
+                Some(Type::File) => FileType::RegularFile,
+                None => match stat_at(&dir, raw) {
+                    Ok(st) => file_type(st.st_mode),
+                    Err(_) => continue,
+                },
+            };
             entries.push(DirEntry {
-                ino: lock(&self.inodes).node_id(m.ino()),
+                ino: id,
                 name,
-                kind: file_type(&m),
+                kind,
             });
         }
         Ok(self.new_handle(Handle::Dir { entries }))
@@ -869,23 +1016,46 @@ impl KmsFs {
         Ok(nix::sys::statvfs::statvfs(&self.root)?)
     }
 
-    /// The key and id that protect an inode's xattr values: a file's data key, or a directory's.
-    fn xattr_key(&self, ino: u64) -> FsResult<(crate::cryptocore::SecretKey, [u8; 16])> {
-        let p = self.path(ino)?;
-        let m = std::fs::symlink_metadata(&p)?;
-        let (kind, data) = if m.is_dir() {
-            (Kind::DirKey, std::fs::read(p.join(DIRKEY_FILE))?)
-        } else if m.is_file() {
-            let mut h = vec![0u8; header::HEADER_LEN];
-            File::open(&p)?
-                .read_exact_at(&mut h, 0)
-                .map_err(|_| Errno::EIO)?;
-            (Kind::File, h)
-        } else {
+    /// An open descriptor of the inode itself, for f*xattr calls (files and directories only).
+    fn xattr_fd(&self, ino: u64) -> FsResult<(File, FileStat)> {
+        let a = self.at(ino)?;
+        let st = stat_at(&a.dir, &a.name)?;
+        if !is_dir(&st) && !is_file(&st) {
             return Err(Errno::ENOTSUP);
+        }
+        let fd = openat(
+            &a.dir,
+            a.name.as_os_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )?;
+        Ok((File::from(fd), st))
+    }
+
+    /// The key and id that protect an inode's xattr values: a file's data key, or a directory's.
+    fn xattr_key(
+        &self,
+        ino: u64,
+        f: &File,
+        st: &FileStat,
+    ) -> FsResult<(crate::cryptocore::SecretKey, [u8; 16])> {
+        let (kind, data) = if is_dir(st) {
+            let fd = openat(
+                f,
+                DIRKEY_FILE,
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut File::from(fd), &mut v)?;
+            (Kind::DirKey, v)
+        } else {
+            let mut h = vec![0u8; header::HEADER_LEN];
+            f.read_exact_at(&mut h, 0).map_err(|_| Errno::EIO)?;
+            (Kind::File, h)
         };
         let u = cipherdir::unwrap_header(kind, &data, self.provider.as_ref(), &self.caller)
-            .map_err(|f| header_errno(&p, f))?;
+            .map_err(|fail| header_errno(&self.label(ino), fail))?;
         Ok((DataKeys::derive(&u.data_key, &u.id).xattr, u.id))
     }
 
@@ -899,26 +1069,36 @@ impl KmsFs {
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
         Self::check_xattr_name(name)?;
-        let (key, id) = self.xattr_key(ino)?;
+        let (f, st) = self.xattr_fd(ino)?;
+        let (key, id) = self.xattr_key(ino, &f, &st)?;
         let sealed =
             cipherdir::encrypt_xattr(&key, &id, name.as_bytes(), value).map_err(|_| Errno::EIO)?;
-        sys::setxattr(&self.path(ino)?, name.as_bytes(), &sealed, flags)
+        sys::fsetxattr(&f, name.as_bytes(), &sealed, flags)
     }
 
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
         Self::check_xattr_name(name).map_err(|_| Errno::ENODATA)?;
-        let p = self.path(ino)?;
-        let stored = sys::getxattr(&p, name.as_bytes())?;
-        let (key, id) = self.xattr_key(ino)?;
+        let (f, st) = self.xattr_fd(ino)?;
+        let stored = sys::fgetxattr(&f, name.as_bytes())?;
+        let (key, id) = self.xattr_key(ino, &f, &st)?;
         cipherdir::decrypt_xattr(&key, &id, name.as_bytes(), &stored).ok_or_else(|| {
-            log::error!("{}: xattr {:?} failed authentication", p.display(), name);
+            log::error!(
+                "{}: xattr {:?} failed authentication",
+                self.label(ino),
+                name
+            );
             Errno::EIO
         })
     }
 
     pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let (f, _) = match self.xattr_fd(ino) {
+            Ok(x) => x,
+            Err(e) if e == Errno::ENOTSUP => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
         let mut out = Vec::new();
-        for n in sys::listxattr(&self.path(ino)?)? {
+        for n in sys::flistxattr(&f)? {
             if n.starts_with(b"user.") {
                 out.extend_from_slice(&n);
                 out.push(0);
@@ -929,7 +1109,8 @@ impl KmsFs {
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
         Self::check_xattr_name(name).map_err(|_| Errno::ENODATA)?;
-        sys::removexattr(&self.path(ino)?, name.as_bytes())
+        let (f, _) = self.xattr_fd(ino)?;
+        sys::fremovexattr(&f, name.as_bytes())
     }
 
     /// fallocate: mode 0 may grow the file (by writing its new final block); KEEP_SIZE only

@@ -1,13 +1,8 @@
-//! The few system calls std and nix do not wrap with the flags we need: renameat2 and xattrs.
+//! The few system calls std and nix do not wrap: xattrs on descriptors and fallocate.
 
 use crate::fs::errno::{Errno, FsResult};
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
-
-fn cpath(p: &Path) -> FsResult<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)
-}
+use std::os::fd::AsRawFd;
 
 fn cname(n: &[u8]) -> FsResult<CString> {
     CString::new(n).map_err(|_| Errno::EINVAL)
@@ -29,27 +24,12 @@ fn check_len(rc: libc::ssize_t) -> FsResult<usize> {
     }
 }
 
-/// rename(2) with RENAME_NOREPLACE / RENAME_EXCHANGE flags.
-pub fn rename2(from: &Path, to: &Path, flags: u32) -> FsResult<()> {
-    let (f, t) = (cpath(from)?, cpath(to)?);
-    // SAFETY: both paths are valid NUL-terminated strings for the duration of the call.
+pub fn fsetxattr(f: &std::fs::File, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
+    let n = cname(name)?;
+    // SAFETY: an owned descriptor, a valid C string and a buffer of value.len() bytes.
     check(unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            flags,
-        )
-    })
-}
-
-pub fn setxattr(p: &Path, name: &[u8], value: &[u8], flags: i32) -> FsResult<()> {
-    let (p, n) = (cpath(p)?, cname(name)?);
-    // SAFETY: valid C strings and a valid buffer of value.len() bytes.
-    check(unsafe {
-        libc::lsetxattr(
-            p.as_ptr(),
+        libc::fsetxattr(
+            f.as_raw_fd(),
             n.as_ptr(),
             value.as_ptr().cast(),
             value.len(),
@@ -58,15 +38,21 @@ pub fn setxattr(p: &Path, name: &[u8], value: &[u8], flags: i32) -> FsResult<()>
     })
 }
 
-pub fn getxattr(p: &Path, name: &[u8]) -> FsResult<Vec<u8>> {
-    let (p, n) = (cpath(p)?, cname(name)?);
+pub fn fgetxattr(f: &std::fs::File, name: &[u8]) -> FsResult<Vec<u8>> {
+    let n = cname(name)?;
     loop {
         // SAFETY: a size query with a null buffer, then a read into a buffer of that size.
-        let size =
-            check_len(unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) })?;
+        let size = check_len(unsafe {
+            libc::fgetxattr(f.as_raw_fd(), n.as_ptr(), std::ptr::null_mut(), 0)
+        })?;
         let mut buf = vec![0u8; size];
         match check_len(unsafe {
-            libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+            libc::fgetxattr(
+                f.as_raw_fd(),
+                n.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
         }) {
             Ok(len) => {
                 buf.truncate(len);
@@ -78,14 +64,14 @@ pub fn getxattr(p: &Path, name: &[u8]) -> FsResult<Vec<u8>> {
     }
 }
 
-pub fn listxattr(p: &Path) -> FsResult<Vec<Vec<u8>>> {
-    let p = cpath(p)?;
+pub fn flistxattr(f: &std::fs::File) -> FsResult<Vec<Vec<u8>>> {
     loop {
-        // SAFETY: as in getxattr.
-        let size = check_len(unsafe { libc::llistxattr(p.as_ptr(), std::ptr::null_mut(), 0) })?;
+        // SAFETY: as in fgetxattr.
+        let size = check_len(unsafe { libc::flistxattr(f.as_raw_fd(), std::ptr::null_mut(), 0) })?;
         let mut buf = vec![0u8; size];
-        match check_len(unsafe { libc::llistxattr(p.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
-        {
+        match check_len(unsafe {
+            libc::flistxattr(f.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
+        }) {
             Ok(len) => {
                 buf.truncate(len);
                 return Ok(buf
@@ -100,14 +86,13 @@ pub fn listxattr(p: &Path) -> FsResult<Vec<Vec<u8>>> {
     }
 }
 
-pub fn removexattr(p: &Path, name: &[u8]) -> FsResult<()> {
-    let (p, n) = (cpath(p)?, cname(name)?);
-    // SAFETY: valid C strings.
-    check(unsafe { libc::lremovexattr(p.as_ptr(), n.as_ptr()) })
+pub fn fremovexattr(f: &std::fs::File, name: &[u8]) -> FsResult<()> {
+    let n = cname(name)?;
+    // SAFETY: an owned descriptor and a valid C string.
+    check(unsafe { libc::fremovexattr(f.as_raw_fd(), n.as_ptr()) })
 }
 
 pub fn fallocate(f: &std::fs::File, mode: i32, offset: u64, len: u64) -> FsResult<()> {
-    use std::os::fd::AsRawFd;
     // SAFETY: a file descriptor we own, and plain integers.
     check(unsafe {
         libc::fallocate(

@@ -41,6 +41,40 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     result
 }
 
+/// `write_atomic` relative to an open directory, for paths that may exceed PATH_MAX.
+pub fn write_atomic_at(dir: &std::os::fd::OwnedFd, name: &str, data: &[u8]) -> io::Result<()> {
+    use nix::fcntl::{OFlag, openat, renameat};
+    use nix::sys::stat::Mode;
+    let tmp = format!(".{name}.tmp.{}", std::process::id());
+    let result = (|| {
+        let fd = openat(
+            dir,
+            tmp.as_str(),
+            OFlag::O_WRONLY
+                | OFlag::O_CREAT
+                | OFlag::O_TRUNC
+                | OFlag::O_CLOEXEC
+                | OFlag::O_NOFOLLOW,
+            Mode::from_bits_truncate(FILE_MODE),
+        )?;
+        let mut f = File::from(fd);
+        f.write_all(data)?;
+        f.sync_all()?;
+        renameat(dir, tmp.as_str(), dir, name)?;
+        let d = openat(
+            dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        File::from(d).sync_all()
+    })();
+    if result.is_err() {
+        let _ = nix::unistd::unlinkat(dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+    result
+}
+
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

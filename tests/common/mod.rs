@@ -211,7 +211,13 @@ impl Mounted {
         std::fs::create_dir(&mnt).expect("mkdir mnt");
         env.ok(&["init", cipher.to_str().expect("utf8"), "--key", "alias/fs"]);
         let log = env.path("kmsfs.log");
-        let m = Mounted { env, cipher, mnt, key, log };
+        let m = Mounted {
+            env,
+            cipher,
+            mnt,
+            key,
+            log,
+        };
         m.mount(extra);
         m
     }
@@ -226,7 +232,10 @@ impl Mounted {
         ];
         args.extend(extra);
         self.env.ok(&args);
-        assert!(is_mounted(&self.mnt), "mount returned before the mount was live");
+        assert!(
+            is_mounted(&self.mnt),
+            "mount returned before the mount was live"
+        );
     }
 
     pub fn unmount(&self) {
@@ -251,7 +260,8 @@ impl Mounted {
             .into_iter()
             .filter(|p| {
                 let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                !n.starts_with("kmsfs.") || (n.starts_with("kmsfs.longname.") && !n.ends_with(".name"))
+                !n.starts_with("kmsfs.")
+                    || (n.starts_with("kmsfs.longname.") && !n.ends_with(".name"))
             })
             .collect()
     }
@@ -264,7 +274,11 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if is_mounted(&self.mnt) {
-            let _ = Command::new("fusermount3").arg("-u").arg("-z").arg(&self.mnt).status();
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.mnt)
+                .status();
             if is_mounted(&self.mnt) {
                 let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
             }
@@ -273,7 +287,43 @@ impl Drop for Mounted {
 }
 
 pub fn is_mounted(p: &Path) -> bool {
-    let Ok(canon) = p.canonicalize() else { return false };
+    let Ok(canon) = p.canonicalize() else {
+        return false;
+    };
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     kmsfs::fs::mount::mount_points(&info).contains(&canon)
+}
+
+/// Makes sure a local user with this uid exists (fusermount3 needs a passwd entry), creating it
+/// with a group of the same id if needed. Tests run as root.
+pub fn ensure_user(uid: u32, name: &str) {
+    if nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return;
+    }
+    let _ = Command::new("groupadd")
+        .args(["--gid", &uid.to_string(), name])
+        .output();
+    let _ = Command::new("useradd")
+        .args([
+            "--uid",
+            &uid.to_string(),
+            "--gid",
+            &uid.to_string(),
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
+        .output();
+    assert!(
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .is_some(),
+        "could not create user {name} ({uid})"
+    );
 }

@@ -1,0 +1,139 @@
+//! Several local users: a non-root user runs its own key store and mount (through the setuid
+//! fusermount3), and a root mount with --allow-other serves other users under normal permissions.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+const USER: u32 = 4242;
+
+fn as_user(uid: u32, script: &str, envs: &[(&str, &std::path::Path)]) -> std::process::Output {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        &uid.to_string(),
+        "--regid",
+        &uid.to_string(),
+        "--clear-groups",
+        "sh",
+        "-c",
+        script,
+    ])
+    .env_clear()
+    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+    .env("KMSFS", BIN);
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// Non-root users open /dev/fuse as on any desktop system (mode 0666, as udev sets it).
+fn fuse_device_for_users() {
+    let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666));
+}
+
+#[test]
+fn ordinary_user_inits_mounts_and_unmounts_their_own_directory() {
+    fuse_device_for_users();
+    ensure_user(USER, "kmsfstest1");
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    fs::create_dir(&home).unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&home, Some(USER), Some(USER)).unwrap();
+    let mnt = home.join("mnt");
+    struct Guard(std::path::PathBuf);
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            if is_mounted(&self.0) {
+                let _ = Command::new("fusermount3").arg("-uz").arg(&self.0).status();
+            }
+        }
+    }
+    let _guard = Guard(mnt.clone());
+    let out = as_user(
+        USER,
+        r#"set -e
+        cd "$HOME"
+        head -c 32 /dev/urandom > root.key
+        export KMSFS_ROOT_KEY_FILE="$HOME/root.key" KMSFS_KEYSTORE="$HOME/ks"
+        "$KMSFS" keystore init
+        "$KMSFS" key create --alias mine >/dev/null
+        "$KMSFS" init cipher --key alias/mine
+        mkdir mnt
+        "$KMSFS" mount cipher mnt
+        echo "user data" > mnt/file
+        test "$(cat mnt/file)" = "user data"
+        ls -ln mnt
+        "$KMSFS" umount mnt
+        test ! -e mnt/file
+        "$KMSFS" mount cipher mnt
+        cat mnt/file
+        "$KMSFS" umount mnt
+        "#,
+        &[("HOME", &home)],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!(" {USER} {USER} ")),
+        "the user's files are theirs: {stdout}"
+    );
+    assert!(stdout.trim_end().ends_with("user data"), "{stdout}");
+    assert!(!is_mounted(&mnt));
+}
+
+#[test]
+fn allow_other_serves_other_users_under_normal_permissions() {
+    ensure_user(USER, "kmsfstest1");
+    let m = Mounted::with_args(&["--allow-other"]);
+    fs::set_permissions(m.env.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(m.p("public"), b"for everyone").unwrap();
+    fs::set_permissions(m.p("public"), fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(m.p("private"), b"root only").unwrap();
+    fs::set_permissions(m.p("private"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::create_dir(m.p("drop")).unwrap();
+    fs::set_permissions(m.p("drop"), fs::Permissions::from_mode(0o777)).unwrap();
+    let mp = m.mnt.clone();
+    let out = as_user(USER, r#"cat "$M/public""#, &[("M", &mp)]);
+    assert_eq!(
+        out.stdout,
+        b"for everyone",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_user(USER, r#"cat "$M/private""#, &[("M", &mp)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let out = as_user(
+        USER,
+        r#"echo mine > "$M/drop/new" && stat -c '%u %g' "$M/drop/new""#,
+        &[("M", &mp)],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("{USER} {USER}"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_user(USER, r#"echo x > "$M/public""#, &[("M", &mp)]);
+    assert!(
+        !out.status.success(),
+        "no write to another user's 0644 file"
+    );
+    assert_eq!(fs::read(m.p("drop/new")).unwrap(), b"mine\n");
+
+    // Without --allow-other, other users cannot even look.
+    m.unmount();
+    m.mount(&[]);
+    let out = as_user(USER, r#"ls "$M""#, &[("M", &mp)]);
+    assert!(!out.status.success());
+}
