@@ -125,6 +125,17 @@ impl ContentCipher {
     ) -> Result<(), cryptocore::RandomError> {
         let mut nonce = [0u8; NONCE_LEN];
         cryptocore::fill_random(&mut nonce)?;
+        self.encrypt_block_with(nonce, index, last, plaintext, out)
+    }
+
+    fn encrypt_block_with(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        index: u64,
+        last: bool,
+        plaintext: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), cryptocore::RandomError> {
         let start = out.len();
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plaintext);
@@ -280,6 +291,24 @@ mod tests {
             assert!(out.is_empty(), "no partial plaintext on failure");
         }
     }
+
+    /// Known-answer vector: content key 07 x 32, file id 01 x 16, block 3, last = 1,
+    /// nonce 000102..0b, plaintext "kmsfs". Cross-checked with Python cryptography's AESGCM
+    /// (AAD = id || 3 as u64 BE || 01), so the format cannot drift unnoticed.
+    #[test]
+    fn block_test_vector() {
+        let c = cipher(1);
+        let nonce: [u8; 12] = std::array::from_fn(|i| i as u8);
+        let mut out = Vec::new();
+        c.encrypt_block_with(nonce, 3, true, b"kmsfs", &mut out)
+            .unwrap();
+        assert_eq!(hex::encode(&out), BLOCK_VECTOR);
+        let mut plain = Vec::new();
+        c.decrypt_block(3, true, &out, &mut plain).unwrap();
+        assert_eq!(plain, b"kmsfs");
+    }
+
+    const BLOCK_VECTOR: &str = "000102030405060708090a0b73ec9a166e4db08fc99c57448eb481110e57052d12";
 
     #[test]
     fn zero_blocks_are_holes_unless_final() {

@@ -256,3 +256,60 @@ impl FileContent {
         Ok(size)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::header::HEADER_LEN;
+
+    /// A file content over a temp file, with the header's block counter preset.
+    fn content(counter: u64) -> (tempfile::NamedTempFile, FileContent) {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        let mut h = vec![0u8; HEADER_LEN];
+        h[COUNTER_OFFSET..COUNTER_OFFSET + 8].copy_from_slice(&counter.to_be_bytes());
+        let keys = DataKeys::derive(&[9u8; 32], &[1u8; 16]);
+        let mut c = FileContent::new(t.reopen().unwrap(), &keys, [1u8; 16], &h, "test".into());
+        c.file.write_all_at(&h, 0).unwrap();
+        let mut empty = Vec::new();
+        c.cipher.encrypt_block(0, true, &[], &mut empty).unwrap();
+        c.file.write_all_at(&empty, HEADER_LEN as u64).unwrap();
+        (t, c)
+    }
+
+    #[test]
+    fn write_read_truncate_on_a_plain_file() {
+        let (_t, mut c) = content(0);
+        assert_eq!(c.size().unwrap(), 0);
+        c.write(5000, b"abc").unwrap();
+        assert_eq!(c.size().unwrap(), 5003);
+        assert_eq!(&c.read(4998, 10).unwrap()[..], &[0, 0, b'a', b'b', b'c']);
+        c.truncate(5001).unwrap();
+        assert_eq!(&c.read(4999, 10).unwrap()[..], &[0, b'a']);
+        c.truncate(20000).unwrap();
+        assert_eq!(c.verify_all().unwrap(), 20000);
+    }
+
+    #[test]
+    fn block_budget_is_reserved_ahead_and_enforced() {
+        let (_t, mut c) = content(0);
+        c.write(0, b"x").unwrap();
+        assert_eq!(
+            header::counter(&read_header(&c)),
+            1 + RESERVATION,
+            "reserved before use"
+        );
+        let (_t2, mut near) = content(ce::MAX_BLOCK_ENCRYPTIONS - 1);
+        near.write(0, b"y").unwrap();
+        assert_eq!(
+            near.write(0, b"z"),
+            Err(Errno::EFBIG),
+            "2^32 blocks per data key at most"
+        );
+    }
+
+    fn read_header(c: &FileContent) -> Vec<u8> {
+        let mut h = vec![0u8; HEADER_LEN];
+        c.file.read_exact_at(&mut h, 0).unwrap();
+        h
+    }
+}

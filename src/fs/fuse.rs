@@ -56,6 +56,10 @@ impl Filesystem for Fuse {
         // Large writes mean fewer round trips; the kernel caps what it accepts.
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);
+        // Listing with attributes saves a lookup per entry for `ls -l` and the like.
+        let _ = config.add_capabilities(
+            fuser::InitFlags::FUSE_DO_READDIRPLUS | fuser::InitFlags::FUSE_READDIRPLUS_AUTO,
+        );
         Ok(())
     }
 
@@ -286,6 +290,30 @@ impl Filesystem for Fuse {
                 }
                 reply.ok();
             }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: fuser::ReplyDirectoryPlus,
+    ) {
+        let r = self.fs.readdirplus(ino.0, fh.0, offset, |off, e, entry| {
+            reply.add(
+                INodeNo(e.ino),
+                off,
+                &e.name,
+                &self.ttl,
+                &entry.attr,
+                Generation(entry.generation),
+            )
+        });
+        match r {
+            Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(e)),
         }
     }

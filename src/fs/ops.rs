@@ -55,6 +55,8 @@ pub struct DirEntry {
     pub ino: u64,
     pub name: OsString,
     pub kind: FileType,
+    /// The backing (encrypted) name; empty for "." and "..".
+    pub backing: OsString,
 }
 
 pub struct KmsFs {
@@ -944,16 +946,14 @@ impl KmsFs {
                 .unwrap_or(ROOT);
             (parent, Vec::new())
         };
-        entries.push(DirEntry {
-            ino,
-            name: ".".into(),
-            kind: FileType::Directory,
-        });
-        entries.push(DirEntry {
-            ino: parent,
-            name: "..".into(),
-            kind: FileType::Directory,
-        });
+        for (i, n) in [(ino, "."), (parent, "..")] {
+            entries.push(DirEntry {
+                ino: i,
+                name: n.into(),
+                kind: FileType::Directory,
+                backing: OsString::new(),
+            });
+        }
         let mut d = nix::dir::Dir::from_fd(dir.try_clone()?)?;
         let mut found = Vec::new();
         for e in d.iter() {
@@ -990,6 +990,7 @@ impl KmsFs {
                 ino: id,
                 name,
                 kind,
+                backing: raw.clone(),
             });
         }
         Ok(self.new_handle(Handle::Dir { entries }))
@@ -1006,6 +1007,48 @@ impl KmsFs {
                 .collect()),
             _ => Err(Errno::EBADF),
         }
+    }
+
+    /// Like `readdir`, with each entry looked up (counted, as the kernel expects). `add` returns
+    /// true when the reply is full; that entry's lookup is then taken back.
+    pub fn readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &DirEntry, &Entry) -> bool,
+    ) -> FsResult<()> {
+        let entries = self.readdir(fh, offset)?;
+        let dir = self.dir_fd(ino)?;
+        let own = self.getattr(ino)?;
+        for (off, e) in entries {
+            if e.backing.is_empty() {
+                let dot = Entry {
+                    attr: FileAttr {
+                        ino: fuser::INodeNo(e.ino),
+                        ..own
+                    },
+                    generation: 0,
+                };
+                if add(off, &e, &dot) {
+                    break;
+                }
+                continue;
+            }
+            let Ok(st) = stat_at(&dir, &e.backing) else {
+                continue;
+            };
+            let (id, generation) = lock(&self.inodes).link(ino, &e.backing, st.st_ino);
+            let entry = Entry {
+                attr: to_attr(id, &st),
+                generation,
+            };
+            if add(off, &e, &entry) {
+                self.forget(id, 1);
+                break;
+            }
+        }
+        Ok(())
     }
 
     pub fn releasedir(&self, fh: u64) {
