@@ -268,7 +268,7 @@ mod tests {
         let mut h = vec![0u8; HEADER_LEN];
         h[COUNTER_OFFSET..COUNTER_OFFSET + 8].copy_from_slice(&counter.to_be_bytes());
         let keys = DataKeys::derive(&[9u8; 32], &[1u8; 16]);
-        let mut c = FileContent::new(t.reopen().unwrap(), &keys, [1u8; 16], &h, "test".into());
+        let c = FileContent::new(t.reopen().unwrap(), &keys, [1u8; 16], &h, "test".into());
         c.file.write_all_at(&h, 0).unwrap();
         let mut empty = Vec::new();
         c.cipher.encrypt_block(0, true, &[], &mut empty).unwrap();
