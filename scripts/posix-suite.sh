@@ -71,7 +71,8 @@ for seed in ${FSX_SEEDS:-1 2 3}; do
     fi
 done
 seeds=$(echo ${FSX_SEEDS:-1 2 3} | wc -w)
-echo "fsx: $((seeds - fails)) passed, $fails failed ($ops operations per seed)"
+echo "fsx: $seeds seeds of $ops operations each"
+echo "fsx: $((seeds - fails)) passed, $fails failed"
 [ "$fails" = 0 ] || status=1
 if [ "$status" != 0 ]; then
     echo "--- kmsfs log"; tail -50 "$work/kmsfs.log"

@@ -844,11 +844,14 @@ impl KmsFs {
         }
         let sst = stat_at(&sdir, sname)?;
         let dst = stat_at(&ddir, dname).ok();
+        if dst.as_ref().is_some_and(|d| d.st_ino == sst.st_ino) {
+            // Two names of one inode: rename(2) does nothing, and neither do we.
+            return Ok(nix::fcntl::renameat2(&sdir, sname, &ddir, dname, rflags)?);
+        }
         // Renaming a directory over an empty one: the backing target still holds its key file.
         let mut saved = None;
         if is_dir(&sst) && flags & libc::RENAME_NOREPLACE == 0 {
-            if let Some(d) = dst.as_ref().filter(|d| is_dir(d) && d.st_ino != sst.st_ino) {
-                let _ = d;
+            if dst.as_ref().is_some_and(is_dir) {
                 saved = Some(Self::strip_dirkey(&ddir, dname)?);
             }
         }
@@ -861,12 +864,9 @@ impl KmsFs {
             }
             return Err(e);
         }
-        let same_entry = parent == newparent && sname == dname;
-        if sbn.side_file().is_some() && !same_entry {
-            self.remove_side_file(&sdir, &sbn);
-        }
+        self.remove_side_file(&sdir, &sbn);
         let mut inodes = lock(&self.inodes);
-        if let Some(d) = dst.filter(|d| d.st_ino != sst.st_ino) {
+        if let Some(d) = dst {
             inodes.unlink(newparent, dname, d.st_nlink <= 1 || is_dir(&d));
         }
         inodes.rename((parent, sname), (newparent, dname));
