@@ -850,10 +850,8 @@ impl KmsFs {
         }
         // Renaming a directory over an empty one: the backing target still holds its key file.
         let mut saved = None;
-        if is_dir(&sst) && flags & libc::RENAME_NOREPLACE == 0 {
-            if dst.as_ref().is_some_and(is_dir) {
-                saved = Some(Self::strip_dirkey(&ddir, dname)?);
-            }
+        if is_dir(&sst) && flags & libc::RENAME_NOREPLACE == 0 && dst.as_ref().is_some_and(is_dir) {
+            saved = Some(Self::strip_dirkey(&ddir, dname)?);
         }
         let done = self
             .write_side_file(&ddir, &dbn)
