@@ -37,6 +37,28 @@ pub trait KeyProvider: Send + Sync {
         ctx: &EncryptionContext,
         to: Option<&str>,
     ) -> Result<Wrapped>;
+
+    /// Wraps a data key the caller already holds under `key` (for re-wrapping headers).
+    fn wrap(&self, caller: &Caller, key: &str, data_key: &[u8], ctx: &EncryptionContext) -> Result<Wrapped>;
+
+    /// May `caller` still use `key` for `action` under `ctx`? For data keys held already:
+    /// checks the key's state and policy without unwrapping anything.
+    fn authorize(&self, caller: &Caller, key: &str, action: &str, ctx: &EncryptionContext) -> Result<()>;
+
+    /// The key (and version, where known) a wrapped key names, read without the KMS.
+    fn key_of(&self, blob: &[u8]) -> Option<(String, Option<u32>)>;
+
+    /// The id of the key a name (id, alias, ARN) refers to.
+    fn key_of_name(&self, caller: &Caller, key: &str) -> Result<String>;
+
+    /// The current version of `key`, if the provider versions keys.
+    fn current_version(&self, caller: &Caller, key: &str) -> Result<Option<u32>>;
+
+    /// Changes whenever key states or policies may have changed (polled by mounts).
+    fn change_stamp(&self) -> u64;
+
+    /// Applies due automatic rotations and deletions; returns how many happened.
+    fn maintain(&self, caller: &Caller) -> Result<usize>;
 }
 
 /// The local KMS behind the seam.
@@ -97,5 +119,35 @@ impl KeyProvider for LocalProvider {
             None => crate::kms::blob::parse(blob)?.0.key_id.to_string(),
         };
         self.kms.re_encrypt(caller, blob, ctx, &to, ctx)
+    }
+
+    fn wrap(&self, caller: &Caller, key: &str, data_key: &[u8], ctx: &EncryptionContext) -> Result<Wrapped> {
+        self.kms.encrypt(caller, key, data_key, ctx)
+    }
+
+    fn authorize(&self, caller: &Caller, key: &str, action: &str, ctx: &EncryptionContext) -> Result<()> {
+        self.kms.authorize_use(caller, key, action, ctx)
+    }
+
+    fn key_of(&self, blob: &[u8]) -> Option<(String, Option<u32>)> {
+        crate::kms::blob::parse(blob)
+            .ok()
+            .map(|(h, _)| (h.key_id.to_string(), Some(h.key_version)))
+    }
+
+    fn key_of_name(&self, caller: &Caller, key: &str) -> Result<String> {
+        Ok(self.kms.describe_key(caller, key)?.key_id)
+    }
+
+    fn current_version(&self, caller: &Caller, key: &str) -> Result<Option<u32>> {
+        Ok(Some(self.kms.describe_key(caller, key)?.current_key_version))
+    }
+
+    fn change_stamp(&self) -> u64 {
+        self.kms.change_stamp()
+    }
+
+    fn maintain(&self, caller: &Caller) -> Result<usize> {
+        self.kms.maintain(caller)
     }
 }

@@ -8,6 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 const USER: u32 = 4242;
+const DENIED: u32 = 4243;
 
 fn as_user(uid: u32, script: &str, envs: &[(&str, &std::path::Path)]) -> std::process::Output {
     let mut c = Command::new("setpriv");
@@ -93,7 +94,22 @@ fn ordinary_user_inits_mounts_and_unmounts_their_own_directory() {
 #[test]
 fn allow_other_serves_other_users_under_normal_permissions() {
     ensure_user(USER, "kmsfstest1");
+    ensure_user(DENIED, "kmsfstest2");
     let m = Mounted::with_args(&["--allow-other"]);
+    // The key policy decides who may use the files' keys: USER may; DENIED is allowed by uid but
+    // its group is denied, and the Deny wins.
+    let policy = m.env.path("policy.json");
+    fs::write(
+        &policy,
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[
+            {{"Sid":"admin","Effect":"Allow","Principal":{{"Local":"uid:0"}},"Action":"kms:*","Resource":"*"}},
+            {{"Sid":"users","Effect":"Allow","Principal":{{"Local":["uid:{USER}","uid:{DENIED}"]}},"Action":["kms:Decrypt","kms:GenerateDataKey*"],"Resource":"*"}},
+            {{"Sid":"no-group","Effect":"Deny","Principal":{{"Local":"group:kmsfstest2"}},"Action":"kms:*","Resource":"*"}}]}}"#
+        ),
+    )
+    .unwrap();
+    m.env.ok(&["key", "policy", "put", "alias/fs", "--file", policy.to_str().unwrap()]);
     fs::set_permissions(m.env.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(m.p("public"), b"for everyone").unwrap();
@@ -130,6 +146,18 @@ fn allow_other_serves_other_users_under_normal_permissions() {
         "no write to another user's 0644 file"
     );
     assert_eq!(fs::read(m.p("drop/new")).unwrap(), b"mine\n");
+    // Mode bits let DENIED read "public", the key policy does not: EACCES for that user only,
+    // and an audit line naming them.
+    let out = as_user(DENIED, r#"cat "$M/public""#, &[("M", &mp)]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
+    let out = as_user(USER, r#"cat "$M/public""#, &[("M", &mp)]);
+    assert_eq!(out.stdout, b"for everyone");
+    assert!(m
+        .env
+        .audit_lines()
+        .iter()
+        .any(|l| l["result"] == "AccessDeniedException" && l["caller"]["uid"] == DENIED));
 
     // Without --allow-other, other users cannot even look.
     m.unmount();

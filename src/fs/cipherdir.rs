@@ -49,12 +49,18 @@ impl VolumeKeys {
     }
 }
 
-fn volume_context(id: &Uuid) -> EncryptionContext {
+pub fn volume_context(id: &Uuid) -> EncryptionContext {
     EncryptionContext(
         [("kmsfs:volume-id".to_string(), hex::encode(id.as_bytes()))]
             .into_iter()
             .collect(),
     )
+}
+
+/// The MAC of a config under its (unwrapped) volume key.
+pub fn config_mac(c: &VolumeConfig, volume_key: &[u8]) -> Result<String> {
+    let keys = VolumeKeys::derive(volume_key, &c.volume_id);
+    Ok(hex::encode(cryptocore::hmac_sha256(keys.config_mac.as_ref(), &[&config_mac_input(c)?])))
 }
 
 fn config_mac_input(c: &VolumeConfig) -> Result<Vec<u8>> {
@@ -170,6 +176,8 @@ pub fn open(dir: &Path, provider: &dyn KeyProvider, caller: &Caller) -> Result<V
 pub struct Unwrapped {
     pub id: [u8; 16],
     pub data_key: Zeroizing<Vec<u8>>,
+    /// The wrapped form in use.
+    pub blob: Vec<u8>,
     /// The slot used and its generation, for re-wrapping.
     pub slot: usize,
     pub generation: u64,
@@ -199,6 +207,7 @@ pub fn unwrap_header(
                 return Ok(Unwrapped {
                     id: h.id,
                     data_key: dk,
+                    blob: slot.blob.clone(),
                     slot: slot.index,
                     generation: slot.generation,
                 });
@@ -233,6 +242,7 @@ pub fn new_header(
         h,
         Unwrapped {
             id,
+            blob: dk.wrapped.blob.clone(),
             data_key: dk.plaintext,
             slot: 0,
             generation: 1,

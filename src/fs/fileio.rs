@@ -14,29 +14,65 @@ const RESERVATION: u64 = 1 << 20;
 
 pub struct FileContent {
     file: File,
-    cipher: ContentCipher,
+    /// None once the CMK behind the data key stopped being usable: the key is gone from memory.
+    cipher: Option<ContentCipher>,
+    /// Seals the file's `user.*` xattr values.
+    xattr: Option<crate::cryptocore::SecretKey>,
+    pub id: [u8; 16],
+    /// The CMK that wraps this file's data key, where the provider says.
+    pub key: Option<String>,
     /// Block encryptions this data key has done or reserved.
     used: u64,
     reserved: u64,
+    /// Write `used` back to the header when done (false once a new header replaced ours).
+    persist_counter: bool,
     /// Backing path, for log messages.
     pub label: String,
 }
 
 impl FileContent {
     /// `header` is the first HEADER_LEN bytes of the file, already authenticated by the caller.
-    pub fn new(file: File, keys: &DataKeys, id: [u8; 16], header: &[u8], label: String) -> Self {
+    pub fn new(file: File, keys: &DataKeys, id: [u8; 16], header: &[u8], label: String, key: Option<String>) -> Self {
         let reserved = header::counter(header);
         FileContent {
             file,
-            cipher: ContentCipher::new(&keys.content, id),
+            cipher: Some(ContentCipher::new(&keys.content, id)),
+            xattr: Some(keys.xattr.clone()),
+            id,
+            key,
             used: reserved,
             reserved,
+            persist_counter: true,
             label,
         }
     }
 
     pub fn file(&self) -> &File {
         &self.file
+    }
+
+    /// A new header (new id and key) replaced this content's: leave its counter alone.
+    pub fn supersede(&mut self) {
+        self.persist_counter = false;
+    }
+
+    /// Drops (and so wipes) the content key: reads and writes fail with EACCES from now on.
+    pub fn revoke(&mut self) {
+        self.cipher = None;
+        self.xattr = None;
+    }
+
+    /// The key that seals this file's xattr values.
+    pub fn xattr_key(&self) -> FsResult<&crate::cryptocore::SecretKey> {
+        self.xattr.as_ref().ok_or(Errno::EACCES)
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.cipher.is_none()
+    }
+
+    fn cipher(&self) -> FsResult<&ContentCipher> {
+        self.cipher.as_ref().ok_or(Errno::EACCES)
     }
 
     fn backing_len(&self) -> FsResult<u64> {
@@ -75,10 +111,11 @@ impl FileContent {
             log::error!("{}: reading blocks {first}..={last}: {e}", self.label);
             Errno::EIO
         })?;
+        let cipher = self.cipher()?;
         let mut out = Zeroizing::new(Vec::with_capacity(((last - first + 1) * BLOCK) as usize));
         for (k, chunk) in raw.chunks(CIPHER_BLOCK as usize).enumerate() {
             let i = first + k as u64;
-            self.cipher
+            cipher
                 .decrypt_block(i, i == final_index, chunk, &mut out)
                 .map_err(|e| self.corrupt(e))?;
         }
@@ -124,10 +161,12 @@ impl FileContent {
         if blocks.is_empty() {
             return Ok(());
         }
+        self.cipher()?;
         self.spend(blocks.len() as u64)?;
+        let cipher = self.cipher()?;
         let mut out = Vec::with_capacity(blocks.len() * CIPHER_BLOCK as usize);
         for (k, (plain, last)) in blocks.iter().enumerate() {
-            self.cipher
+            cipher
                 .encrypt_block(first + k as u64, *last, plain, &mut out)
                 .map_err(|_| Errno::EIO)?;
         }
@@ -237,9 +276,20 @@ impl FileContent {
         }
         let mut p = self.block_plain(new_final, size)?;
         p.truncate(ce::block_plain_len(new_final, new_size) as usize);
-        self.file.set_len(ce::block_offset(new_final))?;
-        self.write_run(new_final, &[(p, true)])?;
-        self.file.set_len(ce::backing_len(new_size))?;
+        if new_final < ce::block_count(size) - 1 {
+            // The kept bytes first become a full-length final block, and the blocks after it
+            // go: a crash from here on leaves a valid file holding every kept byte.
+            let mut full = p.clone();
+            full.resize(BLOCK as usize, 0);
+            self.write_run(new_final, &[(full, true)])?;
+            self.file.set_len(ce::block_offset(new_final + 1))?;
+        }
+        // Then the final block at its exact length (a crash between these two calls leaves
+        // that block unreadable).
+        if p.len() < BLOCK as usize {
+            self.write_run(new_final, &[(p, true)])?;
+            self.file.set_len(ce::backing_len(new_size))?;
+        }
         Ok(())
     }
 
@@ -257,6 +307,17 @@ impl FileContent {
     }
 }
 
+impl Drop for FileContent {
+    /// Hands unused reservations back, so reopening a file does not use up its key's budget.
+    fn drop(&mut self) {
+        if self.persist_counter && self.used < self.reserved {
+            if let Err(e) = self.file.write_all_at(&self.used.to_be_bytes(), COUNTER_OFFSET as u64) {
+                log::warn!("{}: could not record its block count: {e}", self.label);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,10 +329,10 @@ mod tests {
         let mut h = vec![0u8; HEADER_LEN];
         h[COUNTER_OFFSET..COUNTER_OFFSET + 8].copy_from_slice(&counter.to_be_bytes());
         let keys = DataKeys::derive(&[9u8; 32], &[1u8; 16]);
-        let c = FileContent::new(t.reopen().unwrap(), &keys, [1u8; 16], &h, "test".into());
+        let c = FileContent::new(t.reopen().unwrap(), &keys, [1u8; 16], &h, "test".into(), None);
         c.file.write_all_at(&h, 0).unwrap();
         let mut empty = Vec::new();
-        c.cipher.encrypt_block(0, true, &[], &mut empty).unwrap();
+        c.cipher().unwrap().encrypt_block(0, true, &[], &mut empty).unwrap();
         c.file.write_all_at(&empty, HEADER_LEN as u64).unwrap();
         (t, c)
     }
@@ -290,6 +351,16 @@ mod tests {
     }
 
     #[test]
+    fn revoked_content_refuses_reads_and_writes() {
+        let (_t, mut c) = content(0);
+        c.write(0, b"secret").unwrap();
+        c.revoke();
+        assert!(c.is_revoked());
+        assert_eq!(c.read(0, 6).err(), Some(Errno::EACCES));
+        assert_eq!(c.write(0, b"x").err(), Some(Errno::EACCES));
+    }
+
+    #[test]
     fn block_budget_is_reserved_ahead_and_enforced() {
         let (_t, mut c) = content(0);
         c.write(0, b"x").unwrap();
@@ -298,6 +369,8 @@ mod tests {
             1 + RESERVATION,
             "reserved before use"
         );
+        drop(c);
+        assert_eq!(header::counter(&std::fs::read(_t.path()).unwrap()), 1, "given back on close");
         let (_t2, mut near) = content(ce::MAX_BLOCK_ENCRYPTIONS - 1);
         near.write(0, b"y").unwrap();
         assert_eq!(

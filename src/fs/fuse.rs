@@ -25,6 +25,7 @@ fn req(r: &Request) -> Requester {
     Requester {
         uid: r.uid(),
         gid: r.gid(),
+        pid: r.pid(),
     }
 }
 
@@ -63,8 +64,10 @@ impl Filesystem for Fuse {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(self.fs.lookup(parent.0, name), reply);
+    fn lookup(
+        &self,
+        r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(self.fs.lookup(parent.0, name, req(r)), reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -80,7 +83,7 @@ impl Filesystem for Fuse {
 
     fn setattr(
         &self,
-        _req: &Request,
+        r: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -98,15 +101,15 @@ impl Filesystem for Fuse {
     ) {
         match self
             .fs
-            .setattr(ino.0, mode, uid, gid, size, time(atime), time(mtime))
+            .setattr(ino.0, mode, uid, gid, size, time(atime), time(mtime), req(r))
         {
             Ok(a) => reply.attr(&self.ttl, &a),
             Err(e) => reply.error(errno(e)),
         }
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
+    fn readlink(&self, r: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0, req(r)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
         }
@@ -140,12 +143,16 @@ impl Filesystem for Fuse {
         self.entry(self.fs.mkdir(parent.0, name, mode & !umask, req(r)), reply);
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.fs.unlink(parent.0, name), reply);
+    fn unlink(
+        &self,
+        r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(self.fs.unlink(parent.0, name, req(r)), reply);
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.fs.rmdir(parent.0, name), reply);
+    fn rmdir(
+        &self,
+        r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        Self::empty(self.fs.rmdir(parent.0, name, req(r)), reply);
     }
 
     fn symlink(
@@ -161,7 +168,7 @@ impl Filesystem for Fuse {
 
     fn rename(
         &self,
-        _req: &Request,
+        r: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -171,24 +178,26 @@ impl Filesystem for Fuse {
     ) {
         Self::empty(
             self.fs
-                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+                .rename(parent.0, name, newparent.0, newname, flags.bits(), req(r)),
             reply,
         );
     }
 
     fn link(
         &self,
-        _req: &Request,
+        r: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(self.fs.link(ino.0, newparent.0, newname), reply);
+        self.entry(self.fs.link(ino.0, newparent.0, newname, req(r)), reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0) {
+    fn open(
+        &self,
+        r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, req(r)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -196,7 +205,7 @@ impl Filesystem for Fuse {
 
     fn read(
         &self,
-        _req: &Request,
+        r: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -205,7 +214,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
+        match self.fs.read(fh.0, offset, size, req(r)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
         }
@@ -213,7 +222,7 @@ impl Filesystem for Fuse {
 
     fn write(
         &self,
-        _req: &Request,
+        r: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -223,7 +232,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        match self.fs.write(fh.0, offset, data, req(r)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
@@ -266,8 +275,10 @@ impl Filesystem for Fuse {
         Self::empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
+    fn opendir(
+        &self,
+        r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0, req(r)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -359,7 +370,7 @@ impl Filesystem for Fuse {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        r: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -367,11 +378,13 @@ impl Filesystem for Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.fs.setxattr(ino.0, name, value, flags), reply);
+        Self::empty(self.fs.setxattr(ino.0, name, value, flags, req(r)), reply);
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(ino.0, name) {
+    fn getxattr(
+        &self,
+        r: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name, req(r)) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() <= size as usize => reply.data(&v),
             Ok(_) => reply.error(fuser::Errno::from_i32(libc::ERANGE)),
@@ -422,7 +435,7 @@ impl Filesystem for Fuse {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        r: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -430,6 +443,6 @@ impl Filesystem for Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.fs.fallocate(fh.0, offset, length, mode), reply);
+        Self::empty(self.fs.fallocate(fh.0, offset, length, mode, req(r)), reply);
     }
 }

@@ -4,7 +4,7 @@
 //! its cached inode is stale. A node keeps every (parent, name) link it was found under, so hard
 //! links keep working when one of their names goes away.
 
-use crate::fs::header::DataKeys;
+use crate::fs::keyring::DirKeys;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
@@ -19,7 +19,7 @@ pub struct Node {
     /// Its last name is gone: a new file with the same backing inode number is another inode.
     pub gone: bool,
     /// For directories: the name keys, once unwrapped.
-    pub dir_keys: Option<Arc<DataKeys>>,
+    pub dir_keys: Option<Arc<DirKeys>>,
 }
 
 pub struct Inodes {
@@ -137,8 +137,9 @@ impl Inodes {
             return;
         };
         self.drop_link(ino, parent, name);
+        // Only the backing link count says the inode is gone: other names may not be known yet.
         if let Some(n) = self.nodes.get_mut(&ino) {
-            if gone || n.links.is_empty() {
+            if gone {
                 n.gone = true;
             }
         }
@@ -183,6 +184,14 @@ impl Inodes {
         if let Some(i) = ib {
             self.add_link(i, a);
         }
+    }
+
+    /// Directory keys held in memory, with their nodes.
+    pub fn cached_dir_keys(&self) -> Vec<(u64, Arc<DirKeys>)> {
+        self.nodes
+            .iter()
+            .filter_map(|(i, n)| n.dir_keys.clone().map(|k| (*i, k)))
+            .collect()
     }
 
     /// The kernel dropped `n` references.

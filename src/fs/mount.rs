@@ -121,12 +121,15 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     }
     sigs.thread_block()
         .map_err(|e| KmsError::internal(format!("signal mask: {e}")))?;
+    let fs = Arc::new(fs);
     let fuse = Fuse {
-        fs: Arc::new(fs),
+        fs: fs.clone(),
         ttl: o.attr_ttl,
     };
     let mut session = fuser::Session::new(fuse, mountpoint, &fuse_config(&cipherdir, o))
         .map_err(|e| KmsError::validation(format!("mounting on {}: {e}", mountpoint.display())))?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = spawn_key_watcher(fs, session.notifier(), stop.clone());
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::spawn(move || {
@@ -138,9 +141,38 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
         }
     });
     ready();
-    session
+    let r = session
         .run()
-        .map_err(|e| KmsError::internal(format!("FUSE session: {e}")))
+        .map_err(|e| KmsError::internal(format!("FUSE session: {e}")));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watcher.join();
+    r
+}
+
+/// How often a mount looks for key state changes: well inside the one second in which a
+/// disabled key must stop serving plaintext.
+pub const KEY_POLL: Duration = Duration::from_millis(200);
+/// How often a mount applies due automatic rotations and deletions.
+pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+
+/// Polls the key store; when it changes, wipes data keys that may no longer be used and has the
+/// kernel drop what it cached of those files.
+fn spawn_key_watcher(fs: Arc<KmsFs>, notifier: fuser::Notifier, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last_maintenance = std::time::Instant::now() - MAINTENANCE_EVERY;
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
+                fs.maintain();
+                last_maintenance = std::time::Instant::now();
+            }
+            for ino in fs.revalidate() {
+                if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
+                    log::debug!("invalidating inode {ino}: {e}");
+                }
+            }
+            std::thread::sleep(KEY_POLL);
+        }
+    })
 }
 
 /// Unmounts through fusermount3 (works for the mount's owner), falling back to umount2 as root.

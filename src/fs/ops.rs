@@ -1,12 +1,13 @@
 //! The filesystem's operations on the cipher directory, independent of the FUSE library: the
 //! FUSE glue (`fs::fuse`) only converts requests and replies.
 
-use crate::fs::cipherdir::{self, HeaderFailure, Volume};
+use crate::fs::cipherdir::{self, Volume};
 use crate::fs::contentenc::{self as ce, ContentCipher};
-use crate::fs::errno::{self, Errno, FsResult};
+use crate::fs::errno::{Errno, FsResult};
 use crate::fs::fileio::FileContent;
 use crate::fs::header::{self, DataKeys, Kind};
 use crate::fs::inodes::{Inodes, ROOT};
+use crate::fs::keyring::{DirKeys, Keyring};
 use crate::fs::nametransform::{self as nt, BackingName, DIRKEY_FILE, EntryKind};
 use crate::fs::sys;
 use crate::keystore::atomic;
@@ -27,12 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Who asks: the FUSE request's ids, for ownership of new entries.
-#[derive(Debug, Clone, Copy)]
-pub struct Requester {
-    pub uid: u32,
-    pub gid: u32,
-}
+pub use crate::fs::keyring::Requester;
 
 pub struct OpenFile {
     pub content: RwLock<FileContent>,
@@ -61,8 +57,7 @@ pub struct DirEntry {
 
 pub struct KmsFs {
     root: PathBuf,
-    provider: Arc<dyn KeyProvider>,
-    caller: Caller,
+    keys: Keyring,
     volume: Volume,
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -141,6 +136,23 @@ pub fn to_attr(ino: u64, st: &FileStat) -> FileAttr {
     }
 }
 
+/// The decrypted `user.*` xattrs of an open file.
+fn open_xattrs(c: &FileContent) -> FsResult<Vec<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)>> {
+    let mut out = Vec::new();
+    for name in sys::flistxattr(c.file())? {
+        if !name.starts_with(b"user.") {
+            continue;
+        }
+        let stored = sys::fgetxattr(c.file(), &name)?;
+        let value = cipherdir::decrypt_xattr(c.xattr_key()?, &c.id, &name, &stored).ok_or_else(|| {
+            log::error!("{}: xattr {:?} failed authentication", c.label, String::from_utf8_lossy(&name));
+            Errno::EIO
+        })?;
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
 /// An entry reached through its parent directory's descriptor: no backing path is ever built,
 /// so plaintext paths up to PATH_MAX work although encrypted names are longer.
 pub struct At {
@@ -181,19 +193,6 @@ fn unlink_at(dir: &OwnedFd, name: &OsStr) -> FsResult<()> {
     )?)
 }
 
-fn header_errno(what: &str, f: HeaderFailure) -> Errno {
-    match f {
-        HeaderFailure::Corrupt(why) => {
-            log::error!("{what}: header failed authentication: {why}");
-            Errno::EIO
-        }
-        HeaderFailure::Kms(e) => {
-            log::warn!("{what}: the KMS refused its key: {e}");
-            errno::from_kms(&e)
-        }
-    }
-}
-
 impl KmsFs {
     pub fn new(
         root: PathBuf,
@@ -205,8 +204,7 @@ impl KmsFs {
         Ok(KmsFs {
             inodes: Mutex::new(Inodes::new(root.clone(), st.st_ino)),
             root,
-            provider,
-            caller,
+            keys: Keyring::new(provider, caller),
             volume,
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
@@ -258,9 +256,11 @@ impl KmsFs {
         })
     }
 
-    /// The name keys of directory `ino`, unwrapped once and then cached on its node.
-    fn dir_keys(&self, ino: u64) -> FsResult<Arc<DataKeys>> {
+    /// The keys of directory `ino`, unwrapped once (as `r`) and then cached on its node; every
+    /// use checks that `r` may use the directory's CMK.
+    fn dir_keys(&self, ino: u64, r: Requester) -> FsResult<Arc<DirKeys>> {
         if let Some(k) = lock(&self.inodes).get(ino).and_then(|n| n.dir_keys.clone()) {
+            self.keys.authorize(r, k.key.as_deref(), Kind::DirKey, k.id)?;
             return Ok(k);
         }
         let dir = self.dir_fd(ino)?;
@@ -269,21 +269,30 @@ impl KmsFs {
             log::error!("{label}: errno {}", e.0);
             Errno::EIO
         })?;
-        let u = cipherdir::unwrap_header(Kind::DirKey, &data, self.provider.as_ref(), &self.caller)
-            .map_err(|f| header_errno(&label, f))?;
-        let keys = Arc::new(DataKeys::derive(&u.data_key, &u.id));
+        let (u, key) = self.keys.unwrap(Kind::DirKey, &data, r, &label)?;
+        let keys = Arc::new(DirKeys {
+            keys: DataKeys::derive(&u.data_key, &u.id),
+            id: u.id,
+            key,
+        });
         if let Some(n) = lock(&self.inodes).get_mut(ino) {
             n.dir_keys = Some(keys.clone());
         }
         Ok(keys)
     }
 
+    /// The CMK new entries in directory `ino` are wrapped by: the one that wraps its own key.
+    fn key_for_new(&self, ino: u64, r: Requester) -> FsResult<String> {
+        let d = self.dir_keys(ino, r)?;
+        Ok(d.key.clone().unwrap_or_else(|| self.volume.config.key.clone()))
+    }
+
     /// The backing directory of `parent` and the backing name of `name` in it.
-    fn child(&self, parent: u64, name: &OsStr) -> FsResult<(OwnedFd, BackingName)> {
+    fn child(&self, parent: u64, name: &OsStr, r: Requester) -> FsResult<(OwnedFd, BackingName)> {
         if name.len() > nt::NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
-        let keys = self.dir_keys(parent)?;
+        let keys = &self.dir_keys(parent, r)?.keys;
         let bn = nt::encrypt(&keys.names, name.as_bytes()).map_err(|_| Errno::EINVAL)?;
         Ok((self.dir_fd(parent)?, bn))
     }
@@ -314,8 +323,8 @@ impl KmsFs {
         Ok(self.register(parent, bn, &stat_at(dir, OsStr::new(bn.entry()))?))
     }
 
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Entry> {
-        let (dir, bn) = self.child(parent, name)?;
+    pub fn lookup(&self, parent: u64, name: &OsStr, r: Requester) -> FsResult<Entry> {
+        let (dir, bn) = self.child(parent, name, r)?;
         self.register_at(parent, &dir, &bn)
     }
 
@@ -324,7 +333,8 @@ impl KmsFs {
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<FileAttr> {
-        if let Some(f) = lock(&self.files).get(&ino).cloned() {
+        let open = lock(&self.files).get(&ino).cloned();
+        if let Some(f) = open {
             let c = f.content.read().map_err(|_| Errno::EIO)?;
             return Ok(to_attr(ino, &nix::sys::stat::fstat(c.file())?));
         }
@@ -352,18 +362,10 @@ impl KmsFs {
         Ok(())
     }
 
-    /// Writes a new header and an empty final block: a valid empty file with a fresh id and key.
-    fn fresh_content(&self, file: &File, label: String) -> FsResult<FileContent> {
-        let (h, u) = cipherdir::new_header(
-            Kind::File,
-            self.provider.as_ref(),
-            &self.caller,
-            &self.volume.config.key,
-        )
-        .map_err(|e| {
-            log::warn!("{label}: no data key: {e}");
-            errno::from_kms(&e)
-        })?;
+    /// Writes a new header and an empty final block: a valid empty file with a fresh id and a
+    /// data key wrapped by `key`, made as `r`.
+    fn fresh_content(&self, file: &File, label: String, key: &str, r: Requester) -> FsResult<FileContent> {
+        let (h, u) = self.keys.new_header(Kind::File, key, r)?;
         let keys = DataKeys::derive(&u.data_key, &u.id);
         let mut buf = h.to_vec();
         ContentCipher::new(&keys.content, u.id)
@@ -372,7 +374,8 @@ impl KmsFs {
         file.write_all_at(&buf, 0)?;
         file.set_len(buf.len() as u64)?;
         let dup = file.try_clone()?;
-        Ok(FileContent::new(dup, &keys, u.id, &h, label))
+        let cmk = self.keys.key_of(&u.blob);
+        Ok(FileContent::new(dup, &keys, u.id, &h, label, cmk))
     }
 
     fn open_backing(a: &At) -> FsResult<File> {
@@ -396,27 +399,39 @@ impl KmsFs {
         }
     }
 
-    fn load_content(&self, file: File, label: String) -> FsResult<FileContent> {
+    fn load_content(&self, file: File, label: String, r: Requester) -> FsResult<FileContent> {
         let mut h = vec![0u8; header::HEADER_LEN];
         file.read_exact_at(&mut h, 0).map_err(|e| {
             log::error!("{label}: no readable header: {e}");
             Errno::EIO
         })?;
-        let u = cipherdir::unwrap_header(Kind::File, &h, self.provider.as_ref(), &self.caller)
-            .map_err(|f| header_errno(&label, f))?;
+        let (u, key) = self.keys.unwrap(Kind::File, &h, r, &label)?;
         let keys = DataKeys::derive(&u.data_key, &u.id);
-        Ok(FileContent::new(file, &keys, u.id, &h, label))
+        Ok(FileContent::new(file, &keys, u.id, &h, label, key))
     }
 
-    /// The shared open state of a regular file, opening it if no handle has it open.
-    fn open_file(&self, ino: u64) -> FsResult<Arc<OpenFile>> {
-        if let Some(f) = lock(&self.files).get(&ino) {
-            return Ok(f.clone());
+    /// The shared open state of a regular file, opening it if no handle has it open, and
+    /// counting one more user of it (undone by `unpin`). Counts change only under the `files`
+    /// lock, so a closing handle never removes state another is about to use. A cached state is
+    /// checked against `r`'s rights, and re-keyed if its key was revoked meanwhile.
+    fn open_file(&self, ino: u64, r: Requester) -> FsResult<Arc<OpenFile>> {
+        let cached = {
+            let files = lock(&self.files);
+            files.get(&ino).cloned().inspect(|f| {
+                f.handles.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        if let Some(f) = cached {
+            if let Err(e) = self.check_content(&f, r) {
+                self.unpin(ino, &f);
+                return Err(e);
+            }
+            return Ok(f);
         }
-        let content = self.load_content(Self::open_backing(&self.at(ino)?)?, self.label(ino))?;
+        let content = self.load_content(Self::open_backing(&self.at(ino)?)?, self.label(ino), r)?;
         let mut files = lock(&self.files);
         // Another thread may have opened it meanwhile; keep the first.
-        Ok(files
+        let f = files
             .entry(ino)
             .or_insert_with(|| {
                 Arc::new(OpenFile {
@@ -424,7 +439,17 @@ impl KmsFs {
                     handles: AtomicU64::new(0),
                 })
             })
-            .clone())
+            .clone();
+        f.handles.fetch_add(1, Ordering::SeqCst);
+        Ok(f)
+    }
+
+    /// One user of an open file is done; the last one drops its state (and so its keys).
+    fn unpin(&self, ino: u64, f: &Arc<OpenFile>) {
+        let mut files = lock(&self.files);
+        if f.handles.fetch_sub(1, Ordering::SeqCst) == 1 && files.get(&ino).is_some_and(|g| Arc::ptr_eq(g, f)) {
+            files.remove(&ino);
+        }
     }
 
     fn new_handle(&self, h: Handle) -> u64 {
@@ -433,9 +458,25 @@ impl KmsFs {
         fh
     }
 
-    pub fn open(&self, ino: u64) -> FsResult<u64> {
-        let f = self.open_file(ino)?;
-        f.handles.fetch_add(1, Ordering::SeqCst);
+    /// Checks `r` may use an open file's key, and reloads the key if it was revoked and the
+    /// KMS allows it again.
+    fn check_content(&self, f: &OpenFile, r: Requester) -> FsResult<()> {
+        {
+            let c = f.content.read().map_err(|_| Errno::EIO)?;
+            if !c.is_revoked() {
+                return self.keys.authorize(r, c.key.as_deref(), Kind::File, c.id);
+            }
+        }
+        let mut c = f.content.write().map_err(|_| Errno::EIO)?;
+        if c.is_revoked() {
+            let label = c.label.clone();
+            *c = self.load_content(c.file().try_clone()?, label, r)?;
+        }
+        Ok(())
+    }
+
+    pub fn open(&self, ino: u64, r: Requester) -> FsResult<u64> {
+        let f = self.open_file(ino, r)?;
         Ok(self.new_handle(Handle::File { ino, file: f }))
     }
 
@@ -449,26 +490,20 @@ impl KmsFs {
     pub fn release(&self, fh: u64) {
         let h = lock(&self.handles).remove(&fh);
         if let Some(Handle::File { ino, file }) = h {
-            if file.handles.fetch_sub(1, Ordering::SeqCst) == 1 {
-                let mut files = lock(&self.files);
-                if files
-                    .get(&ino)
-                    .is_some_and(|f| f.handles.load(Ordering::SeqCst) == 0)
-                {
-                    files.remove(&ino);
-                }
-            }
+            self.unpin(ino, &file);
         }
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
+    pub fn read(&self, fh: u64, offset: u64, size: u32, r: Requester) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
         let f = self.handle_file(fh)?;
+        self.check_content(&f, r)?;
         let c = f.content.read().map_err(|_| Errno::EIO)?;
         c.read(offset, size)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<usize> {
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], r: Requester) -> FsResult<usize> {
         let f = self.handle_file(fh)?;
+        self.check_content(&f, r)?;
         let mut c = f.content.write().map_err(|_| Errno::EIO)?;
         c.write(offset, data)
     }
@@ -496,30 +531,37 @@ impl KmsFs {
         Ok(())
     }
 
-    /// Sets a regular file's size; size 0 gives it a new id and data key.
-    fn truncate(&self, ino: u64, size: u64) -> FsResult<()> {
-        let f = self.open_file(ino)?;
+    /// Sets a regular file's size; size 0 gives it a new id and a data key wrapped by the CMK
+    /// of its directory.
+    fn truncate(&self, ino: u64, size: u64, r: Requester) -> FsResult<()> {
+        let f = self.open_file(ino, r)?;
+        let parent = lock(&self.inodes).get(ino).and_then(|n| n.links.first().map(|l| l.0));
         let result = (|| {
             let mut c = f.content.write().map_err(|_| Errno::EIO)?;
             if size == 0 {
+                let key = match (parent, c.key.clone()) {
+                    (Some(p), _) => self.key_for_new(p, r)?,
+                    (None, Some(k)) => k,
+                    (None, None) => self.volume.config.key.clone(),
+                };
                 let label = c.label.clone();
                 let file = c.file().try_clone()?;
-                *c = self.fresh_content(&file, label)?;
+                // xattr values are sealed under the file's key and id: carry them over.
+                let xattrs = open_xattrs(&c)?;
+                let fresh = self.fresh_content(&file, label, &key, r)?;
+                c.supersede();
+                *c = fresh;
+                for (name, value) in xattrs {
+                    let sealed = cipherdir::encrypt_xattr(c.xattr_key()?, &c.id, &name, &value)
+                        .map_err(|_| Errno::EIO)?;
+                    sys::fsetxattr(c.file(), &name, &sealed, 0)?;
+                }
                 Ok(())
             } else {
                 c.truncate(size)
             }
         })();
-        // Drop state opened only for this call.
-        if f.handles.load(Ordering::SeqCst) == 0 {
-            let mut files = lock(&self.files);
-            if files
-                .get(&ino)
-                .is_some_and(|g| g.handles.load(Ordering::SeqCst) == 0)
-            {
-                files.remove(&ino);
-            }
-        }
+        self.unpin(ino, &f);
         result
     }
 
@@ -533,30 +575,42 @@ impl KmsFs {
         size: Option<u64>,
         atime: Option<Option<SystemTime>>,
         mtime: Option<Option<SystemTime>>,
+        r: Requester,
     ) -> FsResult<FileAttr> {
-        let a = self.at(ino)?;
+        // An open file that lost its last name (unlinked) is changed through its descriptor.
+        let open = lock(&self.files).get(&ino).cloned();
+        let a = match (self.at(ino), &open) {
+            (Ok(a), _) => Some(a),
+            (Err(_), Some(_)) => None,
+            (Err(e), None) => return Err(e),
+        };
+        let fd = match &open {
+            Some(f) => Some(f.content.read().map_err(|_| Errno::EIO)?.file().try_clone()?),
+            None => None,
+        };
         if let Some(s) = size {
-            if !is_file(&stat_at(&a.dir, &a.name)?) {
-                return Err(Errno::EINVAL);
+            if let Some(a) = &a {
+                if !is_file(&stat_at(&a.dir, &a.name)?) {
+                    return Err(Errno::EINVAL);
+                }
             }
-            self.truncate(ino, s)?;
+            self.truncate(ino, s, r)?;
         }
         if let Some(m) = mode {
-            nix::sys::stat::fchmodat(
-                &a.dir,
-                a.name.as_os_str(),
-                Mode::from_bits_truncate(m & 0o7777),
-                nix::sys::stat::FchmodatFlags::FollowSymlink,
-            )?;
+            let m = Mode::from_bits_truncate(m & 0o7777);
+            match (&a, &fd) {
+                (Some(a), _) => nix::sys::stat::fchmodat(&a.dir, a.name.as_os_str(), m, nix::sys::stat::FchmodatFlags::NoFollowSymlink)?,
+                (None, Some(f)) => nix::sys::stat::fchmod(f, m)?,
+                (None, None) => return Err(Errno::ENOENT),
+            }
         }
         if uid.is_some() || gid.is_some() {
-            nix::unistd::fchownat(
-                &a.dir,
-                a.name.as_os_str(),
-                uid.map(nix::unistd::Uid::from_raw),
-                gid.map(nix::unistd::Gid::from_raw),
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )?;
+            let (u, g) = (uid.map(nix::unistd::Uid::from_raw), gid.map(nix::unistd::Gid::from_raw));
+            match (&a, &fd) {
+                (Some(a), _) => nix::unistd::fchownat(&a.dir, a.name.as_os_str(), u, g, AtFlags::AT_SYMLINK_NOFOLLOW)?,
+                (None, Some(f)) => nix::unistd::fchown(f, u, g)?,
+                (None, None) => return Err(Errno::ENOENT),
+            }
         }
         if atime.is_some() || mtime.is_some() {
             let ts = |t: Option<Option<SystemTime>>| match t {
@@ -570,13 +624,17 @@ impl KmsFs {
                     }
                 },
             };
-            nix::sys::stat::utimensat(
-                &a.dir,
-                a.name.as_os_str(),
-                &ts(atime),
-                &ts(mtime),
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            )?;
+            match (&a, &fd) {
+                (Some(a), _) => nix::sys::stat::utimensat(
+                    &a.dir,
+                    a.name.as_os_str(),
+                    &ts(atime),
+                    &ts(mtime),
+                    nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+                )?,
+                (None, Some(f)) => nix::sys::stat::futimens(f, &ts(atime), &ts(mtime))?,
+                (None, None) => return Err(Errno::ENOENT),
+            }
         }
         self.getattr(ino)
     }
@@ -590,7 +648,7 @@ impl KmsFs {
         req: Requester,
         excl: bool,
     ) -> FsResult<(Entry, u64)> {
-        let (dir, bn) = self.child(parent, name)?;
+        let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
         self.write_side_file(&dir, &bn)?;
@@ -604,7 +662,7 @@ impl KmsFs {
             Err(nix::errno::Errno::EEXIST) if !excl => {
                 // The kernel asked to create what another client made meanwhile: open it.
                 let entry = self.register_at(parent, &dir, &bn)?;
-                let fh = self.open(entry.attr.ino.0)?;
+                let fh = self.open(entry.attr.ino.0, req)?;
                 return Ok((entry, fh));
             }
             Err(e) => {
@@ -617,7 +675,8 @@ impl KmsFs {
         let file = File::from(fd);
         let label = format!("{}/{}", self.label(parent), bn.entry());
         let made = (|| {
-            let content = self.fresh_content(&file, label)?;
+            let key = self.key_for_new(parent, req)?;
+            let content = self.fresh_content(&file, label, &key, req)?;
             self.chown(&dir, entry_name, uid, gid)?;
             Ok::<_, Errno>(content)
         })();
@@ -654,7 +713,7 @@ impl KmsFs {
             self.release(fh);
             return Ok(entry);
         }
-        let (dir, bn) = self.child(parent, name)?;
+        let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
         self.write_side_file(&dir, &bn)?;
@@ -678,7 +737,7 @@ impl KmsFs {
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, req: Requester) -> FsResult<Entry> {
-        let (dir, bn) = self.child(parent, name)?;
+        let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, setgid) = self.owner_for(&dir, req)?;
         self.write_side_file(&dir, &bn)?;
@@ -690,13 +749,8 @@ impl KmsFs {
             return Err(e.into());
         }
         let made = (|| {
-            let (h, _) = cipherdir::new_header(
-                Kind::DirKey,
-                self.provider.as_ref(),
-                &self.caller,
-                &self.volume.config.key,
-            )
-            .map_err(|e| errno::from_kms(&e))?;
+            let key = self.key_for_new(parent, req)?;
+            let (h, _) = self.keys.new_header(Kind::DirKey, &key, req)?;
             let sub = openat(
                 &dir,
                 entry_name,
@@ -704,17 +758,19 @@ impl KmsFs {
                 Mode::empty(),
             )?;
             atomic::write_atomic_at(&sub, DIRKEY_FILE, &h)?;
-            self.chown(&dir, entry_name, uid, gid)?;
+            // Through the new directory's own descriptor: nothing can swap a symlink in.
+            if self.is_root {
+                nix::unistd::fchown(
+                    &sub,
+                    Some(nix::unistd::Uid::from_raw(uid)),
+                    Some(nix::unistd::Gid::from_raw(gid)),
+                )?;
+            }
             let mut m = mode & 0o7777;
             if setgid {
                 m |= libc::S_ISGID;
             }
-            nix::sys::stat::fchmodat(
-                &dir,
-                entry_name,
-                Mode::from_bits_truncate(m),
-                nix::sys::stat::FchmodatFlags::FollowSymlink,
-            )?;
+            nix::sys::stat::fchmod(&sub, Mode::from_bits_truncate(m))?;
             Ok::<_, Errno>(())
         })();
         if let Err(e) = made {
@@ -735,7 +791,7 @@ impl KmsFs {
         target: &Path,
         req: Requester,
     ) -> FsResult<Entry> {
-        let (dir, bn) = self.child(parent, name)?;
+        let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
         let stored = cipherdir::encrypt_symlink(&self.volume.keys, target.as_os_str().as_bytes())
@@ -757,7 +813,11 @@ impl KmsFs {
         self.register_at(parent, &dir, &bn)
     }
 
-    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+    pub fn readlink(&self, ino: u64, r: Requester) -> FsResult<Vec<u8>> {
+        let v = &self.volume.config;
+        let ctx = cipherdir::volume_context(&v.volume_id);
+        self.keys
+            .authorize_ctx(r, Some(v.key.as_str()), &ctx, *v.volume_id.as_bytes())?;
         let a = self.at(ino)?;
         let stored = nix::fcntl::readlinkat(&a.dir, a.name.as_os_str())?;
         cipherdir::decrypt_symlink(&self.volume.keys, stored.as_bytes())
@@ -768,8 +828,8 @@ impl KmsFs {
             })
     }
 
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        let (dir, bn) = self.child(parent, name)?;
+    pub fn unlink(&self, parent: u64, name: &OsStr, req: Requester) -> FsResult<()> {
+        let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let st = stat_at(&dir, entry_name)?;
         if is_dir(&st) {
@@ -809,8 +869,8 @@ impl KmsFs {
         }
     }
 
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
-        let (dir, bn) = self.child(parent, name)?;
+    pub fn rmdir(&self, parent: u64, name: &OsStr, req: Requester) -> FsResult<()> {
+        let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         if !is_dir(&stat_at(&dir, entry_name)?) {
             return Err(Errno(libc::ENOTDIR));
@@ -832,9 +892,10 @@ impl KmsFs {
         newparent: u64,
         newname: &OsStr,
         flags: u32,
+        req: Requester,
     ) -> FsResult<()> {
-        let (sdir, sbn) = self.child(parent, name)?;
-        let (ddir, dbn) = self.child(newparent, newname)?;
+        let (sdir, sbn) = self.child(parent, name, req)?;
+        let (ddir, dbn) = self.child(newparent, newname, req)?;
         let (sname, dname) = (OsStr::new(sbn.entry()), OsStr::new(dbn.entry()));
         let rflags = nix::fcntl::RenameFlags::from_bits_truncate(flags);
         if flags & libc::RENAME_EXCHANGE != 0 {
@@ -871,9 +932,9 @@ impl KmsFs {
         Ok(())
     }
 
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr) -> FsResult<Entry> {
+    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr, req: Requester) -> FsResult<Entry> {
         let src = self.at(ino)?;
-        let (dir, bn) = self.child(newparent, newname)?;
+        let (dir, bn) = self.child(newparent, newname, req)?;
         self.write_side_file(&dir, &bn)?;
         if let Err(e) = nix::unistd::linkat(
             &src.dir,
@@ -926,8 +987,8 @@ impl KmsFs {
         }
     }
 
-    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let keys = self.dir_keys(ino)?;
+    pub fn opendir(&self, ino: u64, req: Requester) -> FsResult<u64> {
+        let keys = self.dir_keys(ino, req)?;
         let a = self.at(ino)?;
         let dir = openat(
             &a.dir,
@@ -967,7 +1028,7 @@ impl KmsFs {
             found.iter().map(|(_, i, _)| inodes.node_id(*i)).collect()
         };
         for ((raw, _, t), id) in found.iter().zip(inodes_ids) {
-            let Some(name) = self.plain_name(&dir, &label, &keys, raw) else {
+            let Some(name) = self.plain_name(&dir, &label, &keys.keys, raw) else {
                 continue;
             };
             use nix::dir::Type;
@@ -1079,6 +1140,7 @@ impl KmsFs {
         ino: u64,
         f: &File,
         st: &FileStat,
+        r: Requester,
     ) -> FsResult<(crate::cryptocore::SecretKey, [u8; 16])> {
         let (kind, data) = if is_dir(st) {
             let fd = openat(
@@ -1095,9 +1157,19 @@ impl KmsFs {
             f.read_exact_at(&mut h, 0).map_err(|_| Errno::EIO)?;
             (Kind::File, h)
         };
-        let u = cipherdir::unwrap_header(kind, &data, self.provider.as_ref(), &self.caller)
-            .map_err(|fail| header_errno(&self.label(ino), fail))?;
+        let (u, _) = self.keys.unwrap(kind, &data, r, &self.label(ino))?;
         Ok((DataKeys::derive(&u.data_key, &u.id).xattr, u.id))
+    }
+
+    /// The xattr key of an inode: from its open state if it is an open file, else unwrapped.
+    fn xattr_key_for(&self, ino: u64, f: &File, st: &FileStat, r: Requester) -> FsResult<(crate::cryptocore::SecretKey, [u8; 16])> {
+        let open = lock(&self.files).get(&ino).cloned();
+        if let Some(of) = open {
+            self.check_content(&of, r)?;
+            let c = of.content.read().map_err(|_| Errno::EIO)?;
+            return Ok((c.xattr_key()?.clone(), c.id));
+        }
+        self.xattr_key(ino, f, st, r)
     }
 
     fn check_xattr_name(name: &OsStr) -> FsResult<()> {
@@ -1108,20 +1180,20 @@ impl KmsFs {
         }
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> FsResult<()> {
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32, r: Requester) -> FsResult<()> {
         Self::check_xattr_name(name)?;
         let (f, st) = self.xattr_fd(ino)?;
-        let (key, id) = self.xattr_key(ino, &f, &st)?;
+        let (key, id) = self.xattr_key_for(ino, &f, &st, r)?;
         let sealed =
             cipherdir::encrypt_xattr(&key, &id, name.as_bytes(), value).map_err(|_| Errno::EIO)?;
         sys::fsetxattr(&f, name.as_bytes(), &sealed, flags)
     }
 
-    pub fn getxattr(&self, ino: u64, name: &OsStr) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
+    pub fn getxattr(&self, ino: u64, name: &OsStr, r: Requester) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
         Self::check_xattr_name(name).map_err(|_| Errno::ENODATA)?;
         let (f, st) = self.xattr_fd(ino)?;
         let stored = sys::fgetxattr(&f, name.as_bytes())?;
-        let (key, id) = self.xattr_key(ino, &f, &st)?;
+        let (key, id) = self.xattr_key_for(ino, &f, &st, r)?;
         cipherdir::decrypt_xattr(&key, &id, name.as_bytes(), &stored).ok_or_else(|| {
             log::error!(
                 "{}: xattr {:?} failed authentication",
@@ -1156,8 +1228,9 @@ impl KmsFs {
 
     /// fallocate: mode 0 may grow the file (by writing its new final block); KEEP_SIZE only
     /// reserves backing space. Hole punching and the rest are not supported.
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> FsResult<()> {
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32, r: Requester) -> FsResult<()> {
         let f = self.handle_file(fh)?;
+        self.check_content(&f, r)?;
         let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
         let mut c = f.content.write().map_err(|_| Errno::EIO)?;
         let first = ce::block_offset(offset / ce::BLOCK);
@@ -1172,6 +1245,45 @@ impl KmsFs {
             }
             libc::FALLOC_FL_KEEP_SIZE => sys::fallocate(c.file(), mode, first, last - first),
             _ => Err(Errno::ENOTSUP),
+        }
+    }
+
+    /// After the key store changed: drops (and so wipes) every data key in memory whose CMK the
+    /// daemon may no longer use. Returns the inodes whose kernel caches must be invalidated.
+    pub fn revalidate(&self) -> Vec<u64> {
+        if !self.keys.refresh() {
+            return Vec::new();
+        }
+        let mut affected = Vec::new();
+        let files: Vec<(u64, Arc<OpenFile>)> = lock(&self.files).iter().map(|(i, f)| (*i, f.clone())).collect();
+        for (ino, f) in files {
+            let Ok(mut c) = f.content.write() else { continue };
+            let Some(key) = c.key.clone() else { continue };
+            if !c.is_revoked() && !self.keys.usable(&key, &Kind::File.context(&c.id)) {
+                log::warn!("{}: key {key} is no longer usable; its data key is wiped", c.label);
+                c.revoke();
+                affected.push(ino);
+            }
+        }
+        let dirs = lock(&self.inodes).cached_dir_keys();
+        for (ino, d) in dirs {
+            let Some(key) = d.key.as_deref() else { continue };
+            if !self.keys.usable(key, &Kind::DirKey.context(&d.id)) {
+                if let Some(n) = lock(&self.inodes).get_mut(ino) {
+                    n.dir_keys = None;
+                }
+                affected.push(ino);
+            }
+        }
+        affected
+    }
+
+    /// Applies due automatic rotations and scheduled deletions (as the daemon).
+    pub fn maintain(&self) {
+        match self.keys.provider().maintain(self.keys.daemon()) {
+            Ok(0) => {}
+            Ok(n) => log::info!("key maintenance: {n} automatic rotations or deletions applied"),
+            Err(e) => log::warn!("key maintenance: {e}"),
         }
     }
 

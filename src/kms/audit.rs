@@ -7,7 +7,7 @@ use crate::error::{ErrorKind, KmsError, Result};
 use crate::keystore::atomic;
 use crate::kms::context::EncryptionContext;
 use serde::{Deserialize, Serialize};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -124,21 +124,27 @@ impl<'k> AuditLog<'k> {
         }
     }
 
-    /// (last seq, last mac) from the log itself, for when audit.head is stale after a crash.
-    fn tail_of_log(&self) -> Result<(u64, String)> {
+    /// (last seq, last mac, length) from the log itself, for when audit.head is stale after a
+    /// crash. A torn last line (no newline) is cut off so new records start on a line of their own.
+    fn tail_of_log(&self, file: &std::fs::File) -> Result<(u64, String, u64)> {
+        let mut data = Vec::new();
+        let mut f = file;
+        f.seek(SeekFrom::Start(0))
+            .and_then(|_| f.read_to_end(&mut data))
+            .map_err(|e| KmsError::io(self.log.display(), e))?;
+        let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if keep < data.len() {
+            log::warn!("{}: cutting a torn last record ({} bytes)", self.log.display(), data.len() - keep);
+            file.set_len(keep as u64)
+                .map_err(|e| KmsError::io(self.log.display(), e))?;
+        }
         let mut last = (0u64, GENESIS.to_string());
-        let f = match std::fs::File::open(&self.log) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(last),
-            Err(e) => return Err(KmsError::io(self.log.display(), e)),
-        };
-        for line in BufReader::new(f).lines() {
-            let line = line.map_err(|e| KmsError::io(self.log.display(), e))?;
-            if let Ok(r) = serde_json::from_str::<AuditRecord>(&line) {
+        if let Some(line) = data[..keep].split(|b| *b == b'\n').rfind(|l| !l.is_empty()) {
+            if let Ok(r) = serde_json::from_slice::<AuditRecord>(line) {
                 last = (r.seq, r.mac);
             }
         }
-        Ok(last)
+        Ok((last.0, last.1, keep as u64))
     }
 
     /// Appends events in order. Call with the key store lock held, which orders the chain.
@@ -148,12 +154,16 @@ impl<'k> AuditLog<'k> {
         }
         let mut file =
             atomic::open_append(&self.log).map_err(|e| KmsError::io(self.log.display(), e))?;
-        let len = file
+        let mut len = file
             .seek(SeekFrom::End(0))
             .map_err(|e| KmsError::io(self.log.display(), e))?;
         let (mut seq, mut prev) = match self.read_head() {
             Some(h) if h.len == len => (h.seq, h.mac),
-            _ => self.tail_of_log()?,
+            _ => {
+                let (s, m, l) = self.tail_of_log(&file)?;
+                len = l;
+                (s, m)
+            }
         };
         let mut out = Vec::new();
         for ev in events {
@@ -178,9 +188,11 @@ impl<'k> AuditLog<'k> {
                 .map_err(|e| KmsError::internal(format!("encoding audit record: {e}")))?;
             out.push(b'\n');
         }
-        file.write_all(&out)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| KmsError::io(self.log.display(), e))?;
+        if let Err(e) = file.write_all(&out).and_then(|_| file.sync_data()) {
+            // Leave no torn record behind (a full disk, say).
+            let _ = file.set_len(len);
+            return Err(KmsError::io(self.log.display(), e));
+        }
         let new_len = len + out.len() as u64;
         let head = Head {
             seq,
@@ -374,6 +386,21 @@ mod tests {
             recs.iter().map(|r| r.seq).collect::<Vec<_>>(),
             vec![1, 2, 3, 4]
         );
+    }
+
+    #[test]
+    fn append_after_a_torn_record_keeps_the_log_verifiable() {
+        let (d, text) = log_with(2);
+        let head = std::fs::read(d.path().join("audit.head")).unwrap();
+        // A crash mid-append: half a record, and the head from before it.
+        let mut torn = text.clone();
+        torn.push_str(&text.lines().next().unwrap()[..40]);
+        std::fs::write(d.path().join("audit.log"), torn).unwrap();
+        std::fs::write(d.path().join("audit.head"), head).unwrap();
+        let log = AuditLog::new(d.path(), b"key");
+        log.append(&[ev("Op2")]).unwrap();
+        let (recs, _) = log.read_verified().unwrap();
+        assert_eq!(recs.len(), 3);
     }
 
     proptest! {

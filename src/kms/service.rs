@@ -100,6 +100,14 @@ fn blob_key(material: &SecretKey, key_id: &Uuid) -> SecretKey {
     cryptocore::derive_key(material.as_ref(), key_id.as_bytes(), b"kmsfs/cmk/v1/blob")
 }
 
+/// Which outcomes of an operation get their own audit record (side effects always do).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AuditWhen {
+    Always,
+    Failure,
+    Never,
+}
+
 /// What the audit record of the running operation will say about its key.
 #[derive(Default)]
 struct Draft {
@@ -397,6 +405,16 @@ impl Kms {
         operation: &str,
         f: impl FnOnce(&mut Txn, &mut Draft) -> Result<T>,
     ) -> Result<T> {
+        self.run_audited(caller, operation, AuditWhen::Always, f)
+    }
+
+    fn run_audited<T>(
+        &self,
+        caller: &Caller,
+        operation: &str,
+        when: AuditWhen,
+        f: impl FnOnce(&mut Txn, &mut Draft) -> Result<T>,
+    ) -> Result<T> {
         let lock = self.store.lock()?;
         let db = self.store.load(&lock)?;
         let mut txn = Txn {
@@ -422,9 +440,40 @@ impl Kms {
             ev.message = draft.message;
         }
         let mut events = txn.events;
-        events.push(ev);
+        if when == AuditWhen::Always || (when == AuditWhen::Failure && outcome.is_err()) {
+            events.push(ev);
+        }
         AuditLog::new(self.store.dir(), self.store.audit_key().as_ref()).append(&events)?;
         result
+    }
+
+    /// May `caller` use `key` for `action` under `ctx` now (state and policy)? For callers that
+    /// hold a data key already: a denial is audited, an allowed check is not (it uses no key).
+    pub fn authorize_use(&self, caller: &Caller, key: &str, action: &str, ctx: &EncryptionContext) -> Result<()> {
+        let op = action.strip_prefix("kms:").unwrap_or(action);
+        self.run_audited(caller, op, AuditWhen::Failure, |t, d| {
+            d.context = ctx.clone();
+            let id = t.resolve(key, d)?;
+            t.authorize(id, action, ctx)?;
+            t.key(id)?.check_usable()
+        })
+    }
+
+    /// Applies due automatic rotations and scheduled deletions to every key (each audited as it
+    /// happens); returns how many happened.
+    pub fn maintain(&self, caller: &Caller) -> Result<usize> {
+        self.run_audited(caller, "Maintenance", AuditWhen::Never, |t, _| {
+            let ids: Vec<Uuid> = t.db.keys.keys().copied().collect();
+            for id in ids {
+                t.touch(id)?;
+            }
+            Ok(t.events.len())
+        })
+    }
+
+    /// Changes whenever the key database is rewritten: a cheap poll for key state changes.
+    pub fn change_stamp(&self) -> u64 {
+        self.store.change_stamp()
     }
 
     pub fn create_key(&self, caller: &Caller, req: CreateKeyRequest) -> Result<KeyMetadata> {

@@ -1,0 +1,214 @@
+//! Re-wrapping headers (file data keys, directory keys, the volume key) under the current version
+//! of their CMK or another CMK, and the inventory of which CMK versions a cipher directory uses.
+//! Only headers are touched, never data blocks: the cost grows with the number of files.
+
+use crate::cryptocore;
+use crate::error::{KmsError, Result};
+use crate::fs::cipherdir::{self, VolumeConfig};
+use crate::fs::header::{self, HEADER_LEN, Kind, SLOT_LEN};
+use crate::fs::nametransform::{CONFIG_FILE, DIRKEY_FILE, EntryKind, classify};
+use crate::keystore::atomic;
+use crate::kms::{Caller, EncryptionContext};
+use crate::provider::KeyProvider;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+/// What re-wrapping one header did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Already wrapped by the target key's current version.
+    Current,
+    /// Re-wrapped: (key, version) before and after.
+    Rewrapped { from: (String, Option<u32>), to: (String, Option<u32>) },
+}
+
+/// Re-wraps the header at the start of `file` (the newest valid slot) under `to`, or under the
+/// current version of its own key. Writes the unused slot with generation + 1 and syncs: a crash
+/// leaves the old or the new wrapping, both valid.
+pub fn rewrap_file(file: &File, kind: Kind, provider: &dyn KeyProvider, caller: &Caller, to: Option<&str>) -> Result<Outcome> {
+    let mut h = vec![0u8; HEADER_LEN];
+    file.read_exact_at(&mut h, 0)
+        .map_err(|e| KmsError::validation(format!("reading header: {e}")))?;
+    let u = cipherdir::unwrap_header(kind, &h, provider, caller).map_err(|f| match f {
+        cipherdir::HeaderFailure::Corrupt(why) => KmsError::invalid_ciphertext(format!("header: {why}")),
+        cipherdir::HeaderFailure::Kms(e) => e,
+    })?;
+    let from = provider
+        .key_of(&u.blob)
+        .ok_or_else(|| KmsError::validation("the header's wrapped key names no key"))?;
+    let target = to.map(str::to_string).unwrap_or_else(|| from.0.clone());
+    let current = provider.current_version(caller, &target)?;
+    let target_id = provider.key_of_name(caller, &target)?;
+    if target_id == from.0 && current.is_some() && current == from.1 {
+        return Ok(Outcome::Current);
+    }
+    let ctx = kind.context(&u.id);
+    let w = provider.wrap(caller, &target, &u.data_key, &ctx)?;
+    let slot = header::encode_slot(kind, &u.id, u.generation + 1, &w.blob, &u.data_key)
+        .map_err(|e| KmsError::internal(format!("header slot: {e:?}")))?;
+    let other = 1 - u.slot;
+    file.write_all_at(&slot, header::slot_offset(other) as u64)
+        .and_then(|_| file.sync_data())
+        .map_err(|e| KmsError::validation(format!("writing header: {e}")))?;
+    Ok(Outcome::Rewrapped {
+        from,
+        to: (w.key_id.to_string(), Some(w.key_version)),
+    })
+}
+
+/// Counts, per (key, version), the headers of a cipher directory, without the KMS.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Inventory {
+    pub files: BTreeMap<(String, Option<u32>), u64>,
+    pub dirs: BTreeMap<(String, Option<u32>), u64>,
+    pub volume: Option<(String, Option<u32>)>,
+    /// Headers that could not be read or parsed.
+    pub unreadable: Vec<PathBuf>,
+}
+
+fn newest_blob(kind: Kind, data: &[u8]) -> Option<Vec<u8>> {
+    header::parse(kind, data).ok()?.slots.first().map(|s| s.blob.clone())
+}
+
+/// Every backing regular file and directory-key file of a cipher directory.
+pub fn walk(root: &Path, mut f: impl FnMut(&Path, Kind)) -> Result<()> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let rd = std::fs::read_dir(&d).map_err(|e| KmsError::validation(format!("{}: {e}", d.display())))?;
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(n) = name.to_str() else { continue };
+            let Ok(t) = e.file_type() else { continue };
+            if n == DIRKEY_FILE {
+                f(&e.path(), Kind::DirKey);
+            } else if classify(n) == EntryKind::Internal {
+                continue;
+            } else if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                f(&e.path(), Kind::File);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn inventory(root: &Path, provider: &dyn KeyProvider) -> Result<Inventory> {
+    let mut inv = Inventory::default();
+    let cfg: VolumeConfig = serde_json::from_slice(
+        &std::fs::read(root.join(CONFIG_FILE)).map_err(|e| KmsError::validation(format!("{}: {e}", root.display())))?,
+    )
+    .map_err(|e| KmsError::validation(format!("{}: {e}", root.join(CONFIG_FILE).display())))?;
+    inv.volume = provider.key_of(&cfg.volume_key);
+    walk(root, |p, kind| {
+        let mut h = vec![0u8; HEADER_LEN];
+        let ok = File::open(p).and_then(|f| f.read_exact_at(&mut h, 0)).is_ok();
+        match newest_blob(kind, &h).filter(|_| ok).and_then(|b| provider.key_of(&b)) {
+            Some(k) => {
+                let map = if kind == Kind::File { &mut inv.files } else { &mut inv.dirs };
+                *map.entry(k).or_insert(0) += 1;
+            }
+            None => inv.unreadable.push(p.to_path_buf()),
+        }
+    })?;
+    Ok(inv)
+}
+
+/// Re-wraps the volume key in kmsfs.conf (and its MAC) atomically.
+pub fn rewrap_volume(root: &Path, provider: &dyn KeyProvider, caller: &Caller, to: Option<&str>) -> Result<Outcome> {
+    let path = root.join(CONFIG_FILE);
+    let v = cipherdir::open(root, provider, caller)?;
+    let mut cfg = v.config;
+    let ctx: EncryptionContext = cipherdir::volume_context(&cfg.volume_id);
+    let from = provider
+        .key_of(&cfg.volume_key)
+        .ok_or_else(|| KmsError::validation("kmsfs.conf names no key"))?;
+    let target = to.map(str::to_string).unwrap_or_else(|| from.0.clone());
+    let current = provider.current_version(caller, &target)?;
+    let target_id = provider.key_of_name(caller, &target)?;
+    if target_id == from.0 && current.is_some() && current == from.1 {
+        return Ok(Outcome::Current);
+    }
+    let vk = provider.decrypt_data_key(caller, &cfg.volume_key, &ctx)?;
+    let w = provider.wrap(caller, &target, &vk, &ctx)?;
+    cfg.volume_key = w.blob.clone();
+    if to.is_some() {
+        cfg.key = w.key_id.to_string();
+    }
+    cfg.mac = cipherdir::config_mac(&cfg, &vk)?;
+    let json = serde_json::to_vec_pretty(&cfg).map_err(|e| KmsError::internal(e.to_string()))?;
+    atomic::write_atomic(&path, &json).map_err(|e| KmsError::io(path.display(), e))?;
+    Ok(Outcome::Rewrapped {
+        from,
+        to: (w.key_id.to_string(), Some(w.key_version)),
+    })
+}
+
+/// Totals of a rewrap run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub rewrapped: u64,
+    pub current: u64,
+    pub failed: Vec<(PathBuf, String)>,
+}
+
+/// Re-wraps every header of an unmounted cipher directory. `only` limits it to headers whose
+/// key is that one (a key id). `progress` is called after each header with (done, total).
+pub fn rewrap_offline(
+    root: &Path,
+    provider: &dyn KeyProvider,
+    caller: &Caller,
+    to: Option<&str>,
+    only: Option<&str>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<Summary> {
+    let mut targets = Vec::new();
+    walk(root, |p, k| targets.push((p.to_path_buf(), k)))?;
+    let total = targets.len() as u64;
+    let mut s = Summary::default();
+    let tally = |r: Result<Outcome>, p: &Path, s: &mut Summary| match r {
+        Ok(Outcome::Current) => s.current += 1,
+        Ok(Outcome::Rewrapped { .. }) => s.rewrapped += 1,
+        Err(e) => s.failed.push((p.to_path_buf(), e.to_string())),
+    };
+    for (i, (p, kind)) in targets.iter().enumerate() {
+        let selected = only.is_none_or(|k| {
+            let mut h = vec![0u8; HEADER_LEN];
+            File::open(p).and_then(|f| f.read_exact_at(&mut h, 0)).is_ok()
+                && newest_blob(*kind, &h).and_then(|b| provider.key_of(&b)).is_some_and(|(id, _)| id == k)
+        });
+        if selected {
+            let r = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(p)
+                .map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))
+                .and_then(|f| rewrap_file(&f, *kind, provider, caller, to));
+            tally(r, p, &mut s);
+        }
+        progress(i as u64 + 1, total);
+    }
+    let vol_selected = only.is_none_or(|k| inventory_volume_key(root, provider).is_some_and(|(id, _)| id == k));
+    if vol_selected {
+        let r = rewrap_volume(root, provider, caller, to);
+        tally(r, &root.join(CONFIG_FILE), &mut s);
+    }
+    Ok(s)
+}
+
+fn inventory_volume_key(root: &Path, provider: &dyn KeyProvider) -> Option<(String, Option<u32>)> {
+    let cfg: VolumeConfig = serde_json::from_slice(&std::fs::read(root.join(CONFIG_FILE)).ok()?).ok()?;
+    provider.key_of(&cfg.volume_key)
+}
+
+/// Bytes of a header that a re-wrap may change: the two slots (for tests and fsck).
+pub fn slot_bytes(h: &[u8]) -> &[u8] {
+    &h[header::slot_offset(0)..header::slot_offset(1) + SLOT_LEN]
+}
+
+/// A cheap digest of a header's slots, to see whether a re-wrap touched it.
+pub fn slots_digest(h: &[u8]) -> [u8; 32] {
+    cryptocore::sha256(slot_bytes(h))
+}
