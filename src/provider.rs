@@ -39,11 +39,23 @@ pub trait KeyProvider: Send + Sync {
     ) -> Result<Wrapped>;
 
     /// Wraps a data key the caller already holds under `key` (for re-wrapping headers).
-    fn wrap(&self, caller: &Caller, key: &str, data_key: &[u8], ctx: &EncryptionContext) -> Result<Wrapped>;
+    fn wrap(
+        &self,
+        caller: &Caller,
+        key: &str,
+        data_key: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Wrapped>;
 
     /// May `caller` still use `key` for `action` under `ctx`? For data keys held already:
     /// checks the key's state and policy without unwrapping anything.
-    fn authorize(&self, caller: &Caller, key: &str, action: &str, ctx: &EncryptionContext) -> Result<()>;
+    fn authorize(
+        &self,
+        caller: &Caller,
+        key: &str,
+        action: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<()>;
 
     /// The key (and version, where known) a wrapped key names, read without the KMS.
     fn key_of(&self, blob: &[u8]) -> Option<(String, Option<u32>)>;
@@ -121,11 +133,23 @@ impl KeyProvider for LocalProvider {
         self.kms.re_encrypt(caller, blob, ctx, &to, ctx)
     }
 
-    fn wrap(&self, caller: &Caller, key: &str, data_key: &[u8], ctx: &EncryptionContext) -> Result<Wrapped> {
+    fn wrap(
+        &self,
+        caller: &Caller,
+        key: &str,
+        data_key: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Wrapped> {
         self.kms.encrypt(caller, key, data_key, ctx)
     }
 
-    fn authorize(&self, caller: &Caller, key: &str, action: &str, ctx: &EncryptionContext) -> Result<()> {
+    fn authorize(
+        &self,
+        caller: &Caller,
+        key: &str,
+        action: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<()> {
         self.kms.authorize_use(caller, key, action, ctx)
     }
 
@@ -140,7 +164,9 @@ impl KeyProvider for LocalProvider {
     }
 
     fn current_version(&self, caller: &Caller, key: &str) -> Result<Option<u32>> {
-        Ok(Some(self.kms.describe_key(caller, key)?.current_key_version))
+        Ok(Some(
+            self.kms.describe_key(caller, key)?.current_key_version,
+        ))
     }
 
     fn change_stamp(&self) -> u64 {

@@ -450,16 +450,38 @@ fn concurrent_readers_and_writers_never_see_mixed_blocks() {
 fn an_unlinked_open_file_can_still_be_changed() {
     let m = Mounted::new();
     let p = m.p("tmp");
-    let f = fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
     f.write_all_at(b"scratch data", 0).unwrap();
     fs::remove_file(&p).unwrap();
     f.set_len(7).unwrap();
-    f.set_permissions(fs::Permissions::from_mode(0o600)).unwrap();
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .unwrap();
     use std::os::fd::AsRawFd;
-    let times = [libc::timespec { tv_sec: 5, tv_nsec: 0 }, libc::timespec { tv_sec: 7, tv_nsec: 0 }];
-    assert_eq!(errno_of(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) }), 0);
+    let times = [
+        libc::timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: 7,
+            tv_nsec: 0,
+        },
+    ];
+    assert_eq!(
+        errno_of(unsafe { libc::futimens(f.as_raw_fd(), times.as_ptr()) }),
+        0
+    );
     let meta = f.metadata().unwrap();
-    assert_eq!((meta.len(), meta.mode() & 0o777, meta.mtime()), (7, 0o600, 7));
+    assert_eq!(
+        (meta.len(), meta.mode() & 0o777, meta.mtime()),
+        (7, 0o600, 7)
+    );
     let mut b = [0u8; 7];
     f.read_exact_at(&mut b, 0).unwrap();
     assert_eq!(&b, b"scratch");
@@ -472,7 +494,12 @@ fn xattrs_survive_truncation_to_zero() {
     fs::write(&p, b"content").unwrap();
     let cp = c(&p);
     let cn = CString::new("user.tag").unwrap();
-    assert_eq!(errno_of(unsafe { libc::setxattr(cp.as_ptr(), cn.as_ptr(), b"kept".as_ptr().cast(), 4, 0) }), 0);
+    assert_eq!(
+        errno_of(unsafe {
+            libc::setxattr(cp.as_ptr(), cn.as_ptr(), b"kept".as_ptr().cast(), 4, 0)
+        }),
+        0
+    );
     fs::write(&p, b"").unwrap();
     fs::write(&p, b"new content").unwrap();
     let mut buf = [0u8; 16];

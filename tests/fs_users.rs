@@ -109,7 +109,14 @@ fn allow_other_serves_other_users_under_normal_permissions() {
         ),
     )
     .unwrap();
-    m.env.ok(&["key", "policy", "put", "alias/fs", "--file", policy.to_str().unwrap()]);
+    m.env.ok(&[
+        "key",
+        "policy",
+        "put",
+        "alias/fs",
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
     fs::set_permissions(m.env.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(m.p("public"), b"for everyone").unwrap();
@@ -153,11 +160,12 @@ fn allow_other_serves_other_users_under_normal_permissions() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Permission denied"));
     let out = as_user(USER, r#"cat "$M/public""#, &[("M", &mp)]);
     assert_eq!(out.stdout, b"for everyone");
-    assert!(m
-        .env
-        .audit_lines()
-        .iter()
-        .any(|l| l["result"] == "AccessDeniedException" && l["caller"]["uid"] == DENIED));
+    assert!(
+        m.env
+            .audit_lines()
+            .iter()
+            .any(|l| l["result"] == "AccessDeniedException" && l["caller"]["uid"] == DENIED)
+    );
 
     // Without --allow-other, other users cannot even look.
     m.unmount();

@@ -87,6 +87,39 @@ pub enum Command {
     /// Unmount a kmsfs mount
     #[command(after_help = "Example:\n  kmsfs umount ~/secret")]
     Umount(UmountArgs),
+    /// Make new files under DIR (in a mount) use KEY; new subdirectories inherit it
+    #[command(
+        name = "set-key",
+        after_help = "Example:\n  kmsfs set-key ~/secret/finance alias/finance"
+    )]
+    SetKey(SetKeyArgs),
+    /// Re-wrap every file's data key (and directory and volume keys) under the current version
+    /// of its CMK, or move them to another CMK; headers only, never data
+    #[command(
+        after_help = "Examples:\n  kmsfs rewrap ~/secret              (online, through the mount)\n  kmsfs rewrap ~/secret.enc --to alias/new   (offline, on the cipher directory)"
+    )]
+    Rewrap(RewrapArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SetKeyArgs {
+    pub dir: PathBuf,
+    pub key: String,
+}
+
+#[derive(Args, Debug)]
+pub struct RewrapArgs {
+    /// A mount point (online) or an unmounted cipher directory (offline)
+    pub path: PathBuf,
+    /// Move the wrapping to this CMK [default: the current version of each header's own CMK]
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only headers currently wrapped by this CMK
+    #[arg(long)]
+    pub key: Option<String>,
+    /// No progress display
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -200,6 +233,12 @@ pub enum KeyCmd {
     /// Get, put or explain the key policy
     #[command(subcommand)]
     Policy(PolicyCmd),
+    /// Count the files and directories of a cipher directory per CMK and version
+    #[command(
+        name = "versions-in-use",
+        after_help = "Example:\n  kmsfs key versions-in-use ~/secret.enc"
+    )]
+    VersionsInUse { cipherdir: PathBuf },
 }
 
 #[derive(Args, Debug)]

@@ -29,6 +29,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Init(a) => crate::cli::mountcmd::init(g, &cfg, &a),
         Command::Mount(a) => crate::cli::mountcmd::mount(g, &cfg, &a),
         Command::Umount(a) => crate::cli::mountcmd::umount(&a),
+        Command::SetKey(a) => crate::cli::lifecycle::set_key(&a),
+        Command::Rewrap(a) => crate::cli::lifecycle::rewrap(g, &cfg, &a),
+        Command::Key(KeyCmd::VersionsInUse { cipherdir }) => {
+            crate::cli::lifecycle::versions_in_use(g, &cfg, &cipherdir)
+        }
         cmd => {
             let kms = open_kms(g, &cfg)?;
             let caller = Caller::current();
@@ -45,10 +50,13 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::GenerateDataKey(a) => ctx.generate_data_key(&a),
                 Command::Random(a) => ctx.random(&a),
                 Command::Audit(a) => ctx.audit(a),
+                // Handled above, before the key store is opened.
                 Command::Keystore(_)
                 | Command::Init(_)
                 | Command::Mount(_)
-                | Command::Umount(_) => Ok(()),
+                | Command::Umount(_)
+                | Command::SetKey(_)
+                | Command::Rewrap(_) => Ok(()),
             }
         }
     }
@@ -347,6 +355,7 @@ impl Ctx<'_> {
                     "has a new policy",
                 )
             }
+            KeyCmd::VersionsInUse { .. } => Ok(()),
             KeyCmd::Policy(PolicyCmd::Explain(a)) => {
                 let ctx = EncryptionContext::from_pairs(&a.context)?;
                 let e = kms.explain_policy(c, &a.key, &a.action, &a.principal, &ctx)?;

@@ -2,6 +2,8 @@
 
 pub mod args;
 pub mod commands;
+pub mod lifecycle;
 pub mod mountcmd;
 pub mod output;
+pub mod progress;
 pub mod unlock;

@@ -60,7 +60,10 @@ pub fn volume_context(id: &Uuid) -> EncryptionContext {
 /// The MAC of a config under its (unwrapped) volume key.
 pub fn config_mac(c: &VolumeConfig, volume_key: &[u8]) -> Result<String> {
     let keys = VolumeKeys::derive(volume_key, &c.volume_id);
-    Ok(hex::encode(cryptocore::hmac_sha256(keys.config_mac.as_ref(), &[&config_mac_input(c)?])))
+    Ok(hex::encode(cryptocore::hmac_sha256(
+        keys.config_mac.as_ref(),
+        &[&config_mac_input(c)?],
+    )))
 }
 
 fn config_mac_input(c: &VolumeConfig) -> Result<Vec<u8>> {

@@ -32,7 +32,14 @@ pub struct FileContent {
 
 impl FileContent {
     /// `header` is the first HEADER_LEN bytes of the file, already authenticated by the caller.
-    pub fn new(file: File, keys: &DataKeys, id: [u8; 16], header: &[u8], label: String, key: Option<String>) -> Self {
+    pub fn new(
+        file: File,
+        keys: &DataKeys,
+        id: [u8; 16],
+        header: &[u8],
+        label: String,
+        key: Option<String>,
+    ) -> Self {
         let reserved = header::counter(header);
         FileContent {
             file,
@@ -311,7 +318,10 @@ impl Drop for FileContent {
     /// Hands unused reservations back, so reopening a file does not use up its key's budget.
     fn drop(&mut self) {
         if self.persist_counter && self.used < self.reserved {
-            if let Err(e) = self.file.write_all_at(&self.used.to_be_bytes(), COUNTER_OFFSET as u64) {
+            if let Err(e) = self
+                .file
+                .write_all_at(&self.used.to_be_bytes(), COUNTER_OFFSET as u64)
+            {
                 log::warn!("{}: could not record its block count: {e}", self.label);
             }
         }
@@ -329,10 +339,20 @@ mod tests {
         let mut h = vec![0u8; HEADER_LEN];
         h[COUNTER_OFFSET..COUNTER_OFFSET + 8].copy_from_slice(&counter.to_be_bytes());
         let keys = DataKeys::derive(&[9u8; 32], &[1u8; 16]);
-        let c = FileContent::new(t.reopen().unwrap(), &keys, [1u8; 16], &h, "test".into(), None);
+        let c = FileContent::new(
+            t.reopen().unwrap(),
+            &keys,
+            [1u8; 16],
+            &h,
+            "test".into(),
+            None,
+        );
         c.file.write_all_at(&h, 0).unwrap();
         let mut empty = Vec::new();
-        c.cipher().unwrap().encrypt_block(0, true, &[], &mut empty).unwrap();
+        c.cipher()
+            .unwrap()
+            .encrypt_block(0, true, &[], &mut empty)
+            .unwrap();
         c.file.write_all_at(&empty, HEADER_LEN as u64).unwrap();
         (t, c)
     }
@@ -370,7 +390,11 @@ mod tests {
             "reserved before use"
         );
         drop(c);
-        assert_eq!(header::counter(&std::fs::read(_t.path()).unwrap()), 1, "given back on close");
+        assert_eq!(
+            header::counter(&std::fs::read(_t.path()).unwrap()),
+            1,
+            "given back on close"
+        );
         let (_t2, mut near) = content(ce::MAX_BLOCK_ENCRYPTIONS - 1);
         near.write(0, b"y").unwrap();
         assert_eq!(

@@ -64,9 +64,7 @@ impl Filesystem for Fuse {
         Ok(())
     }
 
-    fn lookup(
-        &self,
-        r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.entry(self.fs.lookup(parent.0, name, req(r)), reply);
     }
 
@@ -99,10 +97,16 @@ impl Filesystem for Fuse {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self
-            .fs
-            .setattr(ino.0, mode, uid, gid, size, time(atime), time(mtime), req(r))
-        {
+        match self.fs.setattr(
+            ino.0,
+            mode,
+            uid,
+            gid,
+            size,
+            time(atime),
+            time(mtime),
+            req(r),
+        ) {
             Ok(a) => reply.attr(&self.ttl, &a),
             Err(e) => reply.error(errno(e)),
         }
@@ -143,15 +147,11 @@ impl Filesystem for Fuse {
         self.entry(self.fs.mkdir(parent.0, name, mode & !umask, req(r)), reply);
     }
 
-    fn unlink(
-        &self,
-        r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn unlink(&self, r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         Self::empty(self.fs.unlink(parent.0, name, req(r)), reply);
     }
 
-    fn rmdir(
-        &self,
-        r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn rmdir(&self, r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         Self::empty(self.fs.rmdir(parent.0, name, req(r)), reply);
     }
 
@@ -194,9 +194,7 @@ impl Filesystem for Fuse {
         self.entry(self.fs.link(ino.0, newparent.0, newname, req(r)), reply);
     }
 
-    fn open(
-        &self,
-        r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, req(r)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
@@ -275,9 +273,7 @@ impl Filesystem for Fuse {
         Self::empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
-    fn opendir(
-        &self,
-        r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0, req(r)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
@@ -381,9 +377,7 @@ impl Filesystem for Fuse {
         Self::empty(self.fs.setxattr(ino.0, name, value, flags, req(r)), reply);
     }
 
-    fn getxattr(
-        &self,
-        r: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, r: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.fs.getxattr(ino.0, name, req(r)) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() <= size as usize => reply.data(&v),

@@ -46,9 +46,11 @@ fn process_groups(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default()
 }
@@ -112,7 +114,13 @@ impl Keyring {
     }
 
     /// Unwraps a header's data key as the requester (audited by the KMS).
-    pub fn unwrap(&self, kind: Kind, data: &[u8], r: Requester, what: &str) -> FsResult<(Unwrapped, Option<String>)> {
+    pub fn unwrap(
+        &self,
+        kind: Kind,
+        data: &[u8],
+        r: Requester,
+        what: &str,
+    ) -> FsResult<(Unwrapped, Option<String>)> {
         let u = cipherdir::unwrap_header(kind, data, self.provider.as_ref(), &self.caller(r))
             .map_err(|f| header_errno(what, f))?;
         let key = self.key_of(&u.blob);
@@ -121,7 +129,12 @@ impl Keyring {
     }
 
     /// A fresh header wrapped by `key`, made as the requester.
-    pub fn new_header(&self, kind: Kind, key: &str, r: Requester) -> FsResult<([u8; header::HEADER_LEN], Unwrapped)> {
+    pub fn new_header(
+        &self,
+        kind: Kind,
+        key: &str,
+        r: Requester,
+    ) -> FsResult<([u8; header::HEADER_LEN], Unwrapped)> {
         cipherdir::new_header(kind, self.provider.as_ref(), &self.caller(r), key).map_err(|e| {
             log::warn!("no data key from {key}: {e}");
             errno::from_kms(&e)
@@ -130,12 +143,24 @@ impl Keyring {
 
     /// May the requester use a data key it is about to use from memory? Decided by the KMS
     /// once per (uid, gid, key, id) until the key store changes; denials are audited there.
-    pub fn authorize(&self, r: Requester, key: Option<&str>, kind: Kind, id: [u8; 16]) -> FsResult<()> {
+    pub fn authorize(
+        &self,
+        r: Requester,
+        key: Option<&str>,
+        kind: Kind,
+        id: [u8; 16],
+    ) -> FsResult<()> {
         self.authorize_ctx(r, key, &kind.context(&id), id)
     }
 
     /// `authorize` for any encryption context; `id` keys the cached decision.
-    pub fn authorize_ctx(&self, r: Requester, key: Option<&str>, ctx: &EncryptionContext, id: [u8; 16]) -> FsResult<()> {
+    pub fn authorize_ctx(
+        &self,
+        r: Requester,
+        key: Option<&str>,
+        ctx: &EncryptionContext,
+        id: [u8; 16],
+    ) -> FsResult<()> {
         let Some(key) = key else { return Ok(()) };
         let dk = (r.uid, r.gid, key.to_string(), id);
         if let Some(d) = lock(&self.decisions).get(&dk) {
@@ -161,6 +186,8 @@ impl Keyring {
 
     /// Whether the daemon itself may still use `key` under `ctx` (state and policy).
     pub fn usable(&self, key: &str, ctx: &EncryptionContext) -> bool {
-        self.provider.authorize(&self.daemon, key, "kms:Decrypt", ctx).is_ok()
+        self.provider
+            .authorize(&self.daemon, key, "kms:Decrypt", ctx)
+            .is_ok()
     }
 }

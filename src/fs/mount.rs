@@ -157,7 +157,11 @@ pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 
 /// Polls the key store; when it changes, wipes data keys that may no longer be used and has the
 /// kernel drop what it cached of those files.
-fn spawn_key_watcher(fs: Arc<KmsFs>, notifier: fuser::Notifier, stop: Arc<std::sync::atomic::AtomicBool>) -> std::thread::JoinHandle<()> {
+fn spawn_key_watcher(
+    fs: Arc<KmsFs>,
+    notifier: fuser::Notifier,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut last_maintenance = std::time::Instant::now() - MAINTENANCE_EVERY;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {

@@ -30,6 +30,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use crate::fs::keyring::Requester;
 
+mod control;
+pub use control::{KEY_XATTR, REWRAP_XATTR};
+
 pub struct OpenFile {
     pub content: RwLock<FileContent>,
     handles: AtomicU64,
@@ -59,6 +62,8 @@ pub struct KmsFs {
     root: PathBuf,
     keys: Keyring,
     volume: Volume,
+    /// The CMK that wraps the volume key now (a rewrap may move it).
+    volume_cmk: Mutex<String>,
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
@@ -136,18 +141,26 @@ pub fn to_attr(ino: u64, st: &FileStat) -> FileAttr {
     }
 }
 
+/// An xattr's name and decrypted value.
+type Xattr = (Vec<u8>, zeroize::Zeroizing<Vec<u8>>);
+
 /// The decrypted `user.*` xattrs of an open file.
-fn open_xattrs(c: &FileContent) -> FsResult<Vec<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)>> {
+fn open_xattrs(c: &FileContent) -> FsResult<Vec<Xattr>> {
     let mut out = Vec::new();
     for name in sys::flistxattr(c.file())? {
         if !name.starts_with(b"user.") {
             continue;
         }
         let stored = sys::fgetxattr(c.file(), &name)?;
-        let value = cipherdir::decrypt_xattr(c.xattr_key()?, &c.id, &name, &stored).ok_or_else(|| {
-            log::error!("{}: xattr {:?} failed authentication", c.label, String::from_utf8_lossy(&name));
-            Errno::EIO
-        })?;
+        let value =
+            cipherdir::decrypt_xattr(c.xattr_key()?, &c.id, &name, &stored).ok_or_else(|| {
+                log::error!(
+                    "{}: xattr {:?} failed authentication",
+                    c.label,
+                    String::from_utf8_lossy(&name)
+                );
+                Errno::EIO
+            })?;
         out.push((name, value));
     }
     Ok(out)
@@ -204,6 +217,11 @@ impl KmsFs {
         Ok(KmsFs {
             inodes: Mutex::new(Inodes::new(root.clone(), st.st_ino)),
             root,
+            volume_cmk: Mutex::new(
+                provider
+                    .key_of(&volume.config.volume_key)
+                    .map_or_else(|| volume.config.key.clone(), |(k, _)| k),
+            ),
             keys: Keyring::new(provider, caller),
             volume,
             files: Mutex::new(HashMap::new()),
@@ -260,7 +278,8 @@ impl KmsFs {
     /// use checks that `r` may use the directory's CMK.
     fn dir_keys(&self, ino: u64, r: Requester) -> FsResult<Arc<DirKeys>> {
         if let Some(k) = lock(&self.inodes).get(ino).and_then(|n| n.dir_keys.clone()) {
-            self.keys.authorize(r, k.key.as_deref(), Kind::DirKey, k.id)?;
+            self.keys
+                .authorize(r, k.key.as_deref(), Kind::DirKey, k.id)?;
             return Ok(k);
         }
         let dir = self.dir_fd(ino)?;
@@ -284,7 +303,9 @@ impl KmsFs {
     /// The CMK new entries in directory `ino` are wrapped by: the one that wraps its own key.
     fn key_for_new(&self, ino: u64, r: Requester) -> FsResult<String> {
         let d = self.dir_keys(ino, r)?;
-        Ok(d.key.clone().unwrap_or_else(|| self.volume.config.key.clone()))
+        Ok(d.key
+            .clone()
+            .unwrap_or_else(|| self.volume.config.key.clone()))
     }
 
     /// The backing directory of `parent` and the backing name of `name` in it.
@@ -364,7 +385,13 @@ impl KmsFs {
 
     /// Writes a new header and an empty final block: a valid empty file with a fresh id and a
     /// data key wrapped by `key`, made as `r`.
-    fn fresh_content(&self, file: &File, label: String, key: &str, r: Requester) -> FsResult<FileContent> {
+    fn fresh_content(
+        &self,
+        file: &File,
+        label: String,
+        key: &str,
+        r: Requester,
+    ) -> FsResult<FileContent> {
         let (h, u) = self.keys.new_header(Kind::File, key, r)?;
         let keys = DataKeys::derive(&u.data_key, &u.id);
         let mut buf = h.to_vec();
@@ -447,7 +474,9 @@ impl KmsFs {
     /// One user of an open file is done; the last one drops its state (and so its keys).
     fn unpin(&self, ino: u64, f: &Arc<OpenFile>) {
         let mut files = lock(&self.files);
-        if f.handles.fetch_sub(1, Ordering::SeqCst) == 1 && files.get(&ino).is_some_and(|g| Arc::ptr_eq(g, f)) {
+        if f.handles.fetch_sub(1, Ordering::SeqCst) == 1
+            && files.get(&ino).is_some_and(|g| Arc::ptr_eq(g, f))
+        {
             files.remove(&ino);
         }
     }
@@ -494,7 +523,13 @@ impl KmsFs {
         }
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32, r: Requester) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
+    pub fn read(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        r: Requester,
+    ) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
         let f = self.handle_file(fh)?;
         self.check_content(&f, r)?;
         let c = f.content.read().map_err(|_| Errno::EIO)?;
@@ -535,7 +570,9 @@ impl KmsFs {
     /// of its directory.
     fn truncate(&self, ino: u64, size: u64, r: Requester) -> FsResult<()> {
         let f = self.open_file(ino, r)?;
-        let parent = lock(&self.inodes).get(ino).and_then(|n| n.links.first().map(|l| l.0));
+        let parent = lock(&self.inodes)
+            .get(ino)
+            .and_then(|n| n.links.first().map(|l| l.0));
         let result = (|| {
             let mut c = f.content.write().map_err(|_| Errno::EIO)?;
             if size == 0 {
@@ -585,7 +622,13 @@ impl KmsFs {
             (Err(e), None) => return Err(e),
         };
         let fd = match &open {
-            Some(f) => Some(f.content.read().map_err(|_| Errno::EIO)?.file().try_clone()?),
+            Some(f) => Some(
+                f.content
+                    .read()
+                    .map_err(|_| Errno::EIO)?
+                    .file()
+                    .try_clone()?,
+            ),
             None => None,
         };
         if let Some(s) = size {
@@ -599,15 +642,29 @@ impl KmsFs {
         if let Some(m) = mode {
             let m = Mode::from_bits_truncate(m & 0o7777);
             match (&a, &fd) {
-                (Some(a), _) => nix::sys::stat::fchmodat(&a.dir, a.name.as_os_str(), m, nix::sys::stat::FchmodatFlags::NoFollowSymlink)?,
+                (Some(a), _) => nix::sys::stat::fchmodat(
+                    &a.dir,
+                    a.name.as_os_str(),
+                    m,
+                    nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+                )?,
                 (None, Some(f)) => nix::sys::stat::fchmod(f, m)?,
                 (None, None) => return Err(Errno::ENOENT),
             }
         }
         if uid.is_some() || gid.is_some() {
-            let (u, g) = (uid.map(nix::unistd::Uid::from_raw), gid.map(nix::unistd::Gid::from_raw));
+            let (u, g) = (
+                uid.map(nix::unistd::Uid::from_raw),
+                gid.map(nix::unistd::Gid::from_raw),
+            );
             match (&a, &fd) {
-                (Some(a), _) => nix::unistd::fchownat(&a.dir, a.name.as_os_str(), u, g, AtFlags::AT_SYMLINK_NOFOLLOW)?,
+                (Some(a), _) => nix::unistd::fchownat(
+                    &a.dir,
+                    a.name.as_os_str(),
+                    u,
+                    g,
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )?,
                 (None, Some(f)) => nix::unistd::fchown(f, u, g)?,
                 (None, None) => return Err(Errno::ENOENT),
             }
@@ -816,8 +873,9 @@ impl KmsFs {
     pub fn readlink(&self, ino: u64, r: Requester) -> FsResult<Vec<u8>> {
         let v = &self.volume.config;
         let ctx = cipherdir::volume_context(&v.volume_id);
+        let cmk = lock(&self.volume_cmk).clone();
         self.keys
-            .authorize_ctx(r, Some(v.key.as_str()), &ctx, *v.volume_id.as_bytes())?;
+            .authorize_ctx(r, Some(cmk.as_str()), &ctx, *v.volume_id.as_bytes())?;
         let a = self.at(ino)?;
         let stored = nix::fcntl::readlinkat(&a.dir, a.name.as_os_str())?;
         cipherdir::decrypt_symlink(&self.volume.keys, stored.as_bytes())
@@ -932,7 +990,13 @@ impl KmsFs {
         Ok(())
     }
 
-    pub fn link(&self, ino: u64, newparent: u64, newname: &OsStr, req: Requester) -> FsResult<Entry> {
+    pub fn link(
+        &self,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        req: Requester,
+    ) -> FsResult<Entry> {
         let src = self.at(ino)?;
         let (dir, bn) = self.child(newparent, newname, req)?;
         self.write_side_file(&dir, &bn)?;
@@ -1162,7 +1226,13 @@ impl KmsFs {
     }
 
     /// The xattr key of an inode: from its open state if it is an open file, else unwrapped.
-    fn xattr_key_for(&self, ino: u64, f: &File, st: &FileStat, r: Requester) -> FsResult<(crate::cryptocore::SecretKey, [u8; 16])> {
+    fn xattr_key_for(
+        &self,
+        ino: u64,
+        f: &File,
+        st: &FileStat,
+        r: Requester,
+    ) -> FsResult<(crate::cryptocore::SecretKey, [u8; 16])> {
         let open = lock(&self.files).get(&ino).cloned();
         if let Some(of) = open {
             self.check_content(&of, r)?;
@@ -1180,7 +1250,17 @@ impl KmsFs {
         }
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32, r: Requester) -> FsResult<()> {
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        r: Requester,
+    ) -> FsResult<()> {
+        if control::is_control(name) {
+            return self.control_set(ino, name, value, r);
+        }
         Self::check_xattr_name(name)?;
         let (f, st) = self.xattr_fd(ino)?;
         let (key, id) = self.xattr_key_for(ino, &f, &st, r)?;
@@ -1189,7 +1269,15 @@ impl KmsFs {
         sys::fsetxattr(&f, name.as_bytes(), &sealed, flags)
     }
 
-    pub fn getxattr(&self, ino: u64, name: &OsStr, r: Requester) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
+    pub fn getxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        r: Requester,
+    ) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
+        if control::is_control(name) {
+            return self.control_get(ino, name).map(zeroize::Zeroizing::new);
+        }
         Self::check_xattr_name(name).map_err(|_| Errno::ENODATA)?;
         let (f, st) = self.xattr_fd(ino)?;
         let stored = sys::fgetxattr(&f, name.as_bytes())?;
@@ -1221,6 +1309,9 @@ impl KmsFs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> FsResult<()> {
+        if control::is_control(name) {
+            return Err(Errno::ENODATA);
+        }
         Self::check_xattr_name(name).map_err(|_| Errno::ENODATA)?;
         let (f, _) = self.xattr_fd(ino)?;
         sys::fremovexattr(&f, name.as_bytes())
@@ -1228,7 +1319,14 @@ impl KmsFs {
 
     /// fallocate: mode 0 may grow the file (by writing its new final block); KEEP_SIZE only
     /// reserves backing space. Hole punching and the rest are not supported.
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32, r: Requester) -> FsResult<()> {
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        r: Requester,
+    ) -> FsResult<()> {
         let f = self.handle_file(fh)?;
         self.check_content(&f, r)?;
         let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
@@ -1255,19 +1353,29 @@ impl KmsFs {
             return Vec::new();
         }
         let mut affected = Vec::new();
-        let files: Vec<(u64, Arc<OpenFile>)> = lock(&self.files).iter().map(|(i, f)| (*i, f.clone())).collect();
+        let files: Vec<(u64, Arc<OpenFile>)> = lock(&self.files)
+            .iter()
+            .map(|(i, f)| (*i, f.clone()))
+            .collect();
         for (ino, f) in files {
-            let Ok(mut c) = f.content.write() else { continue };
+            let Ok(mut c) = f.content.write() else {
+                continue;
+            };
             let Some(key) = c.key.clone() else { continue };
             if !c.is_revoked() && !self.keys.usable(&key, &Kind::File.context(&c.id)) {
-                log::warn!("{}: key {key} is no longer usable; its data key is wiped", c.label);
+                log::warn!(
+                    "{}: key {key} is no longer usable; its data key is wiped",
+                    c.label
+                );
                 c.revoke();
                 affected.push(ino);
             }
         }
         let dirs = lock(&self.inodes).cached_dir_keys();
         for (ino, d) in dirs {
-            let Some(key) = d.key.as_deref() else { continue };
+            let Some(key) = d.key.as_deref() else {
+                continue;
+            };
             if !self.keys.usable(key, &Kind::DirKey.context(&d.id)) {
                 if let Some(n) = lock(&self.inodes).get_mut(ino) {
                     n.dir_keys = None;

@@ -21,18 +21,29 @@ pub enum Outcome {
     /// Already wrapped by the target key's current version.
     Current,
     /// Re-wrapped: (key, version) before and after.
-    Rewrapped { from: (String, Option<u32>), to: (String, Option<u32>) },
+    Rewrapped {
+        from: (String, Option<u32>),
+        to: (String, Option<u32>),
+    },
 }
 
 /// Re-wraps the header at the start of `file` (the newest valid slot) under `to`, or under the
 /// current version of its own key. Writes the unused slot with generation + 1 and syncs: a crash
 /// leaves the old or the new wrapping, both valid.
-pub fn rewrap_file(file: &File, kind: Kind, provider: &dyn KeyProvider, caller: &Caller, to: Option<&str>) -> Result<Outcome> {
+pub fn rewrap_file(
+    file: &File,
+    kind: Kind,
+    provider: &dyn KeyProvider,
+    caller: &Caller,
+    to: Option<&str>,
+) -> Result<Outcome> {
     let mut h = vec![0u8; HEADER_LEN];
     file.read_exact_at(&mut h, 0)
         .map_err(|e| KmsError::validation(format!("reading header: {e}")))?;
     let u = cipherdir::unwrap_header(kind, &h, provider, caller).map_err(|f| match f {
-        cipherdir::HeaderFailure::Corrupt(why) => KmsError::invalid_ciphertext(format!("header: {why}")),
+        cipherdir::HeaderFailure::Corrupt(why) => {
+            KmsError::invalid_ciphertext(format!("header: {why}"))
+        }
         cipherdir::HeaderFailure::Kms(e) => e,
     })?;
     let from = provider
@@ -69,14 +80,19 @@ pub struct Inventory {
 }
 
 fn newest_blob(kind: Kind, data: &[u8]) -> Option<Vec<u8>> {
-    header::parse(kind, data).ok()?.slots.first().map(|s| s.blob.clone())
+    header::parse(kind, data)
+        .ok()?
+        .slots
+        .first()
+        .map(|s| s.blob.clone())
 }
 
 /// Every backing regular file and directory-key file of a cipher directory.
 pub fn walk(root: &Path, mut f: impl FnMut(&Path, Kind)) -> Result<()> {
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
-        let rd = std::fs::read_dir(&d).map_err(|e| KmsError::validation(format!("{}: {e}", d.display())))?;
+        let rd = std::fs::read_dir(&d)
+            .map_err(|e| KmsError::validation(format!("{}: {e}", d.display())))?;
         for e in rd.flatten() {
             let name = e.file_name();
             let Some(n) = name.to_str() else { continue };
@@ -98,16 +114,26 @@ pub fn walk(root: &Path, mut f: impl FnMut(&Path, Kind)) -> Result<()> {
 pub fn inventory(root: &Path, provider: &dyn KeyProvider) -> Result<Inventory> {
     let mut inv = Inventory::default();
     let cfg: VolumeConfig = serde_json::from_slice(
-        &std::fs::read(root.join(CONFIG_FILE)).map_err(|e| KmsError::validation(format!("{}: {e}", root.display())))?,
+        &std::fs::read(root.join(CONFIG_FILE))
+            .map_err(|e| KmsError::validation(format!("{}: {e}", root.display())))?,
     )
     .map_err(|e| KmsError::validation(format!("{}: {e}", root.join(CONFIG_FILE).display())))?;
     inv.volume = provider.key_of(&cfg.volume_key);
     walk(root, |p, kind| {
         let mut h = vec![0u8; HEADER_LEN];
-        let ok = File::open(p).and_then(|f| f.read_exact_at(&mut h, 0)).is_ok();
-        match newest_blob(kind, &h).filter(|_| ok).and_then(|b| provider.key_of(&b)) {
+        let ok = File::open(p)
+            .and_then(|f| f.read_exact_at(&mut h, 0))
+            .is_ok();
+        match newest_blob(kind, &h)
+            .filter(|_| ok)
+            .and_then(|b| provider.key_of(&b))
+        {
             Some(k) => {
-                let map = if kind == Kind::File { &mut inv.files } else { &mut inv.dirs };
+                let map = if kind == Kind::File {
+                    &mut inv.files
+                } else {
+                    &mut inv.dirs
+                };
                 *map.entry(k).or_insert(0) += 1;
             }
             None => inv.unreadable.push(p.to_path_buf()),
@@ -117,7 +143,12 @@ pub fn inventory(root: &Path, provider: &dyn KeyProvider) -> Result<Inventory> {
 }
 
 /// Re-wraps the volume key in kmsfs.conf (and its MAC) atomically.
-pub fn rewrap_volume(root: &Path, provider: &dyn KeyProvider, caller: &Caller, to: Option<&str>) -> Result<Outcome> {
+pub fn rewrap_volume(
+    root: &Path,
+    provider: &dyn KeyProvider,
+    caller: &Caller,
+    to: Option<&str>,
+) -> Result<Outcome> {
     let path = root.join(CONFIG_FILE);
     let v = cipherdir::open(root, provider, caller)?;
     let mut cfg = v.config;
@@ -176,8 +207,12 @@ pub fn rewrap_offline(
     for (i, (p, kind)) in targets.iter().enumerate() {
         let selected = only.is_none_or(|k| {
             let mut h = vec![0u8; HEADER_LEN];
-            File::open(p).and_then(|f| f.read_exact_at(&mut h, 0)).is_ok()
-                && newest_blob(*kind, &h).and_then(|b| provider.key_of(&b)).is_some_and(|(id, _)| id == k)
+            File::open(p)
+                .and_then(|f| f.read_exact_at(&mut h, 0))
+                .is_ok()
+                && newest_blob(*kind, &h)
+                    .and_then(|b| provider.key_of(&b))
+                    .is_some_and(|(id, _)| id == k)
         });
         if selected {
             let r = std::fs::OpenOptions::new()
@@ -190,7 +225,8 @@ pub fn rewrap_offline(
         }
         progress(i as u64 + 1, total);
     }
-    let vol_selected = only.is_none_or(|k| inventory_volume_key(root, provider).is_some_and(|(id, _)| id == k));
+    let vol_selected =
+        only.is_none_or(|k| inventory_volume_key(root, provider).is_some_and(|(id, _)| id == k));
     if vol_selected {
         let r = rewrap_volume(root, provider, caller, to);
         tally(r, &root.join(CONFIG_FILE), &mut s);
@@ -199,7 +235,8 @@ pub fn rewrap_offline(
 }
 
 fn inventory_volume_key(root: &Path, provider: &dyn KeyProvider) -> Option<(String, Option<u32>)> {
-    let cfg: VolumeConfig = serde_json::from_slice(&std::fs::read(root.join(CONFIG_FILE)).ok()?).ok()?;
+    let cfg: VolumeConfig =
+        serde_json::from_slice(&std::fs::read(root.join(CONFIG_FILE)).ok()?).ok()?;
     provider.key_of(&cfg.volume_key)
 }
 

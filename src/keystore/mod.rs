@@ -236,12 +236,12 @@ impl KeyStore {
     pub fn change_stamp(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;
         match std::fs::metadata(self.dir.join(DB_FILE)) {
-            Ok(m) => m
-                .ino()
-                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                ^ (m.mtime_nsec() as u64)
-                ^ ((m.mtime() as u64) << 30)
-                ^ m.size().rotate_left(17),
+            Ok(m) => {
+                m.ino().wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    ^ (m.mtime_nsec() as u64)
+                    ^ ((m.mtime() as u64) << 30)
+                    ^ m.size().rotate_left(17)
+            }
             Err(_) => 0,
         }
     }

@@ -134,7 +134,11 @@ impl<'k> AuditLog<'k> {
             .map_err(|e| KmsError::io(self.log.display(), e))?;
         let keep = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         if keep < data.len() {
-            log::warn!("{}: cutting a torn last record ({} bytes)", self.log.display(), data.len() - keep);
+            log::warn!(
+                "{}: cutting a torn last record ({} bytes)",
+                self.log.display(),
+                data.len() - keep
+            );
             file.set_len(keep as u64)
                 .map_err(|e| KmsError::io(self.log.display(), e))?;
         }

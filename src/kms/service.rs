@@ -449,7 +449,13 @@ impl Kms {
 
     /// May `caller` use `key` for `action` under `ctx` now (state and policy)? For callers that
     /// hold a data key already: a denial is audited, an allowed check is not (it uses no key).
-    pub fn authorize_use(&self, caller: &Caller, key: &str, action: &str, ctx: &EncryptionContext) -> Result<()> {
+    pub fn authorize_use(
+        &self,
+        caller: &Caller,
+        key: &str,
+        action: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<()> {
         let op = action.strip_prefix("kms:").unwrap_or(action);
         self.run_audited(caller, op, AuditWhen::Failure, |t, d| {
             d.context = ctx.clone();

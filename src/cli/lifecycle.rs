@@ -1,0 +1,228 @@
+//! `kmsfs set-key`, `kmsfs rewrap` and `kmsfs key versions-in-use`.
+
+use crate::cli::args::{Global, RewrapArgs, SetKeyArgs};
+use crate::cli::commands::open_kms;
+use crate::cli::output;
+use crate::cli::progress::Progress;
+use crate::config::Config;
+use crate::error::{KmsError, Result};
+use crate::fs::mount::is_mount_point;
+use crate::fs::nametransform::CONFIG_FILE;
+use crate::fs::ops::{KEY_XATTR, REWRAP_XATTR};
+use crate::fs::{rewrap, sys};
+use crate::kms::Caller;
+use crate::provider::LocalProvider;
+use serde_json::json;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+fn xattr_error(path: &Path, e: crate::fs::errno::Errno) -> KmsError {
+    let why = match e.0 {
+        libc::EOPNOTSUPP | libc::ENODATA => "not on a kmsfs mount".to_string(),
+        libc::EACCES => {
+            "access denied (file permissions, or the key policy: see `kmsfs audit show`)".into()
+        }
+        libc::EINVAL => "invalid request (a key for a directory only; see the mount's log)".into(),
+        libc::EIO => "the header failed authentication (see the mount's log)".into(),
+        n => format!("errno {n}"),
+    };
+    KmsError::validation(format!("{}: {why}", path.display()))
+}
+
+pub fn set_key(a: &SetKeyArgs) -> Result<()> {
+    let f = File::open(&a.dir)
+        .map_err(|e| KmsError::validation(format!("{}: {e}", a.dir.display())))?;
+    sys::fsetxattr(&f, KEY_XATTR.as_bytes(), a.key.as_bytes(), 0)
+        .map_err(|e| xattr_error(&a.dir, e))?;
+    println!("new files under {} use {}", a.dir.display(), a.key);
+    Ok(())
+}
+
+/// The `<key id>:<version>` a mounted file's or directory's header names.
+pub fn key_of_path(p: &Path) -> Result<String> {
+    let f = File::open(p).map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))?;
+    let v = sys::fgetxattr(&f, KEY_XATTR.as_bytes()).map_err(|e| xattr_error(p, e))?;
+    Ok(String::from_utf8_lossy(&v).into_owned())
+}
+
+/// Directories (first) and regular files under a mounted tree; symlinks are not followed.
+fn mounted_entries(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        i += 1;
+        if !p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        let rd = std::fs::read_dir(&p)
+            .map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))?;
+        for e in rd.flatten() {
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() || t.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn is_mounted_cipherdir(dir: &Path) -> Option<PathBuf> {
+    let canon = dir.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (pre, post) = l.split_once(" - ")?;
+        let source = post.split(' ').nth(1)?;
+        (Path::new(source) == canon).then(|| PathBuf::from(pre.split(' ').nth(4).unwrap_or("?")))
+    })
+}
+
+pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
+    if a.path.join(CONFIG_FILE).is_file() {
+        return rewrap_offline(g, cfg, a);
+    }
+    if !is_mount_point(&a.path) {
+        return Err(KmsError::validation(format!(
+            "{} is neither a kmsfs mount point nor a cipher directory",
+            a.path.display()
+        )));
+    }
+    key_of_path(&a.path)?;
+    let only = match &a.key {
+        Some(k) => Some(open_kms(g, cfg)?.resolve_quiet(k)?.to_string()),
+        None => None,
+    };
+    let entries = mounted_entries(&a.path)?;
+    let mut progress = Progress::new("rewrap", entries.len() as u64, a.quiet);
+    let (mut done, mut skipped, mut failed) = (0u64, 0u64, Vec::new());
+    let value = a.to.clone().unwrap_or_default();
+    for (i, p) in entries.iter().enumerate() {
+        let selected = match &only {
+            Some(k) => key_of_path(p).is_ok_and(|v| v.split(':').next() == Some(k.as_str())),
+            None => true,
+        };
+        if selected {
+            let r = File::open(p)
+                .map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))
+                .and_then(|f| {
+                    sys::fsetxattr(&f, REWRAP_XATTR.as_bytes(), value.as_bytes(), 0)
+                        .map_err(|e| xattr_error(p, e))
+                });
+            match r {
+                Ok(()) => done += 1,
+                Err(e) => failed.push(e.to_string()),
+            }
+        } else {
+            skipped += 1;
+        }
+        progress.update(i as u64 + 1);
+    }
+    progress.finish();
+    report(g, done, skipped, &failed)
+}
+
+fn report(g: &Global, done: u64, skipped: u64, failed: &[String]) -> Result<()> {
+    if g.output == crate::cli::args::OutputFormat::Json {
+        output::json(&json!({"Checked": done, "Skipped": skipped, "Failed": failed}))?;
+    } else {
+        println!(
+            "rewrap: {done} headers checked or re-wrapped, {skipped} skipped, {} failed",
+            failed.len()
+        );
+        for f in failed {
+            eprintln!("  {f}");
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(KmsError::validation(format!(
+            "{} headers could not be re-wrapped",
+            failed.len()
+        )))
+    }
+}
+
+fn rewrap_offline(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
+    if let Some(mp) = is_mounted_cipherdir(&a.path) {
+        return Err(KmsError::validation(format!(
+            "{} is mounted at {}: re-wrap through the mount (`kmsfs rewrap {}`)",
+            a.path.display(),
+            mp.display(),
+            mp.display()
+        )));
+    }
+    let kms = open_kms(g, cfg)?;
+    let only = a
+        .key
+        .as_deref()
+        .map(|k| kms.resolve_quiet(k))
+        .transpose()?
+        .map(|u| u.to_string());
+    let provider = LocalProvider::new(kms);
+    let caller = Caller::current();
+    let mut progress: Option<Progress> = None;
+    let s = rewrap::rewrap_offline(
+        &a.path,
+        &provider,
+        &caller,
+        a.to.as_deref(),
+        only.as_deref(),
+        |done, total| {
+            progress
+                .get_or_insert_with(|| Progress::new("rewrap", total, a.quiet))
+                .update(done);
+        },
+    )?;
+    if let Some(p) = progress.as_mut() {
+        p.finish();
+    }
+    let failed: Vec<String> = s
+        .failed
+        .iter()
+        .map(|(p, e)| format!("{}: {e}", p.display()))
+        .collect();
+    report(g, s.rewrapped + s.current, 0, &failed)
+}
+
+pub fn versions_in_use(g: &Global, cfg: &Config, cipherdir: &Path) -> Result<()> {
+    let provider = LocalProvider::new(open_kms(g, cfg)?);
+    let inv = rewrap::inventory(cipherdir, &provider)?;
+    let mut rows: std::collections::BTreeMap<(String, Option<u32>), (u64, u64)> =
+        Default::default();
+    for (k, n) in &inv.files {
+        rows.entry(k.clone()).or_default().0 += n;
+    }
+    for (k, n) in &inv.dirs {
+        rows.entry(k.clone()).or_default().1 += n;
+    }
+    if g.output == crate::cli::args::OutputFormat::Json {
+        let keys: Vec<_> = rows
+            .iter()
+            .map(|((k, v), (f, d))| json!({"KeyId": k, "KeyVersion": v, "Files": f, "Directories": d}))
+            .collect();
+        return output::json(&json!({
+            "Keys": keys,
+            "VolumeKey": inv.volume.as_ref().map(|(k, v)| json!({"KeyId": k, "KeyVersion": v})),
+            "Unreadable": inv.unreadable,
+        }));
+    }
+    println!(
+        "{:<38} {:>7} {:>9} {:>11}",
+        "KEY", "VERSION", "FILES", "DIRECTORIES"
+    );
+    for ((k, v), (f, d)) in &rows {
+        let v = v.map_or("-".into(), |v| v.to_string());
+        println!("{k:<38} {v:>7} {f:>9} {d:>11}");
+    }
+    if let Some((k, v)) = &inv.volume {
+        println!(
+            "volume key: {k} version {}",
+            v.map_or("-".into(), |v| v.to_string())
+        );
+    }
+    for p in &inv.unreadable {
+        eprintln!("unreadable header: {}", p.display());
+    }
+    Ok(())
+}

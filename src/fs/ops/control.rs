@@ -1,0 +1,142 @@
+//! Control through the mount. Reserved `user.kmsfs.*` xattrs let the CLI act on one file or
+//! directory through the running daemon, as the caller the kernel names for the request (never a
+//! claimed identity), serialized with that file's reads and writes:
+//! - get `user.kmsfs.key`: `<key id>:<version>` of the CMK that wraps the inode's data key;
+//! - set `user.kmsfs.key` on a directory: new entries under it use that CMK (`kmsfs set-key`);
+//! - set `user.kmsfs.rewrap`: re-wrap the inode's header under the current version of its CMK,
+//!   or under the CMK named in the value (`kmsfs rewrap MOUNTPOINT`). On the root directory this
+//!   also re-wraps the volume key.
+
+use super::*;
+use crate::fs::rewrap::{self, Outcome};
+
+pub const PREFIX: &str = "user.kmsfs.";
+pub const KEY_XATTR: &str = "user.kmsfs.key";
+pub const REWRAP_XATTR: &str = "user.kmsfs.rewrap";
+
+pub fn is_control(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(PREFIX.as_bytes())
+}
+
+fn kms_errno(e: crate::error::KmsError) -> Errno {
+    log::warn!("{e}");
+    match e.kind {
+        crate::error::ErrorKind::InvalidCiphertext => Errno::EIO,
+        crate::error::ErrorKind::Validation => Errno::EINVAL,
+        _ => crate::fs::errno::from_kms(&e),
+    }
+}
+
+impl KmsFs {
+    /// The header file of an inode: its own file, or a directory's key file.
+    fn header_file(&self, ino: u64, writable: bool) -> FsResult<(File, Kind)> {
+        let a = self.at(ino)?;
+        let st = stat_at(&a.dir, &a.name)?;
+        let rw = if writable {
+            OFlag::O_RDWR
+        } else {
+            OFlag::O_RDONLY
+        };
+        let flags = rw | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        if is_dir(&st) {
+            let d = self.dir_fd(ino)?;
+            Ok((
+                File::from(openat(&d, DIRKEY_FILE, flags, Mode::empty())?),
+                Kind::DirKey,
+            ))
+        } else if is_file(&st) {
+            Ok((
+                File::from(openat(&a.dir, a.name.as_os_str(), flags, Mode::empty())?),
+                Kind::File,
+            ))
+        } else {
+            Err(Errno::ENOTSUP)
+        }
+    }
+
+    pub(super) fn control_get(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        if name != KEY_XATTR {
+            return Err(Errno::ENODATA);
+        }
+        let (f, kind) = self.header_file(ino, false)?;
+        let mut h = vec![0u8; header::HEADER_LEN];
+        f.read_exact_at(&mut h, 0).map_err(|_| Errno::EIO)?;
+        let blob = header::parse(kind, &h)
+            .ok()
+            .and_then(|p| p.slots.first().map(|s| s.blob.clone()))
+            .ok_or(Errno::EIO)?;
+        let (key, version) = self.keys.provider().key_of(&blob).ok_or(Errno::EIO)?;
+        Ok(match version {
+            Some(v) => format!("{key}:{v}"),
+            None => key,
+        }
+        .into_bytes())
+    }
+
+    pub(super) fn control_set(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        r: Requester,
+    ) -> FsResult<()> {
+        let to = std::str::from_utf8(value)
+            .map_err(|_| Errno::EINVAL)?
+            .trim();
+        let to = (!to.is_empty()).then_some(to);
+        let set_key = name == KEY_XATTR;
+        if !set_key && name != REWRAP_XATTR {
+            return Err(Errno::ENOTSUP);
+        }
+        let caller = self.keys.caller(r);
+        let provider = self.keys.provider();
+        let (file, kind) = self.header_file(ino, true)?;
+        if set_key && (kind != Kind::DirKey || to.is_none()) {
+            return Err(Errno::EINVAL);
+        }
+        let outcome = if kind == Kind::File {
+            // Under the file's write lock if it is open, so no truncate re-keys it meanwhile.
+            let open = lock(&self.files).get(&ino).cloned();
+            match open {
+                Some(of) => {
+                    let mut c = of.content.write().map_err(|_| Errno::EIO)?;
+                    let o = rewrap::rewrap_file(c.file(), kind, provider, &caller, to)
+                        .map_err(kms_errno)?;
+                    if let Outcome::Rewrapped { to: (k, _), .. } = &o {
+                        c.key = Some(k.clone());
+                    }
+                    o
+                }
+                None => {
+                    rewrap::rewrap_file(&file, kind, provider, &caller, to).map_err(kms_errno)?
+                }
+            }
+        } else {
+            let o = rewrap::rewrap_file(&file, kind, provider, &caller, to).map_err(kms_errno)?;
+            // Forget the cached keys: the next use unwraps them under the new CMK, which also
+            // makes that CMK the one new entries use.
+            if let (Outcome::Rewrapped { .. }, Some(n)) = (&o, lock(&self.inodes).get_mut(ino)) {
+                n.dir_keys = None;
+            }
+            if ino == ROOT && !set_key {
+                if let Outcome::Rewrapped { to: (k, _), .. } =
+                    rewrap::rewrap_volume(&self.root, provider, &caller, to).map_err(kms_errno)?
+                {
+                    *lock(&self.volume_cmk) = k;
+                }
+            }
+            o
+        };
+        if let Outcome::Rewrapped { from, to } = outcome {
+            log::info!(
+                "{}: re-wrapped from {}:{:?} to {}:{:?}",
+                self.label(ino),
+                from.0,
+                from.1,
+                to.0,
+                to.1
+            );
+        }
+        Ok(())
+    }
+}

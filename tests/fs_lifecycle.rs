@@ -1,0 +1,219 @@
+//! Key lifecycle inside a mounted filesystem: disable and enable take effect live, several CMKs in
+//! one mount, rotation, rewrap (online and offline) and the inventory of versions in use.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+/// The requirement is one second; the mount polls the key store every 200 ms.
+const PROPAGATION: Duration = Duration::from_secs(1);
+
+/// `<key id>:<version>` of the CMK wrapping a mounted file's or directory's key.
+fn key_of(p: &std::path::Path) -> String {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new("user.kmsfs.key").unwrap();
+    let mut buf = vec![0u8; 128];
+    let len = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(len > 0, "getxattr: {}", std::io::Error::last_os_error());
+    buf.truncate(len as usize);
+    String::from_utf8(buf).unwrap()
+}
+
+fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+#[test]
+fn disable_is_honoured_live_and_enable_restores_without_remount() {
+    let m = Mounted::new();
+    let other = m.env.create_key(&["--alias", "other"]);
+    fs::write(m.p("a"), b"under fs").unwrap();
+    fs::create_dir(m.p("fsdir")).unwrap();
+    fs::write(m.p("fsdir/x"), b"x").unwrap();
+    // From here on, new entries in the root (and below) use the other key.
+    m.env
+        .ok(&["set-key", m.mnt.to_str().unwrap(), "alias/other"]);
+    fs::create_dir(m.p("other")).unwrap();
+    fs::write(m.p("other/b"), b"under other").unwrap();
+    assert!(key_of(&m.p("other/b")).starts_with(&other));
+    assert!(key_of(&m.p("a")).starts_with(&m.key));
+
+    let h = fs::File::open(m.p("a")).unwrap();
+    let mut buf = [0u8; 8];
+    h.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"under fs");
+
+    m.env.ok(&["key", "disable", "alias/fs"]);
+    std::thread::sleep(PROPAGATION);
+    assert_eq!(
+        errno(h.read_exact_at(&mut buf, 0)),
+        Some(libc::EACCES),
+        "an open handle stops reading"
+    );
+    assert_eq!(
+        errno(fs::read(m.p("a"))),
+        Some(libc::EACCES),
+        "new opens fail"
+    );
+    assert_eq!(
+        errno(fs::write(m.p("fsdir/new"), b"x")),
+        Some(libc::EACCES),
+        "no new data keys"
+    );
+    assert_eq!(
+        fs::read(m.p("other/b")).unwrap(),
+        b"under other",
+        "other keys keep working"
+    );
+    fs::write(m.p("other/c"), b"still fine").unwrap();
+    // A directory's names are protected by its own key's CMK: fsdir's are unreadable now.
+    assert_eq!(
+        errno(fs::read_dir(m.p("fsdir")).map(|d| d.count())),
+        Some(libc::EACCES)
+    );
+    assert!(
+        m.log_text().contains("is no longer usable"),
+        "{}",
+        m.log_text()
+    );
+
+    m.env.ok(&["key", "enable", "alias/fs"]);
+    std::thread::sleep(PROPAGATION);
+    h.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(&buf, b"under fs", "the same handle reads again");
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"under fs");
+    let denied: Vec<_> = m
+        .env
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["result"] == "DisabledException")
+        .collect();
+    assert!(!denied.is_empty());
+    assert!(
+        denied
+            .iter()
+            .any(|l| l["context"]["kmsfs:file-id"].is_string()),
+        "denials name the file"
+    );
+}
+
+#[test]
+fn pending_deletion_acts_like_disabled_and_deletion_shreds() {
+    let mut m = Mounted::new();
+    fs::write(m.p("doomed"), b"bye").unwrap();
+    m.env
+        .ok(&["key", "schedule-deletion", "alias/fs", "--days", "7"]);
+    std::thread::sleep(PROPAGATION);
+    assert_eq!(errno(fs::read(m.p("doomed"))), Some(libc::EACCES));
+    m.env.ok(&["key", "cancel-deletion", "alias/fs"]);
+    std::thread::sleep(PROPAGATION);
+    assert_eq!(
+        errno(fs::read(m.p("doomed"))),
+        Some(libc::EACCES),
+        "cancelled means Disabled"
+    );
+    m.env.ok(&["key", "enable", "alias/fs"]);
+    std::thread::sleep(PROPAGATION);
+    assert_eq!(fs::read(m.p("doomed")).unwrap(), b"bye");
+    // Past the deletion date the material is destroyed: unreadable for good.
+    m.env
+        .ok(&["key", "schedule-deletion", "alias/fs", "--days", "7"]);
+    let later = chrono::Utc::now() + chrono::Duration::days(8);
+    m.env.now = Some(later.to_rfc3339());
+    m.env.ok(&["key", "list"]);
+    m.env.now = None;
+    std::thread::sleep(PROPAGATION);
+    assert_eq!(errno(fs::read(m.p("doomed"))), Some(libc::EACCES));
+    m.unmount();
+    let mnt = m.mnt.to_str().unwrap().to_string();
+    let err = m
+        .env
+        .fails(&["mount", m.cipher.to_str().unwrap(), &mnt], 10);
+    assert!(err.contains("deleted"), "{err}");
+}
+
+#[test]
+fn rotation_then_online_rewrap_moves_every_header_to_the_new_version() {
+    let m = Mounted::new();
+    fs::create_dir_all(m.p("d/e")).unwrap();
+    for (i, p) in ["f1", "d/f2", "d/e/f3"].iter().enumerate() {
+        fs::write(m.p(p), vec![i as u8; 10_000]).unwrap();
+    }
+    std::os::unix::fs::symlink("f1", m.p("link")).unwrap();
+    m.env.ok(&["key", "rotate", "alias/fs"]);
+    fs::write(m.p("after"), b"new").unwrap();
+    assert!(
+        key_of(&m.p("after")).ends_with(":2"),
+        "new files use the new version"
+    );
+    assert!(key_of(&m.p("f1")).ends_with(":1"), "old files keep theirs");
+    let before: Vec<Vec<u8>> = m
+        .cipher_files()
+        .iter()
+        .map(|p| fs::read(p).unwrap())
+        .collect();
+
+    m.env.ok(&["rewrap", m.mnt.to_str().unwrap()]);
+    for p in ["f1", "d/f2", "d/e/f3", "after", "d", "d/e", "."] {
+        assert!(key_of(&m.p(p)).ends_with(":2"), "{p}: {}", key_of(&m.p(p)));
+    }
+    for (i, p) in ["f1", "d/f2", "d/e/f3"].iter().enumerate() {
+        assert_eq!(fs::read(m.p(p)).unwrap(), vec![i as u8; 10_000]);
+    }
+    assert_eq!(fs::read_link(m.p("link")).unwrap().to_str(), Some("f1"));
+    // Only headers changed: every data block is byte for byte what it was.
+    let after: Vec<Vec<u8>> = m
+        .cipher_files()
+        .iter()
+        .map(|p| fs::read(p).unwrap())
+        .collect();
+    for (b, a) in before.iter().zip(&after) {
+        if b.len() == a.len() && b.len() > 1024 {
+            assert_eq!(&b[1024..], &a[1024..], "data blocks untouched");
+        }
+    }
+    let inv = m
+        .env
+        .json(&["key", "versions-in-use", m.cipher.to_str().unwrap()]);
+    let keys = inv["Keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{inv}");
+    assert_eq!(keys[0]["KeyVersion"], 2);
+    assert_eq!(keys[0]["Files"], 4);
+    assert_eq!(keys[0]["Directories"], 3);
+    assert_eq!(inv["VolumeKey"]["KeyVersion"], 2);
+
+    // Move everything to another CMK; then the first one can go.
+    m.env.create_key(&["--alias", "next"]);
+    m.env
+        .ok(&["rewrap", m.mnt.to_str().unwrap(), "--to", "alias/next"]);
+    m.env.ok(&["key", "disable", "alias/fs"]);
+    std::thread::sleep(PROPAGATION);
+    let r = fs::read(m.p("d/e/f3"));
+    assert!(r.is_ok(), "{r:?}: {}", m.log_text());
+    assert_eq!(r.unwrap(), vec![2u8; 10_000]);
+    assert_eq!(fs::read_link(m.p("link")).unwrap().to_str(), Some("f1"));
+    fs::write(m.p("d/new"), b"x").unwrap();
+    m.unmount();
+    m.mount(&[]);
+    assert_eq!(fs::read(m.p("d/f2")).unwrap(), vec![1u8; 10_000]);
+}
+
+#[test]
+fn offline_rewrap_of_an_unmounted_cipher_directory() {
+    let m = Mounted::new();
+    fs::create_dir(m.p("d")).unwrap();
+    fs::write(m.p("d/f"), b"offline").unwrap();
+    m.env.ok(&["key", "rotate", "alias/fs"]);
+    let cipher = m.cipher.to_str().unwrap().to_string();
+    let err = m.env.fails(&["rewrap", &cipher], 15);
+    assert!(err.contains("is mounted at"), "{err}");
+    m.unmount();
+    let out = m.env.ok(&["rewrap", &cipher]);
+    assert!(out.contains("0 failed"), "{out}");
+    let inv = m.env.json(&["key", "versions-in-use", &cipher]);
+    assert_eq!(inv["Keys"][0]["KeyVersion"], 2, "{inv}");
+    m.mount(&[]);
+    assert_eq!(fs::read(m.p("d/f")).unwrap(), b"offline");
+}
