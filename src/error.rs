@@ -21,6 +21,8 @@ pub enum ErrorKind {
     KeyStore,
     /// The audit log failed verification.
     AuditInvalid,
+    /// fsck found problems in a cipher directory.
+    FsckProblems,
     Internal,
 }
 
@@ -41,6 +43,7 @@ impl ErrorKind {
             ErrorKind::WrongPassphrase => "WrongPassphraseException",
             ErrorKind::KeyStore => "KeyStoreException",
             ErrorKind::AuditInvalid => "AuditLogInvalidException",
+            ErrorKind::FsckProblems => "FsckProblemsFoundException",
             ErrorKind::Internal => "KMSInternalException",
         }
     }
@@ -62,10 +65,11 @@ impl ErrorKind {
             ErrorKind::WrongPassphrase => 20,
             ErrorKind::KeyStore => 21,
             ErrorKind::AuditInvalid => 22,
+            ErrorKind::FsckProblems => 23,
         }
     }
 
-    pub const ALL: [ErrorKind; 14] = [
+    pub const ALL: [ErrorKind; 15] = [
         ErrorKind::NotFound,
         ErrorKind::Disabled,
         ErrorKind::KmsInvalidState,
@@ -79,6 +83,7 @@ impl ErrorKind {
         ErrorKind::WrongPassphrase,
         ErrorKind::KeyStore,
         ErrorKind::AuditInvalid,
+        ErrorKind::FsckProblems,
         ErrorKind::Internal,
     ];
 }

@@ -99,6 +99,17 @@ pub enum Command {
         after_help = "Examples:\n  kmsfs rewrap ~/secret              (online, through the mount)\n  kmsfs rewrap ~/secret.enc --to alias/new   (offline, on the cipher directory)"
     )]
     Rewrap(RewrapArgs),
+    /// Check every header, block, name and symlink of an unmounted cipher directory
+    #[command(after_help = "Example:\n  kmsfs fsck ~/secret.enc --output json")]
+    Fsck(FsckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FsckArgs {
+    pub cipherdir: PathBuf,
+    /// No progress display
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]

@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Umount(a) => crate::cli::mountcmd::umount(&a),
         Command::SetKey(a) => crate::cli::lifecycle::set_key(&a),
         Command::Rewrap(a) => crate::cli::lifecycle::rewrap(g, &cfg, &a),
+        Command::Fsck(a) => crate::cli::lifecycle::fsck(g, &cfg, &a),
         Command::Key(KeyCmd::VersionsInUse { cipherdir }) => {
             crate::cli::lifecycle::versions_in_use(g, &cfg, &cipherdir)
         }
@@ -56,7 +57,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 | Command::Mount(_)
                 | Command::Umount(_)
                 | Command::SetKey(_)
-                | Command::Rewrap(_) => Ok(()),
+                | Command::Rewrap(_)
+                | Command::Fsck(_) => Ok(()),
             }
         }
     }

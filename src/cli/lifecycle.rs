@@ -226,3 +226,52 @@ pub fn versions_in_use(g: &Global, cfg: &Config, cipherdir: &Path) -> Result<()>
     }
     Ok(())
 }
+
+pub fn fsck(g: &Global, cfg: &Config, a: &crate::cli::args::FsckArgs) -> Result<()> {
+    if let Some(mp) = is_mounted_cipherdir(&a.cipherdir) {
+        return Err(KmsError::validation(format!(
+            "{} is mounted at {}: unmount it first (`kmsfs umount {}`)",
+            a.cipherdir.display(),
+            mp.display(),
+            mp.display()
+        )));
+    }
+    let provider = LocalProvider::new(open_kms(g, cfg)?);
+    let mut progress = Progress::counter("fsck", a.quiet);
+    let report = crate::fs::fsck::fsck(&a.cipherdir, &provider, &Caller::current(), &mut |n| {
+        progress.update(n)
+    })?;
+    progress.finish();
+    if g.output == crate::cli::args::OutputFormat::Json {
+        output::json(&report)?;
+    } else {
+        for f in &report.findings {
+            println!(
+                "{:?}: {} ({}): {}",
+                f.problem,
+                f.path,
+                f.backing.display(),
+                f.detail
+            );
+        }
+        println!(
+            "fsck: {} files, {} directories, {} symlinks checked; {} problems",
+            report.files,
+            report.directories,
+            report.symlinks,
+            report.findings.len()
+        );
+    }
+    if report.findings.is_empty() {
+        Ok(())
+    } else {
+        Err(KmsError::new(
+            crate::error::ErrorKind::FsckProblems,
+            format!(
+                "{} problems in {}",
+                report.findings.len(),
+                a.cipherdir.display()
+            ),
+        ))
+    }
+}

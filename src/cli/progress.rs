@@ -22,10 +22,18 @@ impl Progress {
         }
     }
 
+    /// A counter without a known total.
+    pub fn counter(label: &'static str, quiet: bool) -> Progress {
+        Progress::new(label, u64::MAX, quiet)
+    }
+
     /// The line for `done` of `total` after `elapsed`.
     pub fn line(label: &str, done: u64, total: u64, elapsed: Duration) -> String {
         let secs = elapsed.as_secs_f64().max(1e-3);
         let rate = done as f64 / secs;
+        if total == u64::MAX {
+            return format!("{label} {done} {rate:.0}/s");
+        }
         let pct = (done * 100).checked_div(total).unwrap_or(100);
         let eta = if rate > 0.0 {
             (total.saturating_sub(done)) as f64 / rate

@@ -203,7 +203,9 @@ pub fn unwrap_header(
 ) -> std::result::Result<Unwrapped, HeaderFailure> {
     let h = header::parse(kind, data).map_err(|e| HeaderFailure::Corrupt(format!("{e:?}")))?;
     let ctx = kind.context(&h.id);
-    let mut first_kms_error = None;
+    // The newest slot decides. An older one is used only if the newest is damaged (a torn
+    // re-wrap): if the KMS refuses the newest slot's key, that refusal stands, so re-wrapping
+    // to a key and then disabling or deleting it is never undone by a stale wrapping.
     for slot in &h.slots {
         match provider.decrypt_data_key(caller, &slot.blob, &ctx) {
             Ok(dk) if slot.verify(kind, &h.id, &dk) => {
@@ -217,15 +219,12 @@ pub fn unwrap_header(
             }
             Ok(_) => {}
             Err(e) if e.kind == crate::error::ErrorKind::InvalidCiphertext => {}
-            Err(e) => {
-                first_kms_error.get_or_insert(e);
-            }
+            Err(e) => return Err(HeaderFailure::Kms(e)),
         }
     }
-    Err(match first_kms_error {
-        Some(e) => HeaderFailure::Kms(e),
-        None => HeaderFailure::Corrupt("no header slot authenticates".into()),
-    })
+    Err(HeaderFailure::Corrupt(
+        "no header slot authenticates".into(),
+    ))
 }
 
 /// A fresh id and data key, wrapped by `key`; returns the encoded header and the key.

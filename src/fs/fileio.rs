@@ -300,6 +300,36 @@ impl FileContent {
         Ok(())
     }
 
+    /// The blocks that fail authentication, checked one by one (fsck); EIO if the backing
+    /// length itself is invalid.
+    pub fn bad_blocks(&self) -> FsResult<Vec<u64>> {
+        let len = self.backing_len()?;
+        let l = ce::layout(len);
+        if !l.valid {
+            return Err(Errno::EIO);
+        }
+        let cipher = self.cipher()?;
+        let final_index = ce::block_count(l.size) - 1;
+        let mut bad = Vec::new();
+        let mut raw = vec![0u8; CIPHER_BLOCK as usize];
+        let mut out = Vec::with_capacity(BLOCK as usize);
+        for i in 0..=final_index {
+            let n = (ce::block_plain_len(i, l.size) + ce::OVERHEAD) as usize;
+            out.clear();
+            let ok = self
+                .file
+                .read_exact_at(&mut raw[..n], ce::block_offset(i))
+                .is_ok()
+                && cipher
+                    .decrypt_block(i, i == final_index, &raw[..n], &mut out)
+                    .is_ok();
+            if !ok {
+                bad.push(i);
+            }
+        }
+        Ok(bad)
+    }
+
     /// Verifies every block of the file (fsck and tests).
     pub fn verify_all(&self) -> FsResult<u64> {
         let size = self.size()?;

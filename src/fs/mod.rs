@@ -5,6 +5,7 @@ pub mod cipherdir;
 pub mod contentenc;
 pub mod errno;
 pub mod fileio;
+pub mod fsck;
 pub mod fuse;
 pub mod header;
 pub mod inodes;

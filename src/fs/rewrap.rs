@@ -28,8 +28,8 @@ pub enum Outcome {
 }
 
 /// Re-wraps the header at the start of `file` (the newest valid slot) under `to`, or under the
-/// current version of its own key. Writes the unused slot with generation + 1 and syncs: a crash
-/// leaves the old or the new wrapping, both valid.
+/// current version of its own key. Writes the unused slot with generation + 1 and syncs, then
+/// clears the old slot: a crash leaves the old or the new wrapping, both valid.
 pub fn rewrap_file(
     file: &File,
     kind: Kind,
@@ -63,6 +63,11 @@ pub fn rewrap_file(
     file.write_all_at(&slot, header::slot_offset(other) as u64)
         .and_then(|_| file.sync_data())
         .map_err(|e| KmsError::validation(format!("writing header: {e}")))?;
+    // Then clear the old slot, so no wrapping under the old key version remains. Either slot
+    // write may be cut by a crash; the other slot is whole at every moment.
+    file.write_all_at(&[0u8; SLOT_LEN], header::slot_offset(u.slot) as u64)
+        .and_then(|_| file.sync_data())
+        .map_err(|e| KmsError::validation(format!("clearing the old header slot: {e}")))?;
     Ok(Outcome::Rewrapped {
         from,
         to: (w.key_id.to_string(), Some(w.key_version)),

@@ -1,0 +1,270 @@
+//! Checking a cipher directory without mounting it: every header, every block, every name and
+//! symlink target. Problems are reported with the plaintext path where it can be recovered.
+
+use crate::error::{ErrorKind, KmsError, Result};
+use crate::fs::cipherdir::{self, HeaderFailure, Volume};
+use crate::fs::fileio::FileContent;
+use crate::fs::header::{DataKeys, HEADER_LEN, Kind};
+use crate::fs::nametransform::{
+    self as nt, DIRKEY_FILE, EntryKind, LONGNAME_PREFIX, LONGNAME_SUFFIX,
+};
+use crate::kms::Caller;
+use crate::provider::KeyProvider;
+use serde::Serialize;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Problem {
+    /// The CMK's material was destroyed after its scheduled deletion: unreadable for good.
+    CryptoShredded,
+    /// The CMK exists but may not be used now (disabled, pending deletion, denied).
+    KeyUnusable,
+    CorruptHeader,
+    CorruptBlocks,
+    /// The backing length cannot belong to a kmsfs file (cut inside a block or the header).
+    Truncated,
+    UndecryptableName,
+    OrphanLongName,
+    MissingDirectoryKey,
+    CorruptSymlink,
+    Unreadable,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    /// Plaintext path where known, else the backing path.
+    pub path: String,
+    pub backing: PathBuf,
+    pub problem: Problem,
+    pub detail: String,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub files: u64,
+    pub directories: u64,
+    pub symlinks: u64,
+    pub findings: Vec<Finding>,
+}
+
+fn kms_problem(e: &KmsError) -> Problem {
+    if e.kind == ErrorKind::NotFound && e.message.contains("deleted") {
+        Problem::CryptoShredded
+    } else if e.kind == ErrorKind::InvalidCiphertext {
+        Problem::CorruptHeader
+    } else {
+        Problem::KeyUnusable
+    }
+}
+
+struct Checker<'a> {
+    provider: &'a dyn KeyProvider,
+    caller: &'a Caller,
+    /// None if the volume key cannot be unwrapped (symlink targets are then not checked).
+    volume: Option<&'a Volume>,
+    report: Report,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl Checker<'_> {
+    fn find(&mut self, path: &str, backing: &Path, problem: Problem, detail: impl Into<String>) {
+        self.report.findings.push(Finding {
+            path: path.to_string(),
+            backing: backing.to_path_buf(),
+            problem,
+            detail: detail.into(),
+        });
+    }
+
+    fn unwrap(
+        &mut self,
+        kind: Kind,
+        data: &[u8],
+        path: &str,
+        backing: &Path,
+    ) -> Option<cipherdir::Unwrapped> {
+        match cipherdir::unwrap_header(kind, data, self.provider, self.caller) {
+            Ok(u) => Some(u),
+            Err(HeaderFailure::Corrupt(why)) => {
+                self.find(path, backing, Problem::CorruptHeader, why);
+                None
+            }
+            Err(HeaderFailure::Kms(e)) => {
+                let p = kms_problem(&e);
+                self.find(path, backing, p, e.to_string());
+                None
+            }
+        }
+    }
+
+    fn check_file(&mut self, path: &str, backing: &Path) {
+        self.report.files += 1;
+        let file = match File::open(backing) {
+            Ok(f) => f,
+            Err(e) => return self.find(path, backing, Problem::Unreadable, e.to_string()),
+        };
+        let mut h = vec![0u8; HEADER_LEN];
+        if file.read_exact_at(&mut h, 0).is_err() {
+            return self.find(path, backing, Problem::Truncated, "shorter than its header");
+        }
+        let Some(u) = self.unwrap(Kind::File, &h, path, backing) else {
+            return;
+        };
+        let keys = DataKeys::derive(&u.data_key, &u.id);
+        let mut c = FileContent::new(file, &keys, u.id, &h, backing.display().to_string(), None);
+        c.supersede();
+        match c.bad_blocks() {
+            Ok(b) if b.is_empty() => {}
+            Ok(b) => {
+                let shown: Vec<String> = b.iter().take(20).map(u64::to_string).collect();
+                self.find(
+                    path,
+                    backing,
+                    Problem::CorruptBlocks,
+                    format!("blocks {} fail authentication", shown.join(", ")),
+                );
+            }
+            Err(_) => self.find(
+                path,
+                backing,
+                Problem::Truncated,
+                "the backing length is not a valid file length",
+            ),
+        }
+    }
+
+    fn check_dir(&mut self, path: &str, dir: &Path) {
+        self.report.directories += 1;
+        (self.progress)(self.report.files + self.report.directories);
+        let names = match std::fs::read(dir.join(DIRKEY_FILE)) {
+            Ok(data) => self
+                .unwrap(Kind::DirKey, &data, path, &dir.join(DIRKEY_FILE))
+                .map(|u| DataKeys::derive(&u.data_key, &u.id).names),
+            Err(_) => {
+                self.find(
+                    path,
+                    dir,
+                    Problem::MissingDirectoryKey,
+                    "no kmsfs.dirkey: names cannot be decrypted",
+                );
+                None
+            }
+        };
+        let entries = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) => return self.find(path, dir, Problem::Unreadable, e.to_string()),
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let raw = e.file_name();
+            let Some(name) = raw.to_str() else { continue };
+            let backing = e.path();
+            if name.ends_with(LONGNAME_SUFFIX) && name.starts_with(LONGNAME_PREFIX) {
+                let entry = &name[..name.len() - LONGNAME_SUFFIX.len()];
+                if !dir.join(entry).exists() {
+                    self.find(
+                        &format!("{path}/?"),
+                        &backing,
+                        Problem::OrphanLongName,
+                        "side file without its entry",
+                    );
+                }
+                continue;
+            }
+            let encoded = match nt::classify(name) {
+                EntryKind::Internal => continue,
+                EntryKind::Encrypted => Some(name.to_string()),
+                EntryKind::LongName => {
+                    std::fs::read_to_string(dir.join(format!("{name}{LONGNAME_SUFFIX}")))
+                        .ok()
+                        .filter(|full| nt::long_name_matches(name, full))
+                }
+            };
+            let plain = match (&names, encoded) {
+                (Some(k), Some(enc)) => nt::decrypt(k, &enc)
+                    .ok()
+                    .map(|n| String::from_utf8_lossy(&n).into_owned()),
+                _ => None,
+            };
+            let child = match &plain {
+                Some(n) => format!("{path}/{n}"),
+                None => {
+                    if names.is_some() {
+                        self.find(
+                            &format!("{path}/?"),
+                            &backing,
+                            Problem::UndecryptableName,
+                            "the name does not decrypt in this directory",
+                        );
+                    }
+                    format!("{path}/?{name}")
+                }
+            };
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                self.check_dir(&child, &backing);
+            } else if t.is_file() {
+                self.check_file(&child, &backing);
+                (self.progress)(self.report.files + self.report.directories);
+            } else if t.is_symlink() {
+                self.report.symlinks += 1;
+                let Some(v) = self.volume else { continue };
+                let ok = std::fs::read_link(&backing)
+                    .ok()
+                    .and_then(|t| {
+                        cipherdir::decrypt_symlink(&v.keys, t.as_os_str().as_encoded_bytes())
+                    })
+                    .is_some();
+                if !ok {
+                    self.find(
+                        &child,
+                        &backing,
+                        Problem::CorruptSymlink,
+                        "the target fails authentication",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Checks a whole cipher directory. `progress` gets the number of inodes checked so far.
+pub fn fsck(
+    root: &Path,
+    provider: &dyn KeyProvider,
+    caller: &Caller,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Report> {
+    if !root.join(crate::fs::nametransform::CONFIG_FILE).is_file() {
+        return Err(KmsError::validation(format!(
+            "{} is not a kmsfs cipher directory",
+            root.display()
+        )));
+    }
+    let (volume, volume_problem) = match cipherdir::open(root, provider, caller) {
+        Ok(v) => (Some(v), None),
+        Err(e) if e.kind == ErrorKind::Validation => return Err(e),
+        Err(e) => (None, Some(e)),
+    };
+    let mut c = Checker {
+        provider,
+        caller,
+        volume: volume.as_ref(),
+        report: Report::default(),
+        progress,
+    };
+    if let Some(e) = volume_problem {
+        let p = kms_problem(&e);
+        c.find(
+            "/",
+            &root.join(crate::fs::nametransform::CONFIG_FILE),
+            p,
+            format!("volume key: {e}"),
+        );
+    }
+    c.check_dir("", root);
+    Ok(c.report)
+}

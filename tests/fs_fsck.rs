@@ -1,0 +1,108 @@
+//! `kmsfs fsck`: a clean cipher directory passes; damage and crypto-shredding are reported with
+//! plaintext paths where they can be recovered.
+
+mod common;
+use common::*;
+use std::fs;
+
+const PROBLEMS: i32 = 23;
+
+fn fsck_json(m: &Mounted) -> serde_json::Value {
+    let out = m
+        .env
+        .run(&["fsck", m.cipher.to_str().unwrap(), "--output", "json"]);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn problems(v: &serde_json::Value) -> Vec<(String, String)> {
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["problem"].as_str().unwrap().to_string(),
+                f["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn clean_then_damaged() {
+    let m = Mounted::new();
+    fs::create_dir(m.p("docs")).unwrap();
+    fs::write(m.p("docs/report.txt"), vec![7u8; 3 * 4096 + 5]).unwrap();
+    fs::write(m.p("small"), b"s").unwrap();
+    std::os::unix::fs::symlink("docs/report.txt", m.p("link")).unwrap();
+    let err = m.env.fails(&["fsck", m.cipher.to_str().unwrap()], 15);
+    assert!(err.contains("is mounted at"), "{err}");
+    m.unmount();
+    let out = m.env.ok(&["fsck", m.cipher.to_str().unwrap()]);
+    assert!(
+        out.contains("2 files, 2 directories, 1 symlinks checked; 0 problems"),
+        "{out}"
+    );
+
+    // A flipped bit in block 1 of the report, and a garbled name in the root.
+    let report = m
+        .cipher_files()
+        .into_iter()
+        .max_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut data = fs::read(&report).unwrap();
+    data[1024 + 4124 + 50] ^= 1;
+    fs::write(&report, data).unwrap();
+    let small = m
+        .cipher_files()
+        .into_iter()
+        .min_by_key(|p| fs::metadata(p).unwrap().len())
+        .unwrap();
+    let name = small.file_name().unwrap().to_str().unwrap().to_string();
+    let flipped: String = name.chars().rev().collect();
+    fs::rename(&small, small.with_file_name(flipped)).unwrap();
+    let v = fsck_json(&m);
+    let p = problems(&v);
+    assert!(
+        p.contains(&("CorruptBlocks".into(), "/docs/report.txt".into())),
+        "{p:?}"
+    );
+    assert!(p.iter().any(|(k, _)| k == "UndecryptableName"), "{p:?}");
+    assert!(v["findings"].to_string().contains("blocks 1 fail"), "{v}");
+    let out = m.env.run(&["fsck", m.cipher.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(PROBLEMS));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CorruptBlocks: /docs/report.txt"));
+}
+
+#[test]
+fn crypto_shredded_files_are_reported_as_such() {
+    let mut m = Mounted::new();
+    m.env.create_key(&["--alias", "temp"]);
+    fs::create_dir(m.p("project")).unwrap();
+    m.env
+        .ok(&["set-key", m.p("project").to_str().unwrap(), "alias/temp"]);
+    fs::write(m.p("project/plan"), b"plan").unwrap();
+    fs::write(m.p("keep"), b"keep").unwrap();
+    m.unmount();
+    m.env
+        .ok(&["key", "schedule-deletion", "alias/temp", "--days", "7"]);
+    m.env.now = Some((chrono::Utc::now() + chrono::Duration::days(8)).to_rfc3339());
+    let v = fsck_json(&m);
+    let p = problems(&v);
+    assert!(
+        p.contains(&("CryptoShredded".into(), "/project".into())),
+        "{p:?}"
+    );
+    assert!(
+        p.iter()
+            .any(|(k, path)| k == "CryptoShredded" && path.starts_with("/project/")),
+        "{p:?}"
+    );
+    assert!(
+        !p.iter()
+            .any(|(k, _)| k == "CorruptBlocks" || k == "CorruptHeader"),
+        "not corruption: {p:?}"
+    );
+    assert!(!p.iter().any(|(_, path)| path == "/keep"));
+}
