@@ -217,3 +217,101 @@ fn offline_rewrap_of_an_unmounted_cipher_directory() {
     m.mount(&[]);
     assert_eq!(fs::read(m.p("d/f")).unwrap(), b"offline");
 }
+
+#[test]
+fn retire_version_waits_until_nothing_uses_the_old_version() {
+    let m = Mounted::new();
+    fs::write(m.p("f"), b"old version").unwrap();
+    let old_blob = m.env.encrypt("alias/fs", b"cli blob", &[]);
+    m.env.ok(&["key", "rotate", "alias/fs"]);
+    let err = m
+        .env
+        .fails(&["key", "retire-version", "alias/fs", "--below", "2"], 12);
+    assert!(
+        err.contains("still in use") && err.contains("kmsfs rewrap"),
+        "{err}"
+    );
+    m.env.ok(&["rewrap", m.mnt.to_str().unwrap()]);
+    m.env
+        .ok(&["key", "retire-version", "alias/fs", "--below", "2"]);
+    assert_eq!(
+        m.env.json(&["key", "describe", "alias/fs"])["KeyMetadata"]["MinDecryptionVersion"],
+        2
+    );
+    let err = m.env.fails_with(&["decrypt"], &old_blob, 12);
+    assert!(err.contains("retired"), "{err}");
+    std::thread::sleep(PROPAGATION);
+    assert_eq!(fs::read(m.p("f")).unwrap(), b"old version");
+    m.env
+        .fails(&["key", "retire-version", "alias/fs", "--below", "3"], 15);
+}
+
+#[test]
+fn reencrypt_gives_a_file_a_fresh_data_key_online() {
+    let m = Mounted::new();
+    let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    fs::write(m.p("secret"), &data).unwrap();
+    let c = std::ffi::CString::new(m.p("secret").as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new("user.note").unwrap();
+    assert_eq!(
+        unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), b"hi".as_ptr().cast(), 2, 0) },
+        0
+    );
+    let id = |m: &Mounted| fs::read(&m.cipher_files()[0]).unwrap()[8..24].to_vec();
+    let before = id(&m);
+    let h = fs::File::open(m.p("secret")).unwrap();
+    let out = m.env.ok(&["reencrypt", m.p("secret").to_str().unwrap()]);
+    assert!(out.contains("1 files re-encrypted"), "{out}");
+    assert_ne!(id(&m), before, "a new file id and data key");
+    let mut buf = vec![0u8; data.len()];
+    h.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(buf, data, "open handles keep working");
+    assert_eq!(fs::read(m.p("secret")).unwrap(), data);
+    let mut v = [0u8; 8];
+    let len = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
+    assert_eq!(&v[..len as usize], b"hi");
+    fs::hard_link(m.p("secret"), m.p("twin")).unwrap();
+    let err = m
+        .env
+        .fails(&["reencrypt", m.p("twin").to_str().unwrap()], 15);
+    assert!(err.contains("hard links"), "{err}");
+    drop(h);
+    m.unmount();
+    assert!(
+        m.env
+            .ok(&["fsck", m.cipher.to_str().unwrap()])
+            .contains("0 problems")
+    );
+}
+
+#[test]
+fn the_daemon_applies_due_automatic_rotation() {
+    let mut m = Mounted::new();
+    m.env.ok(&[
+        "key",
+        "rotation",
+        "enable",
+        "alias/fs",
+        "--period-days",
+        "1",
+    ]);
+    m.unmount();
+    // The daemon's clock two days on: rotation is due when it starts.
+    m.env.now = Some((chrono::Utc::now() + chrono::Duration::days(2)).to_rfc3339());
+    m.mount(&[]);
+    m.env.now = None;
+    std::thread::sleep(PROPAGATION);
+    fs::write(m.p("new"), b"x").unwrap();
+    assert!(
+        key_of(&m.p("new")).ends_with(":2"),
+        "{}",
+        key_of(&m.p("new"))
+    );
+    let auto: Vec<_> = m
+        .env
+        .audit_lines()
+        .into_iter()
+        .filter(|l| l["operation"] == "RotateKey" && l["message"] == "automatic rotation")
+        .collect();
+    assert_eq!(auto.len(), 1);
+}

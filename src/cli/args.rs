@@ -99,9 +99,22 @@ pub enum Command {
         after_help = "Examples:\n  kmsfs rewrap ~/secret              (online, through the mount)\n  kmsfs rewrap ~/secret.enc --to alias/new   (offline, on the cipher directory)"
     )]
     Rewrap(RewrapArgs),
+    /// Give files a fresh data key and re-encrypt their content (after a suspected data-key
+    /// compromise), online and atomically per file
+    #[command(after_help = "Example:\n  kmsfs reencrypt ~/secret/contracts/*.pdf")]
+    Reencrypt(ReencryptArgs),
     /// Check every header, block, name and symlink of an unmounted cipher directory
     #[command(after_help = "Example:\n  kmsfs fsck ~/secret.enc --output json")]
     Fsck(FsckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReencryptArgs {
+    /// Files in a kmsfs mount (directories: every file below them)
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 #[derive(Args, Debug)]
@@ -250,6 +263,17 @@ pub enum KeyCmd {
         after_help = "Example:\n  kmsfs key versions-in-use ~/secret.enc"
     )]
     VersionsInUse { cipherdir: PathBuf },
+    /// Make versions below N unusable for decryption; refused while a known cipher directory
+    /// still uses them (re-wrap first)
+    #[command(
+        name = "retire-version",
+        after_help = "Example:\n  kmsfs key retire-version alias/app --below 3"
+    )]
+    RetireVersion {
+        key: String,
+        #[arg(long)]
+        below: u32,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -32,8 +32,12 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::SetKey(a) => crate::cli::lifecycle::set_key(&a),
         Command::Rewrap(a) => crate::cli::lifecycle::rewrap(g, &cfg, &a),
         Command::Fsck(a) => crate::cli::lifecycle::fsck(g, &cfg, &a),
+        Command::Reencrypt(a) => crate::cli::lifecycle::reencrypt(g, &a),
         Command::Key(KeyCmd::VersionsInUse { cipherdir }) => {
             crate::cli::lifecycle::versions_in_use(g, &cfg, &cipherdir)
+        }
+        Command::Key(KeyCmd::RetireVersion { key, below }) => {
+            crate::cli::lifecycle::retire_version(g, &cfg, &key, below)
         }
         cmd => {
             let kms = open_kms(g, &cfg)?;
@@ -58,7 +62,10 @@ pub fn run(cli: Cli) -> Result<()> {
                 | Command::Umount(_)
                 | Command::SetKey(_)
                 | Command::Rewrap(_)
-                | Command::Fsck(_) => Ok(()),
+                | Command::Fsck(_)
+                | Command::Reencrypt(_) => Err(KmsError::internal(
+                    "dispatched before the key store is opened",
+                )),
             }
         }
     }
@@ -357,7 +364,9 @@ impl Ctx<'_> {
                     "has a new policy",
                 )
             }
-            KeyCmd::VersionsInUse { .. } => Ok(()),
+            KeyCmd::VersionsInUse { .. } | KeyCmd::RetireVersion { .. } => Err(KmsError::internal(
+                "dispatched before the key store is opened",
+            )),
             KeyCmd::Policy(PolicyCmd::Explain(a)) => {
                 let ctx = EncryptionContext::from_pairs(&a.context)?;
                 let e = kms.explain_policy(c, &a.key, &a.action, &a.principal, &ctx)?;

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::error::{KmsError, Result};
 use crate::fs::mount::is_mount_point;
 use crate::fs::nametransform::CONFIG_FILE;
-use crate::fs::ops::{KEY_XATTR, REWRAP_XATTR};
+use crate::fs::ops::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_XATTR};
 use crate::fs::{rewrap, sys};
 use crate::kms::Caller;
 use crate::provider::LocalProvider;
@@ -122,24 +122,20 @@ pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
 }
 
 fn report(g: &Global, done: u64, skipped: u64, failed: &[String]) -> Result<()> {
-    if g.output == crate::cli::args::OutputFormat::Json {
-        output::json(&json!({"Checked": done, "Skipped": skipped, "Failed": failed}))?;
-    } else {
-        println!(
-            "rewrap: {done} headers checked or re-wrapped, {skipped} skipped, {} failed",
-            failed.len()
-        );
+    if !failed.is_empty() {
         for f in failed {
             eprintln!("  {f}");
         }
-    }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        Err(KmsError::validation(format!(
-            "{} headers could not be re-wrapped",
+        return Err(KmsError::validation(format!(
+            "{} headers could not be re-wrapped ({done} were checked or re-wrapped); a rerun resumes",
             failed.len()
-        )))
+        )));
+    }
+    if g.output == crate::cli::args::OutputFormat::Json {
+        output::json(&json!({"Checked": done, "Skipped": skipped}))
+    } else {
+        println!("rewrap: {done} headers checked or re-wrapped, {skipped} skipped, 0 failed");
+        Ok(())
     }
 }
 
@@ -273,5 +269,96 @@ pub fn fsck(g: &Global, cfg: &Config, a: &crate::cli::args::FsckArgs) -> Result<
                 a.cipherdir.display()
             ),
         ))
+    }
+}
+
+pub fn retire_version(g: &Global, cfg: &Config, key: &str, below: u32) -> Result<()> {
+    let kms = open_kms(g, cfg)?;
+    let current = kms
+        .describe_key(&Caller::current(), key)?
+        .current_key_version;
+    if below > current {
+        return Err(KmsError::validation(format!(
+            "cannot retire version {current} of {key}: it is current (rotate first)"
+        )));
+    }
+    let id = kms.resolve_quiet(key)?.to_string();
+    let dirs = kms.cipherdirs()?;
+    let provider = LocalProvider::new(kms);
+    let mut users = Vec::new();
+    for d in dirs.iter().filter(|d| d.join(CONFIG_FILE).is_file()) {
+        let inv = rewrap::inventory(d, &provider)?;
+        let old = |k: &(String, Option<u32>)| k.0 == id && k.1.is_some_and(|v| v < below);
+        let n: u64 = inv
+            .files
+            .iter()
+            .chain(inv.dirs.iter())
+            .filter(|(k, _)| old(k))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            + u64::from(inv.volume.as_ref().is_some_and(old));
+        if n > 0 {
+            users.push(format!("{} ({n} headers)", d.display()));
+        }
+    }
+    if !users.is_empty() {
+        return Err(KmsError::invalid_state(format!(
+            "versions below {below} of {key} are still in use by {}: run `kmsfs rewrap` on them first",
+            users.join(", ")
+        )));
+    }
+    provider
+        .kms()
+        .retire_versions(&Caller::current(), key, below)?;
+    println!("versions below {below} of {key} no longer decrypt");
+    Ok(())
+}
+
+pub fn reencrypt(g: &Global, a: &crate::cli::args::ReencryptArgs) -> Result<()> {
+    let mut files = Vec::new();
+    for p in &a.paths {
+        key_of_path(p)?;
+        files.extend(
+            mounted_entries(p)?
+                .into_iter()
+                .filter(|e| e.symlink_metadata().is_ok_and(|m| m.is_file())),
+        );
+    }
+    let mut progress = Progress::new("reencrypt", files.len() as u64, a.quiet);
+    let (mut done, mut failed) = (0u64, Vec::new());
+    for (i, p) in files.iter().enumerate() {
+        let r = File::open(p)
+            .map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))
+            .and_then(|f| {
+                sys::fsetxattr(&f, REENCRYPT_XATTR.as_bytes(), b"", 0).map_err(|e| match e.0 {
+                    libc::EMLINK => KmsError::validation(format!(
+                        "{}: has several hard links; re-encrypting would split them",
+                        p.display()
+                    )),
+                    _ => xattr_error(p, e),
+                })
+            });
+        match r {
+            Ok(()) => done += 1,
+            Err(e) => failed.push(e.to_string()),
+        }
+        progress.update(i as u64 + 1);
+    }
+    progress.finish();
+    if !failed.is_empty() {
+        for f in &failed {
+            eprintln!("  {f}");
+        }
+        return Err(KmsError::validation(format!(
+            "{} of {} files could not be re-encrypted ({done} were)",
+            failed.len(),
+            files.len()
+        )));
+    }
+    if g.output == crate::cli::args::OutputFormat::Json {
+        output::json(&json!({ "Reencrypted": done }))
+    } else {
+        println!("reencrypt: {done} files re-encrypted");
+        Ok(())
     }
 }

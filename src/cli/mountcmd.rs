@@ -21,6 +21,9 @@ pub fn init(g: &Global, cfg: &Config, a: &InitFsArgs) -> Result<()> {
     let now = format_time(&kms.now());
     let provider = LocalProvider::new(kms);
     let v = cipherdir::init(&a.cipherdir, &provider, &Caller::current(), &a.key, &now)?;
+    if let Ok(c) = a.cipherdir.canonicalize() {
+        provider.kms().register_cipherdir(&c)?;
+    }
     println!(
         "prepared {} (volume {}, key {}); mount it with `kmsfs mount {} MOUNTPOINT`",
         a.cipherdir.display(),
@@ -70,6 +73,12 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
         let _ = nix::unistd::setsid();
     }
     let kms = open_kms(g, cfg)?;
+    if let Ok(c) = a.cipherdir.canonicalize() {
+        // Best effort: the inventory of retire-version looks here.
+        if let Err(e) = kms.register_cipherdir(&c) {
+            log::warn!("could not register {} with the key store: {e}", c.display());
+        }
+    }
     let provider: Arc<dyn KeyProvider> = Arc::new(LocalProvider::new(kms));
     let caller = Caller::current();
     let volume = cipherdir::open(&a.cipherdir, provider.as_ref(), &caller)?;

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use crate::fs::keyring::Requester;
 
 mod control;
-pub use control::{KEY_XATTR, REWRAP_XATTR};
+pub use control::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_XATTR};
 
 pub struct OpenFile {
     pub content: RwLock<FileContent>,

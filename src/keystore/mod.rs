@@ -63,6 +63,9 @@ pub struct KeyDb {
     pub aliases: BTreeMap<String, Uuid>,
     /// Keys whose material was destroyed, with the date, so later requests can say so.
     pub deleted: BTreeMap<Uuid, DateTime<Utc>>,
+    /// Cipher directories made or mounted with this store, for `retire-version`'s inventory.
+    #[serde(default)]
+    pub cipherdirs: std::collections::BTreeSet<PathBuf>,
     #[serde(skip)]
     pub generation: u64,
 }

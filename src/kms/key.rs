@@ -99,6 +99,9 @@ pub struct KeyRecord {
     /// The key policy document exactly as put, so `policy get` returns what was given.
     pub policy: String,
     pub tags: BTreeMap<String, String>,
+    /// Versions below this no longer decrypt (like Vault's min_decryption_version); 0 = none.
+    #[serde(default)]
+    pub min_decryption_version: u32,
 }
 
 /// The resource name of a key, also accepted wherever a key is named.
@@ -121,6 +124,33 @@ impl KeyRecord {
 
     pub fn next_version_number(&self) -> u32 {
         self.versions.last().map_or(1, |v| v.number + 1)
+    }
+
+    /// Makes versions below `below` unusable for decryption. The current version cannot go.
+    pub fn retire_versions(&mut self, below: u32) -> Result<()> {
+        let current = self.current_version().map_or(0, |v| v.number);
+        if below > current {
+            return Err(KmsError::validation(format!(
+                "cannot retire version {current} of key {}: it is current (rotate first)",
+                self.id
+            )));
+        }
+        if below <= self.min_decryption_version {
+            return Ok(());
+        }
+        self.min_decryption_version = below;
+        Ok(())
+    }
+
+    /// Whether `version` may still decrypt.
+    pub fn check_version(&self, version: u32) -> Result<()> {
+        if version < self.min_decryption_version {
+            return Err(KmsError::invalid_state(format!(
+                "version {version} of key {} was retired (versions below {} no longer decrypt)",
+                self.id, self.min_decryption_version
+            )));
+        }
+        Ok(())
     }
 
     /// May the key's material be used (Encrypt, Decrypt, GenerateDataKey, ReEncrypt, rotation)?
@@ -298,7 +328,24 @@ pub(crate) mod tests {
             rotation: None,
             policy: String::new(),
             tags: BTreeMap::new(),
+            min_decryption_version: 0,
         }
+    }
+
+    #[test]
+    fn retired_versions_stop_decrypting() {
+        let mut r = record(KeyState::Enabled, Origin::AwsKms);
+        r.add_version(VersionSource::Initial, vec![1], t(0));
+        assert!(r.retire_versions(2).is_err(), "the current version stays");
+        r.add_version(VersionSource::OnDemandRotation, vec![2], t(1));
+        r.retire_versions(2).unwrap();
+        assert_eq!(
+            r.check_version(1).unwrap_err().kind,
+            ErrorKind::KmsInvalidState
+        );
+        r.check_version(2).unwrap();
+        r.retire_versions(1).unwrap();
+        assert_eq!(r.min_decryption_version, 2, "never lowered");
     }
 
     fn t(days: i64) -> DateTime<Utc> {

@@ -36,6 +36,7 @@ pub const ACTIONS: &[&str] = &[
     "kms:PutKeyPolicy",
     "kms:ReEncryptFrom",
     "kms:ReEncryptTo",
+    "kms:RetireKeyVersion",
     "kms:RotateKeyOnDemand",
     "kms:ScheduleKeyDeletion",
     "kms:TagResource",

@@ -370,6 +370,7 @@ impl Txn<'_> {
         self.touch(id)?;
         self.authorize(id, action, ctx)?;
         self.key(id)?.check_usable()?;
+        self.key(id)?.check_version(header.key_version)?;
         let material = self.material(id, header.key_version)?;
         let plaintext = cryptocore::open(&blob_key(&material, &id), &header.aad(&ctx.canonical()), sealed)
             .map_err(|_| {
@@ -477,6 +478,30 @@ impl Kms {
         })
     }
 
+    /// Makes versions below `below` of `key` unusable for decryption. The caller checks first that
+    /// no known cipher directory still uses them (see `cipherdirs`).
+    pub fn retire_versions(&self, caller: &Caller, key: &str, below: u32) -> Result<()> {
+        self.modify(caller, "RetireKeyVersion", key, |k, _| {
+            k.retire_versions(below)
+        })
+    }
+
+    /// Remembers a cipher directory that uses this store's keys.
+    pub fn register_cipherdir(&self, dir: &std::path::Path) -> Result<()> {
+        let lock = self.store.lock()?;
+        let mut db = self.store.load(&lock)?;
+        if db.cipherdirs.insert(dir.to_path_buf()) {
+            self.store.save(&lock, &db)?;
+        }
+        Ok(())
+    }
+
+    /// The cipher directories registered with this store.
+    pub fn cipherdirs(&self) -> Result<Vec<std::path::PathBuf>> {
+        let lock = self.store.lock()?;
+        Ok(self.store.load(&lock)?.cipherdirs.into_iter().collect())
+    }
+
     /// Changes whenever the key database is rewritten: a cheap poll for key state changes.
     pub fn change_stamp(&self) -> u64 {
         self.store.change_stamp()
@@ -527,6 +552,7 @@ impl Kms {
                     rotation: None,
                     policy: policy_text,
                     tags: req.tags.clone(),
+                    min_decryption_version: 0,
                 },
             );
             t.dirty = true;

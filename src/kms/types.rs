@@ -32,6 +32,8 @@ pub struct KeyMetadata {
     pub next_rotation_date: Option<String>,
     pub aliases: Vec<String>,
     pub tags: BTreeMap<String, String>,
+    /// kmsfs: versions below this no longer decrypt (0: none retired).
+    pub min_decryption_version: u32,
 }
 
 impl KeyMetadata {
@@ -55,6 +57,7 @@ impl KeyMetadata {
             next_rotation_date: r.rotation.as_ref().map(|s| format_time(&s.next_rotation)),
             aliases,
             tags: r.tags.clone(),
+            min_decryption_version: r.min_decryption_version,
         }
     }
 }

@@ -5,7 +5,10 @@
 //! - set `user.kmsfs.key` on a directory: new entries under it use that CMK (`kmsfs set-key`);
 //! - set `user.kmsfs.rewrap`: re-wrap the inode's header under the current version of its CMK,
 //!   or under the CMK named in the value (`kmsfs rewrap MOUNTPOINT`). On the root directory this
-//!   also re-wraps the volume key.
+//!   also re-wraps the volume key;
+//! - set `user.kmsfs.reencrypt` on a regular file: give it a fresh id and data key and
+//!   re-encrypt its content (`kmsfs reencrypt`), atomically: a new backing file renamed over the
+//!   old one.
 
 use super::*;
 use crate::fs::rewrap::{self, Outcome};
@@ -13,6 +16,7 @@ use crate::fs::rewrap::{self, Outcome};
 pub const PREFIX: &str = "user.kmsfs.";
 pub const KEY_XATTR: &str = "user.kmsfs.key";
 pub const REWRAP_XATTR: &str = "user.kmsfs.rewrap";
+pub const REENCRYPT_XATTR: &str = "user.kmsfs.reencrypt";
 
 pub fn is_control(name: &OsStr) -> bool {
     name.as_bytes().starts_with(PREFIX.as_bytes())
@@ -84,6 +88,9 @@ impl KmsFs {
             .map_err(|_| Errno::EINVAL)?
             .trim();
         let to = (!to.is_empty()).then_some(to);
+        if name == REENCRYPT_XATTR {
+            return self.reencrypt(ino, r);
+        }
         let set_key = name == KEY_XATTR;
         if !set_key && name != REWRAP_XATTR {
             return Err(Errno::ENOTSUP);
@@ -138,5 +145,96 @@ impl KmsFs {
             );
         }
         Ok(())
+    }
+}
+
+impl KmsFs {
+    /// Data-key rotation for one file: copies its plaintext into a new backing file with a fresh
+    /// id and data key (wrapped by the same CMK), with its xattrs, mode, owner and times, then
+    /// renames it over the old one. Readers and writers wait meanwhile; a crash leaves the old
+    /// file (and at most a hidden temporary). Files with several hard links are refused (EMLINK):
+    /// a rename replaces only one name.
+    fn reencrypt(&self, ino: u64, r: Requester) -> FsResult<()> {
+        let a = self.at(ino)?;
+        let st = stat_at(&a.dir, &a.name)?;
+        if !is_file(&st) {
+            return Err(Errno::EINVAL);
+        }
+        if st.st_nlink > 1 {
+            return Err(Errno(libc::EMLINK));
+        }
+        let f = self.open_file(ino, r)?;
+        let result = (|| {
+            let mut c = f.content.write().map_err(|_| Errno::EIO)?;
+            let key = c
+                .key
+                .clone()
+                .unwrap_or_else(|| self.volume.config.key.clone());
+            let mut rnd = [0u8; 8];
+            crate::cryptocore::fill_random(&mut rnd).map_err(|_| Errno::EIO)?;
+            let tmp = format!(".kmsfs.reencrypt.{}.tmp", hex::encode(rnd));
+            let fd = openat(
+                &a.dir,
+                tmp.as_str(),
+                OFlag::O_RDWR
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )?;
+            let made = (|| {
+                let file = File::from(fd);
+                let mut fresh = self.fresh_content(&file, c.label.clone(), &key, r)?;
+                let size = c.size()?;
+                let mut off = 0u64;
+                while off < size {
+                    let chunk = c.read(off, 1 << 20)?;
+                    fresh.write(off, &chunk)?;
+                    off += chunk.len() as u64;
+                }
+                for (name, value) in open_xattrs(&c)? {
+                    let sealed =
+                        cipherdir::encrypt_xattr(fresh.xattr_key()?, &fresh.id, &name, &value)
+                            .map_err(|_| Errno::EIO)?;
+                    sys::fsetxattr(fresh.file(), &name, &sealed, 0)?;
+                }
+                if self.is_root {
+                    nix::unistd::fchown(
+                        fresh.file(),
+                        Some(nix::unistd::Uid::from_raw(st.st_uid)),
+                        Some(nix::unistd::Gid::from_raw(st.st_gid)),
+                    )?;
+                }
+                nix::sys::stat::fchmod(
+                    fresh.file(),
+                    Mode::from_bits_truncate(st.st_mode & 0o7777),
+                )?;
+                let at = nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec);
+                let mt = nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+                nix::sys::stat::futimens(fresh.file(), &at, &mt)?;
+                fresh.file().sync_all()?;
+                nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, a.name.as_os_str())?;
+                Ok::<_, Errno>(fresh)
+            })();
+            match made {
+                Ok(fresh) => {
+                    c.supersede();
+                    *c = fresh;
+                    log::info!("{}: re-encrypted under a fresh data key", c.label);
+                    Ok(())
+                }
+                Err(e) => {
+                    let _ = nix::unistd::unlinkat(
+                        &a.dir,
+                        tmp.as_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                    Err(e)
+                }
+            }
+        })();
+        self.unpin(ino, &f);
+        result
     }
 }
