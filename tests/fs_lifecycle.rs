@@ -44,6 +44,13 @@ fn disable_is_honoured_live_and_enable_restores_without_remount() {
     let mut buf = [0u8; 8];
     h.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(&buf, b"under fs");
+    let w = fs::OpenOptions::new().write(true).open(m.p("a")).unwrap();
+    fs::create_dir(m.p("other/sub")).unwrap();
+    fs::write(m.p("other/sub/deep"), b"inherited").unwrap();
+    assert!(
+        key_of(&m.p("other/sub/deep")).starts_with(&other),
+        "new subdirectories inherit the key"
+    );
 
     m.env.ok(&["key", "disable", "alias/fs"]);
     std::thread::sleep(PROPAGATION);
@@ -51,6 +58,11 @@ fn disable_is_honoured_live_and_enable_restores_without_remount() {
         errno(h.read_exact_at(&mut buf, 0)),
         Some(libc::EACCES),
         "an open handle stops reading"
+    );
+    assert_eq!(
+        errno(w.write_all_at(b"x", 0)),
+        Some(libc::EACCES),
+        "and writing"
     );
     assert_eq!(
         errno(fs::read(m.p("a"))),
@@ -83,7 +95,9 @@ fn disable_is_honoured_live_and_enable_restores_without_remount() {
     std::thread::sleep(PROPAGATION);
     h.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(&buf, b"under fs", "the same handle reads again");
-    assert_eq!(fs::read(m.p("a")).unwrap(), b"under fs");
+    w.write_all_at(b"U", 0).unwrap();
+    drop(w);
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"Under fs");
     let denied: Vec<_> = m
         .env
         .audit_lines()
