@@ -34,7 +34,15 @@ nogroup=$(getent group nogroup >/dev/null && echo nogroup || echo nobody)
 export KMSFS_KEYSTORE=$work/ks KMSFS_ROOT_KEY_FILE=$work/root.key
 head -c 32 /dev/urandom > "$KMSFS_ROOT_KEY_FILE"
 "$kmsfs" keystore init >/dev/null
-"$kmsfs" key create --alias posix >/dev/null
+# pjdfstest acts as several users; the key policy must let them use the files' keys (the mount
+# checks each request's caller against it).
+cat > "$work/policy.json" <<'JSON'
+{"Version": "2012-10-17", "Statement": [
+  {"Sid": "root", "Effect": "Allow", "Principal": {"Local": "uid:0"}, "Action": "kms:*", "Resource": "*"},
+  {"Sid": "everyone", "Effect": "Allow", "Principal": "*",
+   "Action": ["kms:Decrypt", "kms:GenerateDataKey*", "kms:Encrypt", "kms:DescribeKey"], "Resource": "*"}]}
+JSON
+"$kmsfs" key create --alias posix --policy-file "$work/policy.json" >/dev/null
 "$kmsfs" init "$work/cipher" --key alias/posix >/dev/null
 mkdir "$mnt"
 "$kmsfs" mount "$work/cipher" "$mnt" --allow-other --log-file "$work/kmsfs.log" >/dev/null

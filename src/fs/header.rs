@@ -160,6 +160,10 @@ pub fn parse(kind: Kind, data: &[u8]) -> Result<Header, HeaderError> {
     if version != VERSION {
         return Err(HeaderError::UnsupportedVersion(version));
     }
+    // Version 1 defines no flags; the MAC covers them only as zero, so anything else is refused.
+    if data[6] != 0 || data[7] != 0 {
+        return Err(HeaderError::UnsupportedVersion(version));
+    }
     let mut id = [0u8; 16];
     id.copy_from_slice(&data[8..24]);
     let mut slots = Vec::new();
