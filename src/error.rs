@@ -126,6 +126,17 @@ impl KmsError {
     }
 }
 
+impl KmsError {
+    /// A key whose scheduled deletion destroyed its material (NotFound, as AWS, but known to
+    /// have existed): data under it is crypto-shredded rather than damaged.
+    pub fn is_deleted_key(&self) -> bool {
+        self.kind == ErrorKind::NotFound && self.message.contains(DELETED_MARK)
+    }
+}
+
+/// The phrase the KMS uses for keys whose material was destroyed (see `is_deleted_key`).
+pub const DELETED_MARK: &str = "its key material is destroyed";
+
 impl fmt::Display for KmsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.kind.name(), self.message)

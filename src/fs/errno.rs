@@ -40,13 +40,11 @@ impl From<nix::errno::Errno> for Errno {
 /// A key that may not be used (disabled, pending deletion, denied by policy, deleted) is EACCES:
 /// the caller lacks permission to the data, which is what programs expect to report. Anything
 /// that says the stored bytes are wrong is EIO.
+/// A header naming a key the store never had is damage (or the wrong key store): EIO.
 pub fn from_kms(e: &KmsError) -> Errno {
     match e.kind {
-        ErrorKind::Disabled
-        | ErrorKind::KmsInvalidState
-        | ErrorKind::AccessDenied
-        | ErrorKind::NotFound
-        | ErrorKind::IncorrectKey => Errno::EACCES,
+        ErrorKind::Disabled | ErrorKind::KmsInvalidState | ErrorKind::AccessDenied => Errno::EACCES,
+        ErrorKind::NotFound if e.is_deleted_key() => Errno::EACCES,
         _ => Errno::EIO,
     }
 }

@@ -50,12 +50,13 @@ pub struct Report {
 }
 
 fn kms_problem(e: &KmsError) -> Problem {
-    if e.kind == ErrorKind::NotFound && e.message.contains("deleted") {
-        Problem::CryptoShredded
-    } else if e.kind == ErrorKind::InvalidCiphertext {
-        Problem::CorruptHeader
-    } else {
-        Problem::KeyUnusable
+    match e.kind {
+        _ if e.is_deleted_key() => Problem::CryptoShredded,
+        ErrorKind::Disabled | ErrorKind::KmsInvalidState | ErrorKind::AccessDenied => {
+            Problem::KeyUnusable
+        }
+        // A key this store never had, a bad blob: the header is damaged (or the store is wrong).
+        _ => Problem::CorruptHeader,
     }
 }
 

@@ -193,8 +193,9 @@ impl Txn<'_> {
         }
         Err(match self.db.deleted.get(&id) {
             Some(when) => KmsError::not_found(format!(
-                "key {id} was deleted on {}; its key material is destroyed",
-                format_time(when)
+                "key {id} was deleted on {}; {}",
+                format_time(when),
+                crate::error::DELETED_MARK
             )),
             None => KmsError::not_found(format!("key {id} does not exist")),
         })
