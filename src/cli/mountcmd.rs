@@ -72,6 +72,18 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
         // Leave the caller's session, so closing its terminal does not stop the mount.
         let _ = nix::unistd::setsid();
     }
+    // One backing descriptor per open file: allow as many as the hard limit does.
+    if let Ok((soft, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        if soft < hard {
+            let _ = nix::sys::resource::setrlimit(
+                nix::sys::resource::Resource::RLIMIT_NOFILE,
+                hard,
+                hard,
+            );
+        }
+    }
     let kms = open_kms(g, cfg)?;
     if let Ok(c) = a.cipherdir.canonicalize() {
         // Best effort: the inventory of retire-version looks here.

@@ -1,0 +1,217 @@
+//! Stress: many writers and readers at once, running out of space, and 10,000 files open at once.
+
+mod common;
+use common::*;
+use std::fs;
+use std::os::unix::fs::FileExt;
+
+fn pattern(w: usize, round: usize, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (w * 29 + round * 7 + i / 4096) as u8)
+        .collect()
+}
+
+/// Writers on the same and on different files, readers checking every 4 KiB block they see is
+/// one writer's whole block (O_DIRECT, so each request reaches the daemon).
+#[test]
+fn parallel_writers_and_readers_on_shared_and_private_files() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let m = Mounted::new();
+    for f in ["shared", "p0", "p1", "p2", "p3"] {
+        fs::write(m.p(f), vec![0u8; 64 * 4096]).unwrap();
+    }
+    let mut threads = Vec::new();
+    for w in 0..4 {
+        for target in ["shared".to_string(), format!("p{w}")] {
+            let p = m.p(&target);
+            threads.push(std::thread::spawn(move || {
+                let f = fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&p)
+                    .unwrap();
+                for round in 0..40 {
+                    let blocks = 1 + (w + round) % 8;
+                    let at = ((w * 13 + round * 5) % (64 - blocks)) as u64 * 4096;
+                    f.write_all_at(&pattern(w, round, blocks * 4096), at)
+                        .unwrap();
+                }
+            }));
+        }
+    }
+    let mut readers = Vec::new();
+    for r in 0..3 {
+        let p = m.p(if r == 0 { "shared" } else { "p1" });
+        readers.push(std::thread::spawn(move || {
+            let f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(&p)
+                .unwrap();
+            let mut buf = vec![0u8; 64 * 4096];
+            for _ in 0..30 {
+                f.read_exact_at(&mut buf, 0).unwrap();
+                for (i, b) in buf.chunks(4096).enumerate() {
+                    assert!(b.iter().all(|x| *x == b[0]), "block {i} mixes writers");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+        }));
+    }
+    for t in threads.into_iter().chain(readers) {
+        t.join().unwrap();
+    }
+    // Each private file ends as its writer's last writes made it.
+    for w in 0..4 {
+        let data = fs::read(m.p(&format!("p{w}"))).unwrap();
+        let mut want = vec![0u8; 64 * 4096];
+        for round in 0..40 {
+            let blocks = 1 + (w + round) % 8;
+            let at = (w * 13 + round * 5) % (64 - blocks) * 4096;
+            want[at..at + blocks * 4096].copy_from_slice(&pattern(w, round, blocks * 4096));
+        }
+        assert_eq!(data, want, "p{w}");
+    }
+}
+
+/// A cipher directory on a tiny tmpfs: writes fail with ENOSPC, nothing written before is lost,
+/// and the mount works again once space is freed.
+#[test]
+fn running_out_of_space() {
+    let m = Mounted::new();
+    m.unmount();
+    // Move the cipher directory onto a 2 MiB tmpfs.
+    let small = m.env.path("small");
+    fs::create_dir(&small).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mounting a tmpfs needs root");
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _guard = Umount(small.clone());
+    let cipher = small.join("c");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&m.cipher)
+        .arg(&cipher)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mnt = m.mnt.to_str().unwrap().to_string();
+    m.env.ok(&["mount", cipher.to_str().unwrap(), &mnt]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _mount = Unmount(m.mnt.clone());
+
+    fs::write(m.p("keep"), vec![9u8; 300_000]).unwrap();
+    let mut written = 0usize;
+    let mut hit = None;
+    for i in 0..100 {
+        match fs::write(m.p(&format!("fill{i}")), vec![i as u8; 200_000]) {
+            Ok(()) => written += 1,
+            Err(e) => {
+                hit = e.raw_os_error();
+                break;
+            }
+        }
+    }
+    assert_eq!(hit, Some(libc::ENOSPC), "after {written} files");
+    assert_eq!(
+        fs::read(m.p("keep")).unwrap(),
+        vec![9u8; 300_000],
+        "earlier data intact"
+    );
+    for i in 0..written {
+        assert_eq!(
+            fs::read(m.p(&format!("fill{i}"))).unwrap(),
+            vec![i as u8; 200_000]
+        );
+    }
+    for i in 0..=written {
+        let _ = fs::remove_file(m.p(&format!("fill{i}")));
+    }
+    fs::write(m.p("after"), vec![1u8; 500_000]).unwrap();
+    assert_eq!(fs::read(m.p("after")).unwrap(), vec![1u8; 500_000]);
+    assert_eq!(fs::read(m.p("keep")).unwrap(), vec![9u8; 300_000]);
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn daemon_pid(cipher: &std::path::Path) -> i32 {
+    let want = cipher.to_str().unwrap();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.contains(&&b"--daemon-child"[..]) && args.contains(&want.as_bytes()) {
+            return pid;
+        }
+    }
+    panic!("no daemon for {want}");
+}
+
+/// 10,000 files open at once: the daemon keeps one descriptor and one small state per open
+/// file, and its memory stays bounded.
+#[test]
+fn ten_thousand_open_files() {
+    let m = Mounted::new();
+    let n = 10_000;
+    // The test process itself needs the descriptors.
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    nix::sys::resource::setrlimit(
+        nix::sys::resource::Resource::RLIMIT_NOFILE,
+        hard.min(1 << 20),
+        hard,
+    )
+    .unwrap();
+    for d in 0..10 {
+        fs::create_dir(m.p(&format!("d{d}"))).unwrap();
+    }
+    for i in 0..n {
+        fs::write(m.p(&format!("d{}/f{i}", i % 10)), format!("file {i}")).unwrap();
+    }
+    let pid = daemon_pid(&m.cipher);
+    let before = rss_kib(pid);
+    let handles: Vec<fs::File> = (0..n)
+        .map(|i| fs::File::open(m.p(&format!("d{}/f{i}", i % 10))).unwrap())
+        .collect();
+    let mut buf = [0u8; 16];
+    for (i, h) in handles.iter().enumerate().step_by(97) {
+        let len = h.read_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf[..len], format!("file {i}").as_bytes());
+    }
+    let during = rss_kib(pid);
+    eprintln!("daemon RSS: {before} KiB idle, {during} KiB with {n} files open");
+    assert!(
+        during < 256 * 1024,
+        "daemon RSS {during} KiB with {n} open files"
+    );
+    drop(handles);
+}
