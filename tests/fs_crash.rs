@@ -239,8 +239,21 @@ fn killing_the_daemon_under_writers_keeps_every_fsynced_byte() {
                 assert_eq!(s.load(Ordering::SeqCst), 0);
                 continue;
             }
-            let data =
-                fs::read(&path).unwrap_or_else(|e| panic!("round {round}: w{t} unreadable: {e}"));
+            let data = fs::read(&path).unwrap_or_else(|e| {
+                use std::os::unix::fs::MetadataExt;
+                let ino = fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
+                let backing = files_under(&m.cipher).into_iter().find(|p| fs::metadata(p).unwrap().ino() == ino);
+                let len = backing.as_ref().map(|b| fs::metadata(b).unwrap().len()).unwrap_or(0);
+                if let Some(b) = &backing {
+                    let _ = fs::copy(b, "/tmp/kmsfs-crash-evidence.bin");
+                }
+                panic!(
+                    "round {round}: w{t} unreadable: {e}; backing {len} bytes, (len-1024)%4124 = {}, synced chunks {}; log: {}",
+                    (len.saturating_sub(1024)) % 4124,
+                    s.load(Ordering::SeqCst),
+                    m.log_text().lines().rev().take(4).collect::<Vec<_>>().join(" | ")
+                )
+            });
             let chunks = s.load(Ordering::SeqCst);
             let want = expected(t, chunks + 1);
             let synced_len = expected(t, chunks).len();

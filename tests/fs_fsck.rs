@@ -106,3 +106,55 @@ fn crypto_shredded_files_are_reported_as_such() {
     );
     assert!(!p.iter().any(|(_, path)| path == "/keep"));
 }
+
+#[test]
+fn repair_names_moves_lost_entries_to_lost_and_found() {
+    let m = Mounted::new();
+    fs::create_dir(m.p("a")).unwrap();
+    fs::write(m.p("a/x"), b"still mine").unwrap();
+    let long = "L".repeat(240);
+    fs::write(m.p(&long), b"long").unwrap();
+    m.unmount();
+    // An entry moved in from another directory: its name does not decrypt here.
+    let sub = fs::read_dir(&m.cipher)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_type().unwrap().is_dir())
+        .unwrap()
+        .path();
+    let inner = fs::read_dir(&sub)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| !p.ends_with("kmsfs.dirkey"))
+        .unwrap();
+    fs::rename(&inner, m.cipher.join(inner.file_name().unwrap())).unwrap();
+    // An orphan side file.
+    let side = fs::read_dir(&m.cipher)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_str().unwrap().ends_with(".name"))
+        .unwrap();
+    fs::copy(&side, m.cipher.join("kmsfs.longname.AAAAorphan.name")).unwrap();
+    let out = m
+        .env
+        .run(&["fsck", m.cipher.to_str().unwrap(), "--repair-names"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("removed orphan side file")
+            && text.contains("moved")
+            && text.contains("0 problems"),
+        "{text}"
+    );
+    m.mount(&[]);
+    let lost: Vec<_> = fs::read_dir(m.p("lost+found")).unwrap().flatten().collect();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(fs::read(lost[0].path()).unwrap(), b"still mine");
+    assert_eq!(fs::read(m.p(&long)).unwrap(), b"long");
+}

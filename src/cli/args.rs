@@ -120,6 +120,10 @@ pub struct ReencryptArgs {
 #[derive(Args, Debug)]
 pub struct FsckArgs {
     pub cipherdir: PathBuf,
+    /// Remove orphan long-name side files, and move entries whose names do not decrypt into
+    /// /lost+found under new names
+    #[arg(long)]
+    pub repair_names: bool,
     /// No progress display
     #[arg(long, short = 'q')]
     pub quiet: bool,

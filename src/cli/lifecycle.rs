@@ -234,13 +234,29 @@ pub fn fsck(g: &Global, cfg: &Config, a: &crate::cli::args::FsckArgs) -> Result<
     }
     let provider = LocalProvider::new(open_kms(g, cfg)?);
     let mut progress = Progress::counter("fsck", a.quiet);
-    let report = crate::fs::fsck::fsck(&a.cipherdir, &provider, &Caller::current(), &mut |n| {
+    let caller = Caller::current();
+    let mut report = crate::fs::fsck::fsck(&a.cipherdir, &provider, &caller, &mut |n| {
         progress.update(n)
     })?;
     progress.finish();
+    if a.repair_names {
+        let cfg: crate::fs::cipherdir::VolumeConfig = serde_json::from_slice(
+            &std::fs::read(a.cipherdir.join(CONFIG_FILE))
+                .map_err(|e| KmsError::validation(e.to_string()))?,
+        )
+        .map_err(|e| KmsError::validation(format!("{CONFIG_FILE}: {e}")))?;
+        crate::fs::fsck::repair_names(&a.cipherdir, &mut report, &provider, &caller, &cfg.key)?;
+        let left = crate::fs::fsck::fsck(&a.cipherdir, &provider, &caller, &mut |_| {})?;
+        let repairs = std::mem::take(&mut report.repairs);
+        report = left;
+        report.repairs = repairs;
+    }
     if g.output == crate::cli::args::OutputFormat::Json {
         output::json(&report)?;
     } else {
+        for r in &report.repairs {
+            println!("repaired: {r}");
+        }
         for f in &report.findings {
             println!(
                 "{:?}: {} ({}): {}",

@@ -300,6 +300,42 @@ impl FileContent {
         Ok(())
     }
 
+    /// Whether block `i` verifies as the final block (flagged last) at its full length.
+    fn verifies_as_final(&self, i: u64, len: u64) -> bool {
+        let Ok(cipher) = self.cipher() else {
+            return false;
+        };
+        let start = ce::block_offset(i);
+        let n = (len.min(start + CIPHER_BLOCK) - start.min(len)) as usize;
+        let mut raw = vec![0u8; n];
+        let mut out = Vec::new();
+        n > 0
+            && self.file.read_exact_at(&mut raw, start).is_ok()
+            && cipher.decrypt_block(i, true, &raw, &mut out).is_ok()
+    }
+
+    /// A write interrupted by a crash (the kernel may stop a large write at a page boundary when
+    /// the daemon is killed) can leave an incomplete tail after the last intact final block. If
+    /// the file does not end in a block that verifies as final, this looks back (at most 512
+    /// blocks: one write's worth) for a complete block flagged final and returns the length that
+    /// ends there. Tampering does not produce such a block: outside a crash, only the true final
+    /// block carries the flag.
+    pub fn torn_tail(&self) -> FsResult<Option<u64>> {
+        let len = self.backing_len()?;
+        let l = ce::layout(len);
+        if l.valid && self.verifies_as_final(ce::block_count(l.size) - 1, len) {
+            return Ok(None);
+        }
+        let complete = len.saturating_sub(ce::HEADER_LEN) / CIPHER_BLOCK;
+        for i in (complete.saturating_sub(512)..complete).rev() {
+            let end = ce::block_offset(i + 1);
+            if self.verifies_as_final(i, end) {
+                return Ok(Some(end));
+            }
+        }
+        Ok(None)
+    }
+
     /// The blocks that fail authentication, checked one by one (fsck); EIO if the backing
     /// length itself is invalid.
     pub fn bad_blocks(&self) -> FsResult<Vec<u64>> {
@@ -398,6 +434,29 @@ mod tests {
         assert_eq!(&c.read(4999, 10).unwrap()[..], &[0, b'a']);
         c.truncate(20000).unwrap();
         assert_eq!(c.verify_all().unwrap(), 20000);
+    }
+
+    #[test]
+    fn a_torn_append_is_cut_back_to_the_last_intact_end() {
+        let (t, mut c) = content(0);
+        c.write(0, &[1u8; 3 * 4096]).unwrap();
+        let before = std::fs::read(t.path()).unwrap();
+        c.write(3 * 4096, &[2u8; 5 * 4096]).unwrap();
+        let after = std::fs::read(t.path()).unwrap();
+        // The crash: the run of new blocks cut at a page boundary, the old final still flagged.
+        let mut torn = after[..7 * 4096].to_vec();
+        let b2 = ce::block_offset(2) as usize;
+        torn[b2..b2 + CIPHER_BLOCK as usize]
+            .copy_from_slice(&before[b2..b2 + CIPHER_BLOCK as usize]);
+        std::fs::write(t.path(), &torn).unwrap();
+        assert_eq!(c.torn_tail().unwrap(), Some(ce::block_offset(3)));
+        c.file.set_len(ce::block_offset(3)).unwrap();
+        assert_eq!(&c.read(0, 4 * 4096).unwrap()[..], &[1u8; 3 * 4096][..]);
+        // A clean file cut inside its final block has no intact end to go back to.
+        std::fs::write(t.path(), &after[..after.len() - 100]).unwrap();
+        assert_eq!(c.torn_tail().unwrap(), None);
+        std::fs::write(t.path(), &after).unwrap();
+        assert_eq!(c.torn_tail().unwrap(), None);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub enum Problem {
     CorruptBlocks,
     /// The backing length cannot belong to a kmsfs file (cut inside a block or the header).
     Truncated,
+    /// An interrupted write left an incomplete tail after an intact end; the next mount's open
+    /// of the file removes it.
+    TornTail,
     UndecryptableName,
     OrphanLongName,
     MissingDirectoryKey,
@@ -47,7 +50,12 @@ pub struct Report {
     pub directories: u64,
     pub symlinks: u64,
     pub findings: Vec<Finding>,
+    /// What `--repair-names` did.
+    pub repairs: Vec<String>,
 }
+
+/// The directory (under the root) that `--repair-names` moves entries with lost names into.
+pub const LOST_FOUND: &str = "lost+found";
 
 fn kms_problem(e: &KmsError) -> Problem {
     match e.kind {
@@ -116,6 +124,14 @@ impl Checker<'_> {
         let keys = DataKeys::derive(&u.data_key, &u.id);
         let mut c = FileContent::new(file, &keys, u.id, &h, backing.display().to_string(), None);
         c.supersede();
+        if let Ok(Some(end)) = c.torn_tail() {
+            return self.find(
+                path,
+                backing,
+                Problem::TornTail,
+                format!("an interrupted write left a tail after byte {end}"),
+            );
+        }
         match c.bad_blocks() {
             Ok(b) if b.is_empty() => {}
             Ok(b) => {
@@ -230,6 +246,72 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// Repairs what the name findings allow: orphan long-name side files are removed, and entries
+/// whose names do not decrypt are moved into `/lost+found` under new names (their contents, keyed
+/// by their own headers, stay readable there).
+pub fn repair_names(
+    root: &Path,
+    report: &mut Report,
+    provider: &dyn KeyProvider,
+    caller: &Caller,
+    key: &str,
+) -> Result<()> {
+    let io = |p: &Path, e: std::io::Error| KmsError::validation(format!("{}: {e}", p.display()));
+    let lost: Vec<PathBuf> = report
+        .findings
+        .iter()
+        .filter(|f| f.problem == Problem::UndecryptableName)
+        .map(|f| f.backing.clone())
+        .collect();
+    for f in report
+        .findings
+        .iter()
+        .filter(|f| f.problem == Problem::OrphanLongName)
+    {
+        std::fs::remove_file(&f.backing).map_err(|e| io(&f.backing, e))?;
+        report
+            .repairs
+            .push(format!("removed orphan side file {}", f.backing.display()));
+    }
+    if lost.is_empty() {
+        return Ok(());
+    }
+    let names_of = |dir: &Path| -> Result<zeroize::Zeroizing<[u8; 64]>> {
+        let data = std::fs::read(dir.join(DIRKEY_FILE)).map_err(|e| io(dir, e))?;
+        let u = cipherdir::unwrap_header(Kind::DirKey, &data, provider, caller).map_err(
+            |f| match f {
+                HeaderFailure::Kms(e) => e,
+                HeaderFailure::Corrupt(why) => {
+                    KmsError::validation(format!("{}: {why}", dir.display()))
+                }
+            },
+        )?;
+        Ok(DataKeys::derive(&u.data_key, &u.id).names)
+    };
+    let lf_name = nt::encrypt(&*names_of(root)?, LOST_FOUND.as_bytes())
+        .map_err(|_| KmsError::internal("lost+found name"))?;
+    let lf = root.join(lf_name.entry());
+    if !lf.exists() {
+        std::fs::create_dir(&lf).map_err(|e| io(&lf, e))?;
+        cipherdir::create_dirkey(&lf, provider, caller, key)?;
+        report.repairs.push(format!("created /{LOST_FOUND}"));
+    }
+    let lf_names = names_of(&lf)?;
+    for from in lost {
+        let backing = from.file_name().and_then(|n| n.to_str()).unwrap_or("entry");
+        let digest = hex::encode(&crate::cryptocore::sha256(backing.as_bytes())[..6]);
+        let plain = format!("lost-{digest}");
+        let bn = nt::encrypt(&lf_names, plain.as_bytes())
+            .map_err(|_| KmsError::internal("lost name"))?;
+        let to = lf.join(bn.entry());
+        std::fs::rename(&from, &to).map_err(|e| io(&from, e))?;
+        report
+            .repairs
+            .push(format!("moved {} to /{LOST_FOUND}/{plain}", from.display()));
+    }
+    Ok(())
 }
 
 /// Checks a whole cipher directory. `progress` gets the number of inodes checked so far.

@@ -434,7 +434,20 @@ impl KmsFs {
         })?;
         let (u, key) = self.keys.unwrap(Kind::File, &h, r, &label)?;
         let keys = DataKeys::derive(&u.data_key, &u.id);
-        Ok(FileContent::new(file, &keys, u.id, &h, label, key))
+        let c = FileContent::new(file, &keys, u.id, &h, label, key);
+        if let Some(end) = c.torn_tail()? {
+            match c.file().set_len(end) {
+                Ok(()) => log::warn!(
+                    "{}: removed the incomplete tail of an interrupted write",
+                    c.label
+                ),
+                Err(e) => log::warn!(
+                    "{}: has an incomplete tail from an interrupted write: {e}",
+                    c.label
+                ),
+            }
+        }
+        Ok(c)
     }
 
     /// The shared open state of a regular file, opening it if no handle has it open, and
