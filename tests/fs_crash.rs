@@ -7,29 +7,8 @@ use common::*;
 use std::fs;
 use std::time::Duration;
 
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 fn seed() -> u64 {
-    let s = std::env::var("KMSFS_CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
-    eprintln!("crash test seed {s} (KMSFS_CRASH_SEED={s} to repeat)");
-    s
+    seed_from("KMSFS_CRASH_SEED")
 }
 
 fn content(i: usize) -> Vec<u8> {
@@ -89,7 +68,7 @@ fn killing_offline_rewrap_at_50_random_moments_loses_nothing() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_micros(rng.below(60_000)));
+        std::thread::sleep(Duration::from_micros(rng.below(60_000) as u64));
         let _ = child.kill();
         let _ = child.wait();
         fsck_clean(&m, &format!("after kill {round}"));
@@ -98,6 +77,30 @@ fn killing_offline_rewrap_at_50_random_moments_loses_nothing() {
     assert!(latest_only(&m), "a rerun finishes the job");
     m.mount(&[]);
     check_all(&m, n);
+}
+
+/// SIGKILL for the mount's daemon.
+fn kill_daemon(m: &Mounted) {
+    let pid = daemon_pid(&m.cipher).expect("the mount daemon");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}
+
+/// Lazily unmounts a mount whose daemon died, and waits until it is gone.
+fn detach(m: &Mounted) {
+    let _ = std::process::Command::new("fusermount3")
+        .arg("-uz")
+        .arg(&m.mnt)
+        .status();
+    for _ in 0..100 {
+        if !is_mounted(&m.mnt) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 fn daemon_pid(cipher: &std::path::Path) -> Option<i32> {
@@ -141,24 +144,10 @@ fn killing_the_daemon_during_online_rewrap_or_reencrypt_loses_nothing() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_micros(rng.below(80_000)));
-        let pid = daemon_pid(&m.cipher).expect("the mount daemon");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        std::thread::sleep(Duration::from_micros(rng.below(80_000) as u64));
+        kill_daemon(&m);
         let _ = child.wait();
-        let _ = std::process::Command::new("fusermount3")
-            .arg("-uz")
-            .arg(&m.mnt)
-            .status();
-        for _ in 0..100 {
-            if !is_mounted(&m.mnt) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        detach(&m);
         fsck_clean(&m, &format!("after daemon kill {round}"));
         m.mount(&[]);
     }
@@ -219,26 +208,12 @@ fn killing_the_daemon_under_writers_keeps_every_fsynced_byte() {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_micros(5_000 + rng.below(60_000)));
-        let pid = daemon_pid(&m.cipher).expect("the mount daemon");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        std::thread::sleep(Duration::from_micros(5_000 + rng.below(60_000) as u64));
+        kill_daemon(&m);
         for t in threads {
             let _ = t.join();
         }
-        let _ = std::process::Command::new("fusermount3")
-            .arg("-uz")
-            .arg(&m.mnt)
-            .status();
-        for _ in 0..100 {
-            if !is_mounted(&m.mnt) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        detach(&m);
         m.mount(&[]);
         for (t, s) in synced.iter().enumerate() {
             let path = m.p(&format!("w{t}"));
@@ -302,20 +277,12 @@ fn killing_cli_writers_never_damages_the_key_store() {
     for round in 0..10 {
         let procs: Vec<_> = (0..4)
             .map(|p| {
-                let base = e.command(&[]);
-                let mut sh = std::process::Command::new("sh");
-                sh.arg("-c")
-                    .arg(format!("for i in 1 2 3 4 5 6 7 8; do \"$0\" key create --alias r{round}-p{p}-$i >/dev/null 2>&1; done"))
-                    .arg(BIN);
-                for (k, v) in base.get_envs() {
-                    if let Some(v) = v {
-                        sh.env(k, v);
-                    }
-                }
-                sh.spawn().unwrap()
+                shell(&e, &format!("for i in 1 2 3 4 5 6 7 8; do \"$0\" key create --alias r{round}-p{p}-$i >/dev/null 2>&1; done"))
+                    .spawn()
+                    .unwrap()
             })
             .collect();
-        std::thread::sleep(Duration::from_micros(rng.below(50_000)));
+        std::thread::sleep(Duration::from_micros(rng.below(50_000) as u64));
         // Kill every kmsfs process of this test's store.
         for entry in fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {

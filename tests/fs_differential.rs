@@ -222,22 +222,12 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
 
 #[test]
 fn random_operations_match_a_plain_directory() {
-    let seed = std::env::var("KMSFS_DIFF_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        });
+    let seed = seed_from("KMSFS_DIFF_SEED");
     let ops: usize = std::env::var("KMSFS_DIFF_OPS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3000);
-    eprintln!(
-        "differential test: seed {seed}, {ops} operations (KMSFS_DIFF_SEED={seed} to repeat)"
-    );
+    eprintln!("differential test: {ops} operations (KMSFS_DIFF_OPS)");
     let m = Mounted::new();
     let plain = m.env.path("plain");
     fs::create_dir(&plain).unwrap();

@@ -15,16 +15,6 @@ use std::path::{Path, PathBuf};
 const BLOCK: usize = 4124;
 const HEADER: usize = 1024;
 
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % n as u64) as usize
-    }
-}
-
 fn cases() -> usize {
     std::env::var("KMSFS_TAMPER_CASES")
         .ok()
@@ -77,17 +67,7 @@ impl Lab {
             ks,
             kmsfs::clock::Clock::System,
         ));
-        let seed = std::env::var("KMSFS_TAMPER_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_nanos() as u64
-                    | 1
-            });
-        eprintln!("tamper seed {seed} (KMSFS_TAMPER_SEED={seed} to repeat)");
+        let seed = seed_from("KMSFS_TAMPER_SEED");
         Lab {
             m,
             provider,

@@ -902,19 +902,9 @@ fn concurrent_writers_lose_nothing() {
     let e = Env::new();
     let procs: Vec<_> = (0..8)
         .map(|p| {
-            let base = e.command(&[]);
-            let mut sh = std::process::Command::new("sh");
-            sh.arg("-c")
-                .arg(format!(
-                    "for i in 1 2 3 4 5; do \"$0\" key create --alias p{p}-$i >/dev/null || exit 1; done"
-                ))
-                .arg(BIN);
-            for (k, v) in base.get_envs() {
-                if let Some(v) = v {
-                    sh.env(k, v);
-                }
-            }
-            sh.spawn().unwrap()
+            shell(&e, &format!("for i in 1 2 3 4 5; do \"$0\" key create --alias p{p}-$i >/dev/null || exit 1; done"))
+                .spawn()
+                .unwrap()
         })
         .collect();
     for mut p in procs {

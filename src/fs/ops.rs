@@ -796,14 +796,26 @@ impl KmsFs {
         )
         .map_err(Errno::from)
         .and_then(|_| self.chown(&dir, entry_name, uid, gid));
+        self.finish_new(parent, &dir, &bn, made)
+    }
+
+    /// After creating a non-regular entry: undo it if that failed part-way (an entry that
+    /// existed already is left alone), else count the lookup.
+    fn finish_new(
+        &self,
+        parent: u64,
+        dir: &OwnedFd,
+        bn: &BackingName,
+        made: FsResult<()>,
+    ) -> FsResult<Entry> {
         if let Err(e) = made {
             if e != Errno::EEXIST {
-                let _ = unlink_at(&dir, entry_name);
-                self.remove_side_file(&dir, &bn);
+                let _ = unlink_at(dir, OsStr::new(bn.entry()));
+                self.remove_side_file(dir, bn);
             }
             return Err(e);
         }
-        self.register_at(parent, &dir, &bn)
+        self.register_at(parent, dir, bn)
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, req: Requester) -> FsResult<Entry> {
@@ -873,14 +885,7 @@ impl KmsFs {
         let made = nix::unistd::symlinkat(stored.as_str(), &dir, entry_name)
             .map_err(Errno::from)
             .and_then(|_| self.chown(&dir, entry_name, uid, gid));
-        if let Err(e) = made {
-            if e != Errno::EEXIST {
-                let _ = unlink_at(&dir, entry_name);
-                self.remove_side_file(&dir, &bn);
-            }
-            return Err(e);
-        }
-        self.register_at(parent, &dir, &bn)
+        self.finish_new(parent, &dir, &bn, made)
     }
 
     pub fn readlink(&self, ino: u64, r: Requester) -> FsResult<Vec<u8>> {

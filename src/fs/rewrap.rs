@@ -50,9 +50,7 @@ pub fn rewrap_file(
         .key_of(&u.blob)
         .ok_or_else(|| KmsError::validation("the header's wrapped key names no key"))?;
     let target = to.map(str::to_string).unwrap_or_else(|| from.0.clone());
-    let current = provider.current_version(caller, &target)?;
-    let target_id = provider.key_of_name(caller, &target)?;
-    if target_id == from.0 && current.is_some() && current == from.1 {
+    if is_current(provider, caller, &from, &target)? {
         return Ok(Outcome::Current);
     }
     let ctx = kind.context(&u.id);
@@ -72,6 +70,17 @@ pub fn rewrap_file(
         from,
         to: (w.key_id.to_string(), Some(w.key_version)),
     })
+}
+
+/// Whether a wrapping by `from` (key, version) is already by the current version of `target`.
+fn is_current(
+    provider: &dyn KeyProvider,
+    caller: &Caller,
+    from: &(String, Option<u32>),
+    target: &str,
+) -> Result<bool> {
+    let current = provider.current_version(caller, target)?;
+    Ok(provider.key_of_name(caller, target)? == from.0 && current.is_some() && current == from.1)
 }
 
 /// Counts, per (key, version), the headers of a cipher directory, without the KMS.
@@ -162,9 +171,7 @@ pub fn rewrap_volume(
         .key_of(&cfg.volume_key)
         .ok_or_else(|| KmsError::validation("kmsfs.conf names no key"))?;
     let target = to.map(str::to_string).unwrap_or_else(|| from.0.clone());
-    let current = provider.current_version(caller, &target)?;
-    let target_id = provider.key_of_name(caller, &target)?;
-    if target_id == from.0 && current.is_some() && current == from.1 {
+    if is_current(provider, caller, &from, &target)? {
         return Ok(Outcome::Current);
     }
     let vk = provider.decrypt_data_key(caller, &cfg.volume_key, &ctx)?;

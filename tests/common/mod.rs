@@ -327,3 +327,48 @@ pub fn ensure_user(uid: u32, name: &str) {
         "could not create user {name} ({uid})"
     );
 }
+
+/// A small seeded generator (xorshift64) for tests that must print and repeat their seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// The seed from `var` if set, else from the clock; printed so a failure can be repeated.
+pub fn seed_from(var: &str) -> u64 {
+    let s = std::env::var(var)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    eprintln!("seed {s} ({var}={s} to repeat)");
+    s
+}
+
+/// `sh -c script` with the environment `e` gives its commands; `$0` is the kmsfs binary.
+pub fn shell(e: &Env, script: &str) -> Command {
+    let base = e.command(&[]);
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(script).arg(BIN);
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            sh.env(k, v);
+        }
+    }
+    sh
+}
