@@ -75,6 +75,13 @@ fn killing_offline_rewrap_at_50_random_moments_loses_nothing() {
     }
     m.env.ok(&["rewrap", "-q", &cipher]);
     assert!(latest_only(&m), "a rerun finishes the job");
+    // ... and leaves no second (older) wrapping in any header.
+    kmsfs::fs::rewrap::walk(&m.cipher, |p, kind| {
+        let h = fs::read(p).unwrap();
+        let slots = kmsfs::fs::header::parse(kind, &h).unwrap().slots;
+        assert_eq!(slots.len(), 1, "{} keeps a stale slot", p.display());
+    })
+    .unwrap();
     m.mount(&[]);
     check_all(&m, n);
 }

@@ -304,11 +304,17 @@ pub fn retire_version(g: &Global, cfg: &Config, key: &str, below: u32) -> Result
     let mut users = Vec::new();
     for d in dirs.iter().filter(|d| d.join(CONFIG_FILE).is_file()) {
         let inv = rewrap::inventory(d, &provider)?;
+        if !inv.unreadable.is_empty() {
+            return Err(KmsError::invalid_state(format!(
+                "{} has {} headers that cannot be read: retiring could make them unreadable for good",
+                d.display(),
+                inv.unreadable.len()
+            )));
+        }
         let old = |k: &(String, Option<u32>)| k.0 == id && k.1.is_some_and(|v| v < below);
         let n: u64 = inv
-            .files
+            .any_slot
             .iter()
-            .chain(inv.dirs.iter())
             .filter(|(k, _)| old(k))
             .map(|(_, n)| n)
             .sum::<u64>()

@@ -26,15 +26,24 @@ pub struct Requester {
     pub pid: u32,
 }
 
-type DecisionKey = (u32, u32, String, [u8; 16]);
+/// (uid, hash of the sorted group ids, key, id).
+type DecisionKey = (u32, u64, String, [u8; 16]);
+
+/// How long a process's group list is reused before /proc is read again.
+const GROUPS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct Keyring {
     provider: Arc<dyn KeyProvider>,
     /// The mounting user, for the daemon's own checks.
     daemon: Caller,
-    callers: Mutex<HashMap<(u32, u32), Caller>>,
+    /// Names resolved per (uid, sorted groups).
+    callers: Mutex<HashMap<(u32, Vec<u32>), Caller>>,
+    /// Each process's groups, read from /proc, with when they were read.
+    groups: Mutex<HashMap<u32, (std::time::Instant, Vec<u32>)>>,
     decisions: Mutex<HashMap<DecisionKey, Result<(), Errno>>>,
     stamp: AtomicU64,
+    /// Bumped on every key store change; a decision computed in an older epoch is not kept.
+    epoch: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -75,8 +84,10 @@ impl Keyring {
             provider,
             daemon,
             callers: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
             decisions: Mutex::new(HashMap::new()),
             stamp: AtomicU64::new(stamp),
+            epoch: AtomicU64::new(0),
         }
     }
 
@@ -90,16 +101,40 @@ impl Keyring {
 
     /// The requester as a KMS caller: its groups read once per (uid, gid), names resolved.
     pub fn caller(&self, r: Requester) -> Caller {
+        let gids = self.gids(r);
         let mut c = lock(&self.callers)
-            .entry((r.uid, r.gid))
-            .or_insert_with(|| {
-                let mut gids = process_groups(r.pid);
-                gids.push(r.gid);
-                Caller::from_ids(r.uid, gids, r.pid)
-            })
+            .entry((r.uid, gids.clone()))
+            .or_insert_with(|| Caller::from_ids(r.uid, gids, r.pid))
             .clone();
         c.pid = r.pid;
         c
+    }
+
+    /// The requesting process's primary and supplementary groups, sorted: re-read from /proc
+    /// at most once a second per process, so a changed membership counts within a second.
+    fn gids(&self, r: Requester) -> Vec<u32> {
+        let mut cache = lock(&self.groups);
+        if let Some((at, g)) = cache.get(&r.pid) {
+            if at.elapsed() < GROUPS_TTL {
+                return g.clone();
+            }
+        }
+        let mut g = process_groups(r.pid);
+        g.push(r.gid);
+        g.sort_unstable();
+        g.dedup();
+        if cache.len() > 4096 {
+            cache.clear();
+        }
+        cache.insert(r.pid, (std::time::Instant::now(), g.clone()));
+        g
+    }
+
+    fn decision_key(&self, r: Requester, key: &str, id: [u8; 16]) -> DecisionKey {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.gids(r).hash(&mut h);
+        (r.uid, h.finish(), key.to_string(), id)
     }
 
     /// The CMK a wrapped key names.
@@ -107,9 +142,15 @@ impl Keyring {
         self.provider.key_of(blob).map(|(k, _)| k)
     }
 
-    fn remember(&self, r: Requester, key: &Option<String>, id: [u8; 16], d: Result<(), Errno>) {
-        if let Some(k) = key {
-            lock(&self.decisions).insert((r.uid, r.gid, k.clone(), id), d);
+    /// Keeps an allow or a denial, unless the key store changed since `epoch` (the decision may
+    /// be stale) or the outcome was not a decision (an I/O error, say).
+    fn remember(&self, dk: DecisionKey, epoch: u64, d: Result<(), Errno>) {
+        if !matches!(d, Ok(()) | Err(Errno::EACCES)) {
+            return;
+        }
+        let mut decisions = lock(&self.decisions);
+        if self.epoch.load(Ordering::SeqCst) == epoch {
+            decisions.insert(dk, d);
         }
     }
 
@@ -121,10 +162,13 @@ impl Keyring {
         r: Requester,
         what: &str,
     ) -> FsResult<(Unwrapped, Option<String>)> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let u = cipherdir::unwrap_header(kind, data, self.provider.as_ref(), &self.caller(r))
             .map_err(|f| header_errno(what, f))?;
         let key = self.key_of(&u.blob);
-        self.remember(r, &key, u.id, Ok(()));
+        if let Some(k) = &key {
+            self.remember(self.decision_key(r, k, u.id), epoch, Ok(()));
+        }
         Ok((u, key))
     }
 
@@ -162,15 +206,16 @@ impl Keyring {
         id: [u8; 16],
     ) -> FsResult<()> {
         let Some(key) = key else { return Ok(()) };
-        let dk = (r.uid, r.gid, key.to_string(), id);
+        let dk = self.decision_key(r, key, id);
         if let Some(d) = lock(&self.decisions).get(&dk) {
             return *d;
         }
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let d = self
             .provider
             .authorize(&self.caller(r), key, "kms:Decrypt", ctx)
             .map_err(|e| errno::from_kms(&e));
-        lock(&self.decisions).insert(dk, d);
+        self.remember(dk, epoch, d);
         d
     }
 
@@ -180,7 +225,9 @@ impl Keyring {
         if self.stamp.swap(now, Ordering::SeqCst) == now {
             return false;
         }
-        lock(&self.decisions).clear();
+        let mut decisions = lock(&self.decisions);
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        decisions.clear();
         true
     }
 

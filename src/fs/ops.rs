@@ -36,6 +36,8 @@ pub use control::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_XATTR};
 pub struct OpenFile {
     pub content: RwLock<FileContent>,
     handles: AtomicU64,
+    /// The node id this state is filed under in `files` (reencrypt moves it to a new inode).
+    ino: AtomicU64,
 }
 
 enum Handle {
@@ -434,20 +436,7 @@ impl KmsFs {
         })?;
         let (u, key) = self.keys.unwrap(Kind::File, &h, r, &label)?;
         let keys = DataKeys::derive(&u.data_key, &u.id);
-        let c = FileContent::new(file, &keys, u.id, &h, label, key);
-        if let Some(end) = c.torn_tail()? {
-            match c.file().set_len(end) {
-                Ok(()) => log::warn!(
-                    "{}: removed the incomplete tail of an interrupted write",
-                    c.label
-                ),
-                Err(e) => log::warn!(
-                    "{}: has an incomplete tail from an interrupted write: {e}",
-                    c.label
-                ),
-            }
-        }
-        Ok(c)
+        Ok(FileContent::new(file, &keys, u.id, &h, label, key))
     }
 
     /// The shared open state of a regular file, opening it if no handle has it open, and
@@ -471,27 +460,57 @@ impl KmsFs {
         let content = self.load_content(Self::open_backing(&self.at(ino)?)?, self.label(ino), r)?;
         let mut files = lock(&self.files);
         // Another thread may have opened it meanwhile; keep the first.
+        let mut inserted = false;
         let f = files
             .entry(ino)
             .or_insert_with(|| {
+                inserted = true;
                 Arc::new(OpenFile {
                     content: RwLock::new(content),
                     handles: AtomicU64::new(0),
+                    ino: AtomicU64::new(ino),
                 })
             })
             .clone();
         f.handles.fetch_add(1, Ordering::SeqCst);
+        if inserted {
+            // Only the state that is kept repairs a torn tail, before anyone else can use it.
+            let c = f.content.read().map_err(|_| Errno::EIO)?;
+            if let Some(end) = c.torn_tail()? {
+                match c.file().set_len(end) {
+                    Ok(()) => log::warn!(
+                        "{}: removed the incomplete tail of an interrupted write",
+                        c.label
+                    ),
+                    Err(e) => log::warn!(
+                        "{}: has an incomplete tail from an interrupted write: {e}",
+                        c.label
+                    ),
+                }
+            }
+        }
         Ok(f)
     }
 
     /// One user of an open file is done; the last one drops its state (and so its keys).
-    fn unpin(&self, ino: u64, f: &Arc<OpenFile>) {
+    fn unpin(&self, _ino: u64, f: &Arc<OpenFile>) {
         let mut files = lock(&self.files);
+        let ino = f.ino.load(Ordering::SeqCst);
         if f.handles.fetch_sub(1, Ordering::SeqCst) == 1
             && files.get(&ino).is_some_and(|g| Arc::ptr_eq(g, f))
         {
             files.remove(&ino);
         }
+    }
+
+    /// Files an open state under the node id of the inode it now has (after reencrypt).
+    fn refile(&self, f: &Arc<OpenFile>, new_ino: u64) {
+        let mut files = lock(&self.files);
+        let old = f.ino.swap(new_ino, Ordering::SeqCst);
+        if files.get(&old).is_some_and(|g| Arc::ptr_eq(g, f)) {
+            files.remove(&old);
+        }
+        files.insert(new_ino, f.clone());
     }
 
     fn new_handle(&self, h: Handle) -> u64 {
@@ -763,6 +782,7 @@ impl KmsFs {
         let of = Arc::new(OpenFile {
             content: RwLock::new(content),
             handles: AtomicU64::new(1),
+            ino: AtomicU64::new(ino),
         });
         lock(&self.files).insert(ino, of.clone());
         let fh = self.new_handle(Handle::File { ino, file: of });
@@ -1280,6 +1300,15 @@ impl KmsFs {
             return self.control_set(ino, name, value, r);
         }
         Self::check_xattr_name(name)?;
+        let open = lock(&self.files).get(&ino).cloned();
+        if let Some(of) = open {
+            // Sealed and stored under the file's lock: a concurrent re-key cannot slip between.
+            self.check_content(&of, r)?;
+            let c = of.content.write().map_err(|_| Errno::EIO)?;
+            let sealed = cipherdir::encrypt_xattr(c.xattr_key()?, &c.id, name.as_bytes(), value)
+                .map_err(|_| Errno::EIO)?;
+            return sys::fsetxattr(c.file(), name.as_bytes(), &sealed, flags);
+        }
         let (f, st) = self.xattr_fd(ino)?;
         let (key, id) = self.xattr_key_for(ino, &f, &st, r)?;
         let sealed =
@@ -1387,6 +1416,13 @@ impl KmsFs {
                 );
                 c.revoke();
                 affected.push(ino);
+            }
+        }
+        // Any change may have denied someone: drop every open file's cached pages, so each read
+        // reaches the daemon and is checked against the reader's rights again.
+        for ino in lock(&self.files).keys() {
+            if !affected.contains(ino) {
+                affected.push(*ino);
             }
         }
         let dirs = lock(&self.inodes).cached_dir_keys();

@@ -39,7 +39,7 @@ pub fn rewrap_file(
 ) -> Result<Outcome> {
     let mut h = vec![0u8; HEADER_LEN];
     file.read_exact_at(&mut h, 0)
-        .map_err(|e| KmsError::validation(format!("reading header: {e}")))?;
+        .map_err(|e| KmsError::io("reading header", e))?;
     let u = cipherdir::unwrap_header(kind, &h, provider, caller).map_err(|f| match f {
         cipherdir::HeaderFailure::Corrupt(why) => {
             KmsError::invalid_ciphertext(format!("header: {why}"))
@@ -51,6 +51,13 @@ pub fn rewrap_file(
         .ok_or_else(|| KmsError::validation("the header's wrapped key names no key"))?;
     let target = to.map(str::to_string).unwrap_or_else(|| from.0.clone());
     if is_current(provider, caller, &from, &target)? {
+        // A re-wrap cut between its two slot writes left the old wrapping: clear it now.
+        let other = header::slot_offset(1 - u.slot);
+        if h[other..other + SLOT_LEN].iter().any(|b| *b != 0) {
+            file.write_all_at(&[0u8; SLOT_LEN], other as u64)
+                .and_then(|_| file.sync_data())
+                .map_err(|e| KmsError::io("clearing a stale header slot", e))?;
+        }
         return Ok(Outcome::Current);
     }
     let ctx = kind.context(&u.id);
@@ -60,12 +67,12 @@ pub fn rewrap_file(
     let other = 1 - u.slot;
     file.write_all_at(&slot, header::slot_offset(other) as u64)
         .and_then(|_| file.sync_data())
-        .map_err(|e| KmsError::validation(format!("writing header: {e}")))?;
+        .map_err(|e| KmsError::io("writing header", e))?;
     // Then clear the old slot, so no wrapping under the old key version remains. Either slot
     // write may be cut by a crash; the other slot is whole at every moment.
     file.write_all_at(&[0u8; SLOT_LEN], header::slot_offset(u.slot) as u64)
         .and_then(|_| file.sync_data())
-        .map_err(|e| KmsError::validation(format!("clearing the old header slot: {e}")))?;
+        .map_err(|e| KmsError::io("clearing the old header slot", e))?;
     Ok(Outcome::Rewrapped {
         from,
         to: (w.key_id.to_string(), Some(w.key_version)),
@@ -89,6 +96,8 @@ pub struct Inventory {
     pub files: BTreeMap<(String, Option<u32>), u64>,
     pub dirs: BTreeMap<(String, Option<u32>), u64>,
     pub volume: Option<(String, Option<u32>)>,
+    /// Every non-empty slot (a crash may leave an older one): what retiring must consider.
+    pub any_slot: BTreeMap<(String, Option<u32>), u64>,
     /// Headers that could not be read or parsed.
     pub unreadable: Vec<PathBuf>,
 }
@@ -138,6 +147,13 @@ pub fn inventory(root: &Path, provider: &dyn KeyProvider) -> Result<Inventory> {
         let ok = File::open(p)
             .and_then(|f| f.read_exact_at(&mut h, 0))
             .is_ok();
+        if let (true, Ok(parsed)) = (ok, header::parse(kind, &h)) {
+            for slot in &parsed.slots {
+                if let Some(k) = provider.key_of(&slot.blob) {
+                    *inv.any_slot.entry(k).or_insert(0) += 1;
+                }
+            }
+        }
         match newest_blob(kind, &h)
             .filter(|_| ok)
             .and_then(|b| provider.key_of(&b))

@@ -102,22 +102,20 @@ impl KmsFs {
             return Err(Errno::EINVAL);
         }
         let outcome = if kind == Kind::File {
-            // Under the file's write lock if it is open, so no truncate re-keys it meanwhile.
-            let open = lock(&self.files).get(&ino).cloned();
-            match open {
-                Some(of) => {
-                    let mut c = of.content.write().map_err(|_| Errno::EIO)?;
-                    let o = rewrap::rewrap_file(c.file(), kind, provider, &caller, to)
-                        .map_err(kms_errno)?;
-                    if let Outcome::Rewrapped { to: (k, _), .. } = &o {
-                        c.key = Some(k.clone());
-                    }
-                    o
+            // Always under the file's write lock, so no truncate re-keys it meanwhile.
+            drop(file);
+            let of = self.open_file(ino, r)?;
+            let o = (|| {
+                let mut c = of.content.write().map_err(|_| Errno::EIO)?;
+                let o = rewrap::rewrap_file(c.file(), kind, provider, &caller, to)
+                    .map_err(kms_errno)?;
+                if let Outcome::Rewrapped { to: (k, _), .. } = &o {
+                    c.key = Some(k.clone());
                 }
-                None => {
-                    rewrap::rewrap_file(&file, kind, provider, &caller, to).map_err(kms_errno)?
-                }
-            }
+                Ok::<_, Errno>(o)
+            })();
+            self.unpin(ino, &of);
+            o?
         } else {
             let o = rewrap::rewrap_file(&file, kind, provider, &caller, to).map_err(kms_errno)?;
             // Forget the cached keys: the next use unwraps them under the new CMK, which also
@@ -166,6 +164,11 @@ impl KmsFs {
         let f = self.open_file(ino, r)?;
         let result = (|| {
             let mut c = f.content.write().map_err(|_| Errno::EIO)?;
+            // Metadata and link count as they are now, under the lock.
+            let st = nix::sys::stat::fstat(c.file())?;
+            if st.st_nlink > 1 {
+                return Err(Errno(libc::EMLINK));
+            }
             let key = c
                 .key
                 .clone()
@@ -219,9 +222,14 @@ impl KmsFs {
             })();
             match made {
                 Ok(fresh) => {
+                    let new_ino =
+                        lock(&self.inodes).node_id(nix::sys::stat::fstat(fresh.file())?.st_ino);
                     c.supersede();
                     *c = fresh;
                     log::info!("{}: re-encrypted under a fresh data key", c.label);
+                    drop(c);
+                    // New lookups find the new inode: give them this same state.
+                    self.refile(&f, new_ino);
                     Ok(())
                 }
                 Err(e) => {
