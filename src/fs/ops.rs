@@ -41,7 +41,7 @@ pub struct OpenFile {
 }
 
 enum Handle {
-    File { ino: u64, file: Arc<OpenFile> },
+    File { file: Arc<OpenFile> },
     Dir { entries: Vec<DirEntry> },
 }
 
@@ -452,7 +452,7 @@ impl KmsFs {
         };
         if let Some(f) = cached {
             if let Err(e) = self.check_content(&f, r) {
-                self.unpin(ino, &f);
+                self.unpin(&f);
                 return Err(e);
             }
             return Ok(f);
@@ -493,7 +493,7 @@ impl KmsFs {
     }
 
     /// One user of an open file is done; the last one drops its state (and so its keys).
-    fn unpin(&self, _ino: u64, f: &Arc<OpenFile>) {
+    fn unpin(&self, f: &Arc<OpenFile>) {
         let mut files = lock(&self.files);
         let ino = f.ino.load(Ordering::SeqCst);
         if f.handles.fetch_sub(1, Ordering::SeqCst) == 1
@@ -538,20 +538,20 @@ impl KmsFs {
 
     pub fn open(&self, ino: u64, r: Requester) -> FsResult<u64> {
         let f = self.open_file(ino, r)?;
-        Ok(self.new_handle(Handle::File { ino, file: f }))
+        Ok(self.new_handle(Handle::File { file: f }))
     }
 
     fn handle_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
         match lock(&self.handles).get(&fh) {
-            Some(Handle::File { file, .. }) => Ok(file.clone()),
+            Some(Handle::File { file }) => Ok(file.clone()),
             _ => Err(Errno::EBADF),
         }
     }
 
     pub fn release(&self, fh: u64) {
         let h = lock(&self.handles).remove(&fh);
-        if let Some(Handle::File { ino, file }) = h {
-            self.unpin(ino, &file);
+        if let Some(Handle::File { file }) = h {
+            self.unpin(&file);
         }
     }
 
@@ -630,7 +630,7 @@ impl KmsFs {
                 c.truncate(size)
             }
         })();
-        self.unpin(ino, &f);
+        self.unpin(&f);
         result
     }
 
@@ -785,7 +785,7 @@ impl KmsFs {
             ino: AtomicU64::new(ino),
         });
         lock(&self.files).insert(ino, of.clone());
-        let fh = self.new_handle(Handle::File { ino, file: of });
+        let fh = self.new_handle(Handle::File { file: of });
         Ok((entry, fh))
     }
 

@@ -114,7 +114,7 @@ impl KmsFs {
                 }
                 Ok::<_, Errno>(o)
             })();
-            self.unpin(ino, &of);
+            self.unpin(&of);
             o?
         } else {
             let o = rewrap::rewrap_file(&file, kind, provider, &caller, to).map_err(kms_errno)?;
@@ -242,7 +242,7 @@ impl KmsFs {
                 }
             }
         })();
-        self.unpin(ino, &f);
+        self.unpin(&f);
         result
     }
 }
