@@ -110,26 +110,6 @@ fn detach(m: &Mounted) {
     }
 }
 
-fn daemon_pid(cipher: &std::path::Path) -> Option<i32> {
-    let want = cipher.to_str()?;
-    for e in fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmd
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect();
-        if args.iter().any(|a| a == "--daemon-child") && args.iter().any(|a| a == want) {
-            return Some(pid);
-        }
-    }
-    None
-}
-
 #[test]
 fn killing_the_daemon_during_online_rewrap_or_reencrypt_loses_nothing() {
     let mut rng = Rng(seed());

@@ -159,23 +159,6 @@ fn rss_kib(pid: i32) -> u64 {
         .unwrap()
 }
 
-fn daemon_pid(cipher: &std::path::Path) -> i32 {
-    let want = cipher.to_str().unwrap();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.contains(&&b"--daemon-child"[..]) && args.contains(&want.as_bytes()) {
-            return pid;
-        }
-    }
-    panic!("no daemon for {want}");
-}
-
 /// 10,000 files open at once: the daemon keeps one descriptor and one small state per open
 /// file, and its memory stays bounded.
 #[test]
@@ -197,7 +180,7 @@ fn ten_thousand_open_files() {
     for i in 0..n {
         fs::write(m.p(&format!("d{}/f{i}", i % 10)), format!("file {i}")).unwrap();
     }
-    let pid = daemon_pid(&m.cipher);
+    let pid = daemon_pid(&m.cipher).expect("the mount daemon");
     let before = rss_kib(pid);
     let handles: Vec<fs::File> = (0..n)
         .map(|i| fs::File::open(m.p(&format!("d{}/f{i}", i % 10))).unwrap())

@@ -67,16 +67,6 @@ fn mounted_entries(root: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-fn is_mounted_cipherdir(dir: &Path) -> Option<PathBuf> {
-    let canon = dir.canonicalize().ok()?;
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (pre, post) = l.split_once(" - ")?;
-        let source = post.split(' ').nth(1)?;
-        (Path::new(source) == canon).then(|| PathBuf::from(pre.split(' ').nth(4).unwrap_or("?")))
-    })
-}
-
 pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
     if a.path.join(CONFIG_FILE).is_file() {
         return rewrap_offline(g, cfg, a);
@@ -140,7 +130,7 @@ fn report(g: &Global, done: u64, skipped: u64, failed: &[String]) -> Result<()> 
 }
 
 fn rewrap_offline(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
-    if let Some(mp) = is_mounted_cipherdir(&a.path) {
+    if let Some(mp) = crate::fs::mount::mounted_at(&a.path) {
         return Err(KmsError::validation(format!(
             "{} is mounted at {}: re-wrap through the mount (`kmsfs rewrap {}`)",
             a.path.display(),
@@ -224,7 +214,7 @@ pub fn versions_in_use(g: &Global, cfg: &Config, cipherdir: &Path) -> Result<()>
 }
 
 pub fn fsck(g: &Global, cfg: &Config, a: &crate::cli::args::FsckArgs) -> Result<()> {
-    if let Some(mp) = is_mounted_cipherdir(&a.cipherdir) {
+    if let Some(mp) = crate::fs::mount::mounted_at(&a.cipherdir) {
         return Err(KmsError::validation(format!(
             "{} is mounted at {}: unmount it first (`kmsfs umount {}`)",
             a.cipherdir.display(),
@@ -240,11 +230,7 @@ pub fn fsck(g: &Global, cfg: &Config, a: &crate::cli::args::FsckArgs) -> Result<
     })?;
     progress.finish();
     if a.repair_names {
-        let cfg: crate::fs::cipherdir::VolumeConfig = serde_json::from_slice(
-            &std::fs::read(a.cipherdir.join(CONFIG_FILE))
-                .map_err(|e| KmsError::validation(e.to_string()))?,
-        )
-        .map_err(|e| KmsError::validation(format!("{CONFIG_FILE}: {e}")))?;
+        let cfg = crate::fs::cipherdir::read_config(&a.cipherdir)?;
         crate::fs::fsck::repair_names(&a.cipherdir, &mut report, &provider, &caller, &cfg.key)?;
         let left = crate::fs::fsck::fsck(&a.cipherdir, &provider, &caller, &mut |_| {})?;
         let repairs = std::mem::take(&mut report.repairs);

@@ -131,8 +131,8 @@ pub fn init(
     Ok(Volume { config, keys })
 }
 
-/// Opens a cipher directory: reads and authenticates kmsfs.conf.
-pub fn open(dir: &Path, provider: &dyn KeyProvider, caller: &Caller) -> Result<Volume> {
+/// Reads kmsfs.conf and checks its format and version (not yet its MAC: that needs the KMS).
+pub fn read_config(dir: &Path) -> Result<VolumeConfig> {
     let path = dir.join(CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
@@ -158,6 +158,12 @@ pub fn open(dir: &Path, provider: &dyn KeyProvider, caller: &Caller) -> Result<V
             ),
         ));
     }
+    Ok(config)
+}
+
+/// Opens a cipher directory: reads and authenticates kmsfs.conf.
+pub fn open(dir: &Path, provider: &dyn KeyProvider, caller: &Caller) -> Result<Volume> {
+    let config = read_config(dir)?;
     let vk = provider.decrypt_data_key(
         caller,
         &config.volume_key,

@@ -37,13 +37,35 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Mount points listed in mountinfo text.
-pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+/// (mount source, mount point) of each mount in mountinfo text.
+pub fn mounts(mountinfo: &str) -> Vec<(PathBuf, PathBuf)> {
     mountinfo
         .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let point = pre.split(' ').nth(4)?;
+            let source = post.split(' ').nth(1)?;
+            Some((
+                PathBuf::from(unescape_mountinfo(source)),
+                PathBuf::from(unescape_mountinfo(point)),
+            ))
+        })
         .collect()
+}
+
+/// Mount points listed in mountinfo text.
+pub fn mount_points(mountinfo: &str) -> Vec<PathBuf> {
+    mounts(mountinfo).into_iter().map(|(_, p)| p).collect()
+}
+
+/// Where the cipher directory `dir` is mounted (kmsfs mounts name it as their source), if it is.
+pub fn mounted_at(dir: &Path) -> Option<PathBuf> {
+    let canon = dir.canonicalize().ok()?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts(&info)
+        .into_iter()
+        .find(|(s, _)| *s == canon)
+        .map(|(_, p)| p)
 }
 
 pub fn is_mount_point(p: &Path) -> bool {
@@ -210,6 +232,10 @@ mod tests {
         assert_eq!(
             mount_points(t),
             vec![PathBuf::from("/mnt/with space"), PathBuf::from("/proc")]
+        );
+        assert_eq!(
+            mounts(t)[1],
+            (PathBuf::from("proc"), PathBuf::from("/proc"))
         );
         assert_eq!(unescape_mountinfo("a\\011b"), "a\tb");
         assert_eq!(unescape_mountinfo("trailing\\"), "trailing\\");

@@ -188,7 +188,7 @@ fn stat_at(dir: &OwnedFd, name: &OsStr) -> FsResult<FileStat> {
     Ok(fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?)
 }
 
-fn read_at(dir: &OwnedFd, name: &OsStr) -> FsResult<Vec<u8>> {
+fn read_at(dir: impl std::os::fd::AsFd, name: &OsStr) -> FsResult<Vec<u8>> {
     let fd = openat(
         dir,
         name,
@@ -1245,15 +1245,7 @@ impl KmsFs {
         r: Requester,
     ) -> FsResult<(crate::cryptocore::SecretKey, [u8; 16])> {
         let (kind, data) = if is_dir(st) {
-            let fd = openat(
-                f,
-                DIRKEY_FILE,
-                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
-            let mut v = Vec::new();
-            std::io::Read::read_to_end(&mut File::from(fd), &mut v)?;
-            (Kind::DirKey, v)
+            (Kind::DirKey, read_at(f, OsStr::new(DIRKEY_FILE))?)
         } else {
             let mut h = vec![0u8; header::HEADER_LEN];
             f.read_exact_at(&mut h, 0).map_err(|_| Errno::EIO)?;

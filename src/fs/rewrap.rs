@@ -4,7 +4,7 @@
 
 use crate::cryptocore;
 use crate::error::{KmsError, Result};
-use crate::fs::cipherdir::{self, VolumeConfig};
+use crate::fs::cipherdir;
 use crate::fs::header::{self, HEADER_LEN, Kind, SLOT_LEN};
 use crate::fs::nametransform::{CONFIG_FILE, DIRKEY_FILE, EntryKind, classify};
 use crate::keystore::atomic;
@@ -102,12 +102,18 @@ pub struct Inventory {
     pub unreadable: Vec<PathBuf>,
 }
 
-fn newest_blob(kind: Kind, data: &[u8]) -> Option<Vec<u8>> {
-    header::parse(kind, data)
-        .ok()?
-        .slots
-        .first()
-        .map(|s| s.blob.clone())
+/// The parsed header at the start of `p`, if it reads and parses.
+fn read_header(p: &Path, kind: Kind) -> Option<header::Header> {
+    let mut h = vec![0u8; HEADER_LEN];
+    File::open(p)
+        .and_then(|f| f.read_exact_at(&mut h, 0))
+        .ok()?;
+    header::parse(kind, &h).ok()
+}
+
+/// The key and version of the newest slot of the header at `p`.
+fn newest_key(p: &Path, kind: Kind, provider: &dyn KeyProvider) -> Option<(String, Option<u32>)> {
+    provider.key_of(&read_header(p, kind)?.slots.first()?.blob)
 }
 
 /// Every backing regular file and directory-key file of a cipher directory.
@@ -135,29 +141,20 @@ pub fn walk(root: &Path, mut f: impl FnMut(&Path, Kind)) -> Result<()> {
 }
 
 pub fn inventory(root: &Path, provider: &dyn KeyProvider) -> Result<Inventory> {
-    let mut inv = Inventory::default();
-    let cfg: VolumeConfig = serde_json::from_slice(
-        &std::fs::read(root.join(CONFIG_FILE))
-            .map_err(|e| KmsError::validation(format!("{}: {e}", root.display())))?,
-    )
-    .map_err(|e| KmsError::validation(format!("{}: {e}", root.join(CONFIG_FILE).display())))?;
-    inv.volume = provider.key_of(&cfg.volume_key);
+    let mut inv = Inventory {
+        volume: provider.key_of(&cipherdir::read_config(root)?.volume_key),
+        ..Inventory::default()
+    };
     walk(root, |p, kind| {
-        let mut h = vec![0u8; HEADER_LEN];
-        let ok = File::open(p)
-            .and_then(|f| f.read_exact_at(&mut h, 0))
-            .is_ok();
-        if let (true, Ok(parsed)) = (ok, header::parse(kind, &h)) {
-            for slot in &parsed.slots {
-                if let Some(k) = provider.key_of(&slot.blob) {
-                    *inv.any_slot.entry(k).or_insert(0) += 1;
-                }
+        let Some(parsed) = read_header(p, kind) else {
+            return inv.unreadable.push(p.to_path_buf());
+        };
+        for slot in &parsed.slots {
+            if let Some(k) = provider.key_of(&slot.blob) {
+                *inv.any_slot.entry(k).or_insert(0) += 1;
             }
         }
-        match newest_blob(kind, &h)
-            .filter(|_| ok)
-            .and_then(|b| provider.key_of(&b))
-        {
+        match parsed.slots.first().and_then(|s| provider.key_of(&s.blob)) {
             Some(k) => {
                 let map = if kind == Kind::File {
                     &mut inv.files
@@ -233,15 +230,8 @@ pub fn rewrap_offline(
         Err(e) => s.failed.push((p.to_path_buf(), e.to_string())),
     };
     for (i, (p, kind)) in targets.iter().enumerate() {
-        let selected = only.is_none_or(|k| {
-            let mut h = vec![0u8; HEADER_LEN];
-            File::open(p)
-                .and_then(|f| f.read_exact_at(&mut h, 0))
-                .is_ok()
-                && newest_blob(*kind, &h)
-                    .and_then(|b| provider.key_of(&b))
-                    .is_some_and(|(id, _)| id == k)
-        });
+        let selected =
+            only.is_none_or(|k| newest_key(p, *kind, provider).is_some_and(|(id, _)| id == k));
         if selected {
             let r = std::fs::OpenOptions::new()
                 .read(true)
@@ -263,9 +253,7 @@ pub fn rewrap_offline(
 }
 
 fn inventory_volume_key(root: &Path, provider: &dyn KeyProvider) -> Option<(String, Option<u32>)> {
-    let cfg: VolumeConfig =
-        serde_json::from_slice(&std::fs::read(root.join(CONFIG_FILE)).ok()?).ok()?;
-    provider.key_of(&cfg.volume_key)
+    provider.key_of(&cipherdir::read_config(root).ok()?.volume_key)
 }
 
 /// Bytes of a header that a re-wrap may change: the two slots (for tests and fsck).

@@ -372,3 +372,24 @@ pub fn shell(e: &Env, script: &str) -> Command {
     }
     sh
 }
+
+/// The pid of the daemon serving the cipher directory `cipher`.
+pub fn daemon_pid(cipher: &std::path::Path) -> Option<i32> {
+    let want = cipher.to_str()?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "--daemon-child") && args.iter().any(|a| a == want) {
+            return Some(pid);
+        }
+    }
+    None
+}
