@@ -1,5 +1,5 @@
 //! Property-based fuzzing of every parser that reads untrusted bytes: headers, encrypted names,
-//! ciphertext blobs, key policies, config files, audit logs, block decryption and the layout
+//! ciphertext blobs, key policies, config files, audit logs, undo records, block decryption and the layout
 //! arithmetic. None may panic or allocate without bound. Seeds from tests/corpus are mutated too.
 //! PROPTEST_CASES raises the number of cases (CI uses the default below; see README for a
 //! longer run).
@@ -7,6 +7,7 @@
 use kmsfs::fs::contentenc::{self, ContentCipher};
 use kmsfs::fs::header::{self, Kind};
 use kmsfs::fs::nametransform;
+use kmsfs::fs::undo;
 use kmsfs::kms::{audit, blob, policy};
 use proptest::prelude::*;
 use std::path::Path;
@@ -129,6 +130,16 @@ proptest! {
     fn configs(data in prop_oneof![mutated("config"), ".{0,300}".prop_map(String::into_bytes)]) {
         if let Ok(text) = std::str::from_utf8(&data) {
             let _ = kmsfs::config::Config::parse(text, Path::new("fuzz.toml"));
+        }
+    }
+
+    #[test]
+    fn undo_records(data in prop_oneof![mutated("undo"), proptest::collection::vec(any::<u8>(), 0..200)]) {
+        if let Ok(r) = undo::Record::decode(&data) {
+            prop_assert!(r.bytes.len() <= undo::MAX_BYTES);
+            prop_assert!(r.offset >= header::HEADER_LEN as u64);
+            prop_assert!(r.offset + r.bytes.len() as u64 <= r.old_len);
+            prop_assert_eq!(r.encode(), data);
         }
     }
 

@@ -120,8 +120,8 @@ pub struct ReencryptArgs {
 #[derive(Args, Debug)]
 pub struct FsckArgs {
     pub cipherdir: PathBuf,
-    /// Remove orphan long-name side files, and move entries whose names do not decrypt into
-    /// /lost+found under new names
+    /// Remove orphan long-name side files, undo records and reencrypt temporaries, and move
+    /// entries whose names do not decrypt into /lost+found under new names
     #[arg(long)]
     pub repair_names: bool,
     /// No progress display

@@ -5,6 +5,7 @@
 use crate::fs::contentenc::{self as ce, BLOCK, BlockError, CIPHER_BLOCK, ContentCipher};
 use crate::fs::errno::{Errno, FsResult};
 use crate::fs::header::{self, COUNTER_OFFSET, DataKeys};
+use crate::fs::undo::{Journal, Record, UndoLog};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use zeroize::Zeroizing;
@@ -28,6 +29,8 @@ pub struct FileContent {
     persist_counter: bool,
     /// Backing path, for log messages.
     pub label: String,
+    /// Where in-place rewrites save the bytes they replace (None: read-only use, as in fsck).
+    undo: Option<UndoLog>,
 }
 
 impl FileContent {
@@ -51,7 +54,13 @@ impl FileContent {
             reserved,
             persist_counter: true,
             label,
+            undo: None,
         }
+    }
+
+    /// Makes in-place rewrites crash-safe through `journal` (see `fs::undo`).
+    pub fn journal_to(&mut self, journal: std::sync::Arc<Journal>) {
+        self.undo = Some(UndoLog::new(journal, self.id));
     }
 
     pub fn file(&self) -> &File {
@@ -177,8 +186,52 @@ impl FileContent {
                 .encrypt_block(first + k as u64, *last, plain, &mut out)
                 .map_err(|_| Errno::EIO)?;
         }
-        self.file.write_all_at(&out, ce::block_offset(first))?;
-        Ok(())
+        let start = ce::block_offset(first);
+        self.in_place(start, start + out.len() as u64, |s| {
+            Ok(s.file.write_all_at(&out, start)?)
+        })
+    }
+
+    /// Runs `f`, which overwrites bytes `start..end` (and may change the length), so that a
+    /// crash inside it leaves an undo record of what was there. Bytes at or past the current end
+    /// need none: the old length brings the file back. Nested calls share the outer record. If
+    /// `f` fails, the old bytes are put back at once.
+    fn in_place<T>(
+        &mut self,
+        start: u64,
+        end: u64,
+        f: impl FnOnce(&mut Self) -> FsResult<T>,
+    ) -> FsResult<T> {
+        let len = self.backing_len()?;
+        if start >= len || self.undo.as_ref().is_none_or(UndoLog::is_active) {
+            return f(self);
+        }
+        let mut old = vec![0u8; (end.min(len) - start) as usize];
+        self.file.read_exact_at(&mut old, start)?;
+        if let Some(u) = self.undo.as_mut() {
+            u.begin(start, len, &old)?;
+        }
+        let result = f(self);
+        if result.is_err() {
+            let rec = Record {
+                id: self.id,
+                offset: start,
+                old_len: len,
+                bytes: old,
+            };
+            if let Err(e) = rec.apply(&self.file) {
+                // The record stays: the next open restores the file.
+                log::error!("{}: could not undo a failed write: {e}", self.label);
+                if let Some(u) = self.undo.as_mut() {
+                    u.abandon();
+                }
+                return result;
+            }
+        }
+        if let Some(u) = self.undo.as_mut() {
+            u.end()?;
+        }
+        result
     }
 
     /// Plaintext of block `i` of a file of `size` bytes (empty past the end).
@@ -291,11 +344,12 @@ impl FileContent {
             self.write_run(new_final, &[(full, true)])?;
             self.file.set_len(ce::block_offset(new_final + 1))?;
         }
-        // Then the final block at its exact length (a crash between these two calls leaves
-        // that block unreadable).
+        // Then the final block at its exact length, both steps under one undo record.
         if p.len() < BLOCK as usize {
-            self.write_run(new_final, &[(p, true)])?;
-            self.file.set_len(ce::backing_len(new_size))?;
+            self.in_place(ce::block_offset(new_final), u64::MAX, |s| {
+                s.write_run(new_final, &[(p, true)])?;
+                Ok(s.file.set_len(ce::backing_len(new_size))?)
+            })?;
         }
         Ok(())
     }
@@ -422,6 +476,41 @@ mod tests {
         c.truncate(20000).unwrap();
         assert_eq!(c.size().unwrap(), 20000);
         assert!(c.bad_blocks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn in_place_rewrites_leave_an_undo_record_until_they_finish() {
+        use crate::fs::undo::Pending;
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), true).unwrap().unwrap();
+        let (t, mut c) = content(0);
+        c.journal_to(j.clone());
+        c.write(0, &[1u8; 3 * 4096]).unwrap();
+        c.write(100, &[3u8; 10]).unwrap();
+        assert_eq!(j.pending(&c.id).unwrap(), Pending::Empty, "finished writes");
+        let before = std::fs::read(t.path()).unwrap();
+        // A data write that fails after its record is out (a read-only descriptor), and whose
+        // undo fails too: the record must hold exactly the bytes it was about to replace.
+        let writable = std::mem::replace(&mut c.file, std::fs::File::open(t.path()).unwrap());
+        assert!(c.write(4096 + 7, &[2u8; 5000]).is_err());
+        let Pending::Restore(r) = j.pending(&c.id).unwrap() else {
+            panic!("no undo record")
+        };
+        let (b1, b3) = (ce::block_offset(1) as usize, before.len());
+        assert_eq!((r.offset, r.old_len), (b1 as u64, b3 as u64));
+        assert_eq!(r.bytes, before[b1..b3]);
+        // The crash tore the rewrite: half of block 1 changed, the file grew.
+        writable
+            .write_all_at(&[0x55; 3000], b1 as u64 + 500)
+            .unwrap();
+        writable.set_len(b3 as u64 + 9000).unwrap();
+        c.file = writable;
+        assert!(c.read(0, 3 * 4096).is_err());
+        assert!(j.recover(&c.id, &c.file, "test").unwrap());
+        assert_eq!(std::fs::read(t.path()).unwrap(), before);
+        let mut want = vec![1u8; 3 * 4096];
+        want[100..110].fill(3);
+        assert_eq!(&c.read(0, 3 * 4096).unwrap()[..], &want[..]);
     }
 
     #[test]

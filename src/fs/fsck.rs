@@ -6,11 +6,13 @@ use crate::fs::cipherdir::{self, HeaderFailure, Volume};
 use crate::fs::fileio::FileContent;
 use crate::fs::header::{DataKeys, HEADER_LEN, Kind};
 use crate::fs::nametransform::{
-    self as nt, DIRKEY_FILE, EntryKind, LONGNAME_PREFIX, LONGNAME_SUFFIX,
+    self as nt, DIRKEY_FILE, EntryKind, LONGNAME_PREFIX, LONGNAME_SUFFIX, REENCRYPT_TMP_PREFIX,
 };
+use crate::fs::undo::{self, Journal, Pending};
 use crate::kms::Caller;
 use crate::provider::KeyProvider;
 use serde::Serialize;
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,13 @@ pub enum Problem {
     /// An interrupted write left an incomplete tail after an intact end; the next mount's open
     /// of the file removes it.
     TornTail,
+    /// A crash interrupted an in-place rewrite; its undo record puts the old bytes back at the
+    /// file's next open through a mount.
+    InterruptedWrite,
+    /// An undo record whose file is gone (`--repair-names` removes it).
+    OrphanUndoRecord,
+    /// A temporary left by an interrupted `reencrypt` (`--repair-names` removes it).
+    OrphanTemporary,
     UndecryptableName,
     OrphanLongName,
     MissingDirectoryKey,
@@ -75,6 +84,9 @@ struct Checker<'a> {
     volume: Option<&'a Volume>,
     report: Report,
     progress: &'a mut dyn FnMut(u64),
+    journal: Option<std::sync::Arc<Journal>>,
+    /// File ids seen in headers, to find undo records without a file.
+    ids: HashSet<[u8; 16]>,
 }
 
 impl Checker<'_> {
@@ -114,13 +126,35 @@ impl Checker<'_> {
             Ok(f) => f,
             Err(e) => return self.find(path, backing, Problem::Unreadable, e.to_string()),
         };
+        if file.metadata().is_ok_and(|m| m.len() == 0) {
+            // Created, or truncated to 0, by a mount that stopped before writing the header: an
+            // empty file, given a header when next opened.
+            return;
+        }
         let mut h = vec![0u8; HEADER_LEN];
         if file.read_exact_at(&mut h, 0).is_err() {
             return self.find(path, backing, Problem::Truncated, "shorter than its header");
         }
+        if let Ok(parsed) = crate::fs::header::parse(Kind::File, &h) {
+            self.ids.insert(parsed.id);
+        }
         let Some(u) = self.unwrap(Kind::File, &h, path, backing) else {
             return;
         };
+        if let Some(j) = &self.journal {
+            if let Ok(Pending::Restore(r)) = j.pending(&u.id) {
+                return self.find(
+                    path,
+                    backing,
+                    Problem::InterruptedWrite,
+                    format!(
+                        "a crash interrupted a rewrite of {} bytes at {}; the next open through a mount undoes it",
+                        r.bytes.len(),
+                        r.offset
+                    ),
+                );
+            }
+        }
         let keys = DataKeys::derive(&u.data_key, &u.id);
         let mut c = FileContent::new(file, &keys, u.id, &h, backing.display().to_string(), None);
         c.supersede();
@@ -189,6 +223,15 @@ impl Checker<'_> {
                         "side file without its entry",
                     );
                 }
+                continue;
+            }
+            if name.starts_with(REENCRYPT_TMP_PREFIX) {
+                self.find(
+                    &format!("{path}/?"),
+                    &backing,
+                    Problem::OrphanTemporary,
+                    "left by an interrupted reencrypt",
+                );
                 continue;
             }
             let encoded = match nt::classify(name) {
@@ -265,15 +308,16 @@ pub fn repair_names(
         .filter(|f| f.problem == Problem::UndecryptableName)
         .map(|f| f.backing.clone())
         .collect();
-    for f in report
-        .findings
-        .iter()
-        .filter(|f| f.problem == Problem::OrphanLongName)
-    {
+    for f in report.findings.iter().filter(|f| {
+        matches!(
+            f.problem,
+            Problem::OrphanLongName | Problem::OrphanUndoRecord | Problem::OrphanTemporary
+        )
+    }) {
         std::fs::remove_file(&f.backing).map_err(|e| io(&f.backing, e))?;
         report
             .repairs
-            .push(format!("removed orphan side file {}", f.backing.display()));
+            .push(format!("removed orphan {}", f.backing.display()));
     }
     if lost.is_empty() {
         return Ok(());
@@ -338,6 +382,8 @@ pub fn fsck(
         volume: volume.as_ref(),
         report: Report::default(),
         progress,
+        journal: Journal::open(root, false).ok().flatten(),
+        ids: HashSet::new(),
     };
     if let Some(e) = volume_problem {
         let p = kms_problem(&e);
@@ -349,5 +395,16 @@ pub fn fsck(
         );
     }
     c.check_dir("", root);
+    let ids = Journal::ids(root).map_err(|e| KmsError::io(root.display(), e))?;
+    let orphans: Vec<_> = ids.into_iter().filter(|id| !c.ids.contains(id)).collect();
+    for id in orphans {
+        let backing = root.join(undo::JOURNAL_DIR).join(hex::encode(id));
+        c.find(
+            "/",
+            &backing,
+            Problem::OrphanUndoRecord,
+            "an undo record for a file that no longer exists",
+        );
+    }
     Ok(c.report)
 }

@@ -15,3 +15,4 @@ pub mod nametransform;
 pub mod ops;
 pub mod rewrap;
 pub mod sys;
+pub mod undo;

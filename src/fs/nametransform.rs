@@ -14,6 +14,8 @@ pub const CONFIG_FILE: &str = "kmsfs.conf";
 pub const DIRKEY_FILE: &str = "kmsfs.dirkey";
 pub const LONGNAME_PREFIX: &str = "kmsfs.longname.";
 pub const LONGNAME_SUFFIX: &str = ".name";
+/// Temporaries of `reencrypt` start with this (hidden from the mount like every `.kmsfs` name).
+pub const REENCRYPT_TMP_PREFIX: &str = ".kmsfs.reencrypt.";
 const NAME_AD: &[u8] = b"kmsfs name v1";
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -71,6 +71,8 @@ pub struct KmsFs {
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     is_root: bool,
+    /// Undo records of in-place rewrites; None where the cipher dir cannot be written.
+    journal: Option<Arc<crate::fs::undo::Journal>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -216,7 +218,14 @@ impl KmsFs {
         volume: Volume,
     ) -> FsResult<KmsFs> {
         let st = nix::sys::stat::lstat(&root)?;
+        let journal = crate::fs::undo::Journal::open(&root, true)
+            .or_else(|_| crate::fs::undo::Journal::open(&root, false))
+            .unwrap_or_else(|e| {
+                log::warn!("no undo journal (in-place rewrites are not crash-safe): {e}");
+                None
+            });
         Ok(KmsFs {
+            journal,
             inodes: Mutex::new(Inodes::new(root.clone(), st.st_ino)),
             root,
             volume_cmk: Mutex::new(
@@ -400,11 +409,13 @@ impl KmsFs {
         ContentCipher::new(&keys.content, u.id)
             .encrypt_block(0, true, &[], &mut buf)
             .map_err(|_| Errno::EIO)?;
+        // Empty first: a crash before the header is complete leaves a 0-byte file, which opens
+        // as an empty file, rather than a new header over old blocks.
+        file.set_len(0)?;
         file.write_all_at(&buf, 0)?;
-        file.set_len(buf.len() as u64)?;
         let dup = file.try_clone()?;
         let cmk = self.keys.key_of(&u.blob);
-        Ok(FileContent::new(dup, &keys, u.id, &h, label, cmk))
+        Ok(self.journaled(FileContent::new(dup, &keys, u.id, &h, label, cmk)))
     }
 
     fn open_backing(a: &At) -> FsResult<File> {
@@ -436,7 +447,14 @@ impl KmsFs {
         })?;
         let (u, key) = self.keys.unwrap(Kind::File, &h, r, &label)?;
         let keys = DataKeys::derive(&u.data_key, &u.id);
-        Ok(FileContent::new(file, &keys, u.id, &h, label, key))
+        Ok(self.journaled(FileContent::new(file, &keys, u.id, &h, label, key)))
+    }
+
+    fn journaled(&self, mut c: FileContent) -> FileContent {
+        if let Some(j) = &self.journal {
+            c.journal_to(j.clone());
+        }
+        c
     }
 
     /// The shared open state of a regular file, opening it if no handle has it open, and
@@ -457,7 +475,11 @@ impl KmsFs {
             }
             return Ok(f);
         }
-        let content = self.load_content(Self::open_backing(&self.at(ino)?)?, self.label(ino), r)?;
+        let file = Self::open_backing(&self.at(ino)?)?;
+        if file.metadata()?.len() == 0 {
+            return self.open_headerless(ino, file, r);
+        }
+        let content = self.load_content(file, self.label(ino), r)?;
         let mut files = lock(&self.files);
         // Another thread may have opened it meanwhile; keep the first.
         let mut inserted = false;
@@ -474,8 +496,14 @@ impl KmsFs {
             .clone();
         f.handles.fetch_add(1, Ordering::SeqCst);
         if inserted {
-            // Only the state that is kept repairs a torn tail, before anyone else can use it.
-            let c = f.content.read().map_err(|_| Errno::EIO)?;
+            // Only the state that is kept repairs an interrupted write, before anyone else can
+            // use it: first the undo record of an in-place rewrite, then a torn append.
+            let c = f.content.write().map_err(|_| Errno::EIO)?;
+            if let Some(j) = &self.journal {
+                if let Err(e) = j.recover(&c.id, c.file(), &c.label) {
+                    log::error!("{}: could not undo an interrupted write: {e}", c.label);
+                }
+            }
             if let Some(end) = c.torn_tail()? {
                 match c.file().set_len(end) {
                     Ok(()) => log::warn!(
@@ -489,6 +517,39 @@ impl KmsFs {
                 }
             }
         }
+        Ok(f)
+    }
+
+    /// A regular file without even a header: its creation (or truncation to 0) was interrupted
+    /// before the header was written, so it is an empty file. It gets a header now, under the
+    /// `files` lock so that no other open writes a different one.
+    fn open_headerless(&self, ino: u64, file: File, r: Requester) -> FsResult<Arc<OpenFile>> {
+        let mut files = lock(&self.files);
+        if let Some(f) = files.get(&ino).cloned() {
+            f.handles.fetch_add(1, Ordering::SeqCst);
+            drop(files);
+            if let Err(e) = self.check_content(&f, r) {
+                self.unpin(&f);
+                return Err(e);
+            }
+            return Ok(f);
+        }
+        let parent = lock(&self.inodes)
+            .get(ino)
+            .and_then(|n| n.links.first().map(|l| l.0));
+        let key = match parent {
+            Some(p) => self.key_for_new(p, r)?,
+            None => self.volume.config.key.clone(),
+        };
+        let label = self.label(ino);
+        let content = self.fresh_content(&file, label.clone(), &key, r)?;
+        log::warn!("{label}: had no header (its creation was interrupted): now an empty file");
+        let f = Arc::new(OpenFile {
+            content: RwLock::new(content),
+            handles: AtomicU64::new(1),
+            ino: AtomicU64::new(ino),
+        });
+        files.insert(ino, f.clone());
         Ok(f)
     }
 

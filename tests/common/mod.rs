@@ -260,7 +260,8 @@ impl Mounted {
             .into_iter()
             .filter(|p| {
                 let n = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                !n.starts_with("kmsfs.")
+                let journal = p.components().any(|c| c.as_os_str() == "kmsfs.journal");
+                !journal && !n.starts_with("kmsfs.")
                     || (n.starts_with("kmsfs.longname.") && !n.ends_with(".name"))
             })
             .collect()

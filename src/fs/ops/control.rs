@@ -175,7 +175,7 @@ impl KmsFs {
                 .unwrap_or_else(|| self.volume.config.key.clone());
             let mut rnd = [0u8; 8];
             crate::cryptocore::fill_random(&mut rnd).map_err(|_| Errno::EIO)?;
-            let tmp = format!(".kmsfs.reencrypt.{}.tmp", hex::encode(rnd));
+            let tmp = format!("{}{}.tmp", nt::REENCRYPT_TMP_PREFIX, hex::encode(rnd));
             let fd = openat(
                 &a.dir,
                 tmp.as_str(),
