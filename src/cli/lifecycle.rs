@@ -252,12 +252,21 @@ pub fn fsck(g: &Global, cfg: &Config, a: &crate::cli::args::FsckArgs) -> Result<
                 f.detail
             );
         }
+        for f in &report.leftovers {
+            println!(
+                "leftover {:?}: {}: {} (`--repair-names` removes it)",
+                f.problem,
+                f.backing.display(),
+                f.detail
+            );
+        }
         println!(
-            "fsck: {} files, {} directories, {} symlinks checked; {} problems",
+            "fsck: {} files, {} directories, {} symlinks checked; {} problems, {} leftovers",
             report.files,
             report.directories,
             report.symlinks,
-            report.findings.len()
+            report.findings.len(),
+            report.leftovers.len()
         );
     }
     if report.findings.is_empty() {

@@ -58,6 +58,11 @@ impl FileContent {
         }
     }
 
+    /// For a file that is thrown away if a crash interrupts its writing (a reencrypt temporary).
+    pub fn unjournaled(&mut self) {
+        self.undo = None;
+    }
+
     /// Makes in-place rewrites crash-safe through `journal` (see `fs::undo`).
     pub fn journal_to(&mut self, journal: std::sync::Arc<Journal>) {
         self.undo = Some(UndoLog::new(journal, self.id));

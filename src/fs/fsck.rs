@@ -59,6 +59,9 @@ pub struct Report {
     pub directories: u64,
     pub symlinks: u64,
     pub findings: Vec<Finding>,
+    /// Harmless remains of interrupted work (orphan undo records and reencrypt temporaries):
+    /// they take space but affect no file, so they do not count as problems.
+    pub leftovers: Vec<Finding>,
     /// What `--repair-names` did.
     pub repairs: Vec<String>,
 }
@@ -91,7 +94,11 @@ struct Checker<'a> {
 
 impl Checker<'_> {
     fn find(&mut self, path: &str, backing: &Path, problem: Problem, detail: impl Into<String>) {
-        self.report.findings.push(Finding {
+        let list = match problem {
+            Problem::OrphanUndoRecord | Problem::OrphanTemporary => &mut self.report.leftovers,
+            _ => &mut self.report.findings,
+        };
+        list.push(Finding {
             path: path.to_string(),
             backing: backing.to_path_buf(),
             problem,
@@ -308,7 +315,7 @@ pub fn repair_names(
         .filter(|f| f.problem == Problem::UndecryptableName)
         .map(|f| f.backing.clone())
         .collect();
-    for f in report.findings.iter().filter(|f| {
+    for f in report.findings.iter().chain(&report.leftovers).filter(|f| {
         matches!(
             f.problem,
             Problem::OrphanLongName | Problem::OrphanUndoRecord | Problem::OrphanTemporary

@@ -189,6 +189,8 @@ impl KmsFs {
             let made = (|| {
                 let file = File::from(fd);
                 let mut fresh = self.fresh_content(&file, c.label.clone(), &key, r)?;
+                // A crash leaves the temporary unused (and fsck names it): no undo needed.
+                fresh.unjournaled();
                 let size = c.size()?;
                 let mut off = 0u64;
                 while off < size {
