@@ -206,7 +206,13 @@ fn long_names_up_to_255_bytes() {
     let left: Vec<_> = fs::read_dir(&m.cipher)
         .unwrap()
         .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "kmsfs.journal")
         .collect();
+    assert_eq!(
+        fs::read_dir(m.cipher.join("kmsfs.journal")).unwrap().count(),
+        0,
+        "no undo records after the files are closed"
+    );
     assert_eq!(
         left.len(),
         2,
