@@ -28,6 +28,8 @@ pub struct MountConfig {
     /// How long the kernel may cache attributes and names, in milliseconds.
     pub attr_ttl_ms: Option<u64>,
     pub log_file: Option<PathBuf>,
+    /// Unmount after this long without access (humantime: "15m", "1h").
+    pub idle: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

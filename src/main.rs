@@ -1,9 +1,33 @@
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use kmsfs::cli::args::{Cli, Command, OutputFormat};
+use kmsfs::cli::fstab;
 use kmsfs::logging::{self, Target};
 
+/// The command line, rewritten from mount(8)'s helper convention when called that way.
+fn arguments() -> Vec<std::ffi::OsString> {
+    let argv: Vec<_> = std::env::args_os().collect();
+    let mut subcommands: Vec<String> = Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .collect();
+    subcommands.push("help".into());
+    if !fstab::is_helper_call(&argv, &subcommands) {
+        return argv;
+    }
+    match fstab::translate(&argv) {
+        Ok(Some(a)) => a,
+        Ok(None) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("kmsfs: {e}");
+            std::process::exit(kmsfs::error::ErrorKind::Validation.exit_code());
+        }
+    }
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let argv = arguments();
+    kmsfs::cli::set_argv(argv.clone());
+    let cli = Cli::parse_from(argv);
     let target = match &cli.command {
         Command::Mount(m) => match (&m.log_file, m.daemon_child) {
             (Some(f), _) => Some((Target::File(f), "info")),

@@ -209,7 +209,9 @@ fn long_names_up_to_255_bytes() {
         .filter(|n| n != "kmsfs.journal")
         .collect();
     assert_eq!(
-        fs::read_dir(m.cipher.join("kmsfs.journal")).unwrap().count(),
+        fs::read_dir(m.cipher.join("kmsfs.journal"))
+            .unwrap()
+            .count(),
         0,
         "no undo records after the files are closed"
     );

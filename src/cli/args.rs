@@ -178,6 +178,9 @@ pub struct MountArgs {
     /// Append the daemon's log to FILE [default: syslog when daemonized]
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Unmount after this long without access and with no open files (e.g. 15m, 1h)
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub idle: Option<std::time::Duration>,
     /// Internal: set by `kmsfs mount` for the daemon it starts.
     #[arg(long, hide = true)]
     pub daemon_child: bool,
@@ -278,6 +281,10 @@ pub enum KeyCmd {
         #[arg(long)]
         below: u32,
     },
+    /// Apply due automatic rotations and scheduled deletions now (mounts do this every minute;
+    /// config/systemd/kmsfs-maintenance.timer does it for stores without a mount)
+    #[command(after_help = "Example:\n  kmsfs key maintain")]
+    Maintain,
 }
 
 #[derive(Args, Debug)]

@@ -213,6 +213,15 @@ impl Ctx<'_> {
                 println!("{}", m.key_id);
                 Ok(())
             }
+            KeyCmd::Maintain => {
+                let n = kms.maintain(c)?;
+                if self.json {
+                    output::json(&serde_json::json!({ "Applied": n }))
+                } else {
+                    println!("maintenance: {n} rotations or deletions applied");
+                    Ok(())
+                }
+            }
             KeyCmd::List => {
                 let keys = kms.list_keys(c)?;
                 if self.json {

@@ -2,8 +2,24 @@
 
 pub mod args;
 pub mod commands;
+pub mod fstab;
 pub mod lifecycle;
 pub mod mountcmd;
 pub mod output;
 pub mod progress;
 pub mod unlock;
+
+static ARGV: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();
+
+/// Records the command line as parsed (after any mount(8)-style rewriting), for the daemon that
+/// `kmsfs mount` starts with the same arguments.
+pub fn set_argv(argv: Vec<std::ffi::OsString>) {
+    let _ = ARGV.set(argv);
+}
+
+/// The command line as parsed, else the process's own.
+pub fn argv() -> Vec<std::ffi::OsString> {
+    ARGV.get()
+        .cloned()
+        .unwrap_or_else(|| std::env::args_os().collect())
+}

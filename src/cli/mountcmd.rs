@@ -38,9 +38,17 @@ pub fn umount(a: &UmountArgs) -> Result<()> {
     mount::unmount(&a.mountpoint, a.lazy)
 }
 
-fn options(a: &MountArgs, cfg: &Config) -> mount::MountOptions {
+fn options(a: &MountArgs, cfg: &Config) -> Result<mount::MountOptions> {
     let m = &cfg.mount;
-    mount::MountOptions {
+    let idle = match (&a.idle, &m.idle) {
+        (Some(d), _) => Some(*d),
+        (None, Some(s)) => Some(humantime::parse_duration(s).map_err(|e| {
+            KmsError::validation(format!("[mount] idle = {s:?} in the config: {e}"))
+        })?),
+        (None, None) => None,
+    };
+    Ok(mount::MountOptions {
+        idle,
         read_only: a.read_only || m.read_only.unwrap_or(false),
         allow_other: a.allow_other || m.allow_other.unwrap_or(false),
         threads: a
@@ -48,7 +56,7 @@ fn options(a: &MountArgs, cfg: &Config) -> mount::MountOptions {
             .or(m.threads)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         attr_ttl: Duration::from_millis(m.attr_ttl_ms.unwrap_or(1000)),
-    }
+    })
 }
 
 fn not_a_cipherdir(a: &MountArgs) -> Result<()> {
@@ -100,7 +108,7 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
         .map_err(|e| KmsError::validation(format!("{}: {e}", a.cipherdir.display())))?;
     let fs = KmsFs::new(root, provider, caller, volume)
         .map_err(|e| KmsError::validation(format!("{}: errno {}", a.cipherdir.display(), e.0)))?;
-    let o = options(a, cfg);
+    let o = options(a, cfg)?;
     let daemon = a.daemon_child;
     let (cd, mp) = (
         a.cipherdir.display().to_string(),
@@ -142,7 +150,7 @@ fn detach_stdio() {
 /// Starts `kmsfs mount --daemon-child ...` and waits until it says the mount is live.
 fn spawn_daemon(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
     let exe = std::env::current_exe().map_err(|e| KmsError::internal(format!("own path: {e}")))?;
-    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let mut args: Vec<std::ffi::OsString> = crate::cli::argv().into_iter().skip(1).collect();
     args.push("--daemon-child".into());
     let mut cmd = Command::new(exe);
     cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());

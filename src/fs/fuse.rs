@@ -21,7 +21,7 @@ fn errno(e: Errno) -> fuser::Errno {
     fuser::Errno::from_i32(e.0)
 }
 
-fn req(r: &Request) -> Requester {
+fn requester(r: &Request) -> Requester {
     Requester {
         uid: r.uid(),
         gid: r.gid(),
@@ -37,6 +37,12 @@ fn time(t: Option<TimeOrNow>) -> Option<Option<SystemTime>> {
 }
 
 impl Fuse {
+    /// The caller of a request, which also counts as activity (idle unmount).
+    fn req(&self, r: &Request) -> Requester {
+        self.fs.touch();
+        requester(r)
+    }
+
     fn entry(&self, r: FsResult<crate::fs::ops::Entry>, reply: ReplyEntry) {
         match r {
             Ok(e) => reply.entry(&self.ttl, &e.attr, Generation(e.generation)),
@@ -65,7 +71,7 @@ impl Filesystem for Fuse {
     }
 
     fn lookup(&self, r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(self.fs.lookup(parent.0, name, req(r)), reply);
+        self.entry(self.fs.lookup(parent.0, name, self.req(r)), reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -73,6 +79,7 @@ impl Filesystem for Fuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.fs.touch();
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.ttl, &a),
             Err(e) => reply.error(errno(e)),
@@ -105,7 +112,7 @@ impl Filesystem for Fuse {
             size,
             time(atime),
             time(mtime),
-            req(r),
+            self.req(r),
         ) {
             Ok(a) => reply.attr(&self.ttl, &a),
             Err(e) => reply.error(errno(e)),
@@ -113,7 +120,7 @@ impl Filesystem for Fuse {
     }
 
     fn readlink(&self, r: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0, req(r)) {
+        match self.fs.readlink(ino.0, self.req(r)) {
             Ok(t) => reply.data(&t),
             Err(e) => reply.error(errno(e)),
         }
@@ -130,7 +137,8 @@ impl Filesystem for Fuse {
         reply: ReplyEntry,
     ) {
         self.entry(
-            self.fs.mknod(parent.0, name, mode & !umask, rdev, req(r)),
+            self.fs
+                .mknod(parent.0, name, mode & !umask, rdev, self.req(r)),
             reply,
         );
     }
@@ -144,15 +152,18 @@ impl Filesystem for Fuse {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.entry(self.fs.mkdir(parent.0, name, mode & !umask, req(r)), reply);
+        self.entry(
+            self.fs.mkdir(parent.0, name, mode & !umask, self.req(r)),
+            reply,
+        );
     }
 
     fn unlink(&self, r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.fs.unlink(parent.0, name, req(r)), reply);
+        Self::empty(self.fs.unlink(parent.0, name, self.req(r)), reply);
     }
 
     fn rmdir(&self, r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        Self::empty(self.fs.rmdir(parent.0, name, req(r)), reply);
+        Self::empty(self.fs.rmdir(parent.0, name, self.req(r)), reply);
     }
 
     fn symlink(
@@ -163,7 +174,10 @@ impl Filesystem for Fuse {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.entry(self.fs.symlink(parent.0, link_name, target, req(r)), reply);
+        self.entry(
+            self.fs.symlink(parent.0, link_name, target, self.req(r)),
+            reply,
+        );
     }
 
     fn rename(
@@ -177,8 +191,14 @@ impl Filesystem for Fuse {
         reply: ReplyEmpty,
     ) {
         Self::empty(
-            self.fs
-                .rename(parent.0, name, newparent.0, newname, flags.bits(), req(r)),
+            self.fs.rename(
+                parent.0,
+                name,
+                newparent.0,
+                newname,
+                flags.bits(),
+                self.req(r),
+            ),
             reply,
         );
     }
@@ -191,11 +211,14 @@ impl Filesystem for Fuse {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.entry(self.fs.link(ino.0, newparent.0, newname, req(r)), reply);
+        self.entry(
+            self.fs.link(ino.0, newparent.0, newname, self.req(r)),
+            reply,
+        );
     }
 
     fn open(&self, r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, req(r)) {
+        match self.fs.open(ino.0, self.req(r)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -212,7 +235,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size, req(r)) {
+        match self.fs.read(fh.0, offset, size, self.req(r)) {
             Ok(d) => reply.data(&d),
             Err(e) => reply.error(errno(e)),
         }
@@ -230,7 +253,7 @@ impl Filesystem for Fuse {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data, req(r)) {
+        match self.fs.write(fh.0, offset, data, self.req(r)) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }
@@ -244,6 +267,7 @@ impl Filesystem for Fuse {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.fs.touch();
         // Writes go straight to the backing file; nothing is buffered here.
         reply.ok();
     }
@@ -270,11 +294,12 @@ impl Filesystem for Fuse {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.touch();
         Self::empty(self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0, req(r)) {
+        match self.fs.opendir(ino.0, self.req(r)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -288,6 +313,7 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.fs.touch();
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (off, e) in entries {
@@ -309,6 +335,7 @@ impl Filesystem for Fuse {
         offset: u64,
         mut reply: fuser::ReplyDirectoryPlus,
     ) {
+        self.fs.touch();
         let r = self.fs.readdirplus(ino.0, fh.0, offset, |off, e, entry| {
             reply.add(
                 INodeNo(e.ino),
@@ -345,6 +372,7 @@ impl Filesystem for Fuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.fs.touch();
         Self::empty(self.fs.fsyncdir(ino.0), reply);
     }
 
@@ -374,11 +402,14 @@ impl Filesystem for Fuse {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.fs.setxattr(ino.0, name, value, flags, req(r)), reply);
+        Self::empty(
+            self.fs.setxattr(ino.0, name, value, flags, self.req(r)),
+            reply,
+        );
     }
 
     fn getxattr(&self, r: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(ino.0, name, req(r)) {
+        match self.fs.getxattr(ino.0, name, self.req(r)) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() <= size as usize => reply.data(&v),
             Ok(_) => reply.error(fuser::Errno::from_i32(libc::ERANGE)),
@@ -387,6 +418,7 @@ impl Filesystem for Fuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.fs.touch();
         match self.fs.listxattr(ino.0) {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() <= size as usize => reply.data(&v),
@@ -396,10 +428,12 @@ impl Filesystem for Fuse {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.fs.touch();
         Self::empty(self.fs.removexattr(ino.0, name), reply);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        self.fs.touch();
         // Mounted with default_permissions: the kernel checks permissions itself.
         reply.ok();
     }
@@ -415,7 +449,10 @@ impl Filesystem for Fuse {
         reply: ReplyCreate,
     ) {
         let excl = flags & libc::O_EXCL != 0;
-        match self.fs.create(parent.0, name, mode & !umask, req(r), excl) {
+        match self
+            .fs
+            .create(parent.0, name, mode & !umask, self.req(r), excl)
+        {
             Ok((e, fh)) => reply.created(
                 &self.ttl,
                 &e.attr,
@@ -437,6 +474,9 @@ impl Filesystem for Fuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        Self::empty(self.fs.fallocate(fh.0, offset, length, mode, req(r)), reply);
+        Self::empty(
+            self.fs.fallocate(fh.0, offset, length, mode, self.req(r)),
+            reply,
+        );
     }
 }

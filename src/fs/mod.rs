@@ -12,6 +12,7 @@ pub mod inodes;
 pub mod keyring;
 pub mod mount;
 pub mod nametransform;
+pub mod notify;
 pub mod ops;
 pub mod rewrap;
 pub mod sys;

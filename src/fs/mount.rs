@@ -14,6 +14,8 @@ pub struct MountOptions {
     pub allow_other: bool,
     pub threads: usize,
     pub attr_ttl: Duration,
+    /// Unmount after this long without requests while no file is open.
+    pub idle: Option<Duration>,
 }
 
 /// Undoes the escaping of /proc/self/mountinfo fields (`\040` for a space, and so on).
@@ -151,7 +153,8 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     let mut session = fuser::Session::new(fuse, mountpoint, &fuse_config(&cipherdir, o))
         .map_err(|e| KmsError::validation(format!("mounting on {}: {e}", mountpoint.display())))?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = spawn_key_watcher(fs, session.notifier(), stop.clone());
+    let idle = o.idle.map(|limit| (limit, session.unmount_callable()));
+    let watcher = spawn_key_watcher(fs, session.notifier(), idle, stop.clone());
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::spawn(move || {
@@ -163,9 +166,11 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
         }
     });
     ready();
+    crate::fs::notify::ready();
     let r = session
         .run()
         .map_err(|e| KmsError::internal(format!("FUSE session: {e}")));
+    crate::fs::notify::stopping();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = watcher.join();
     r
@@ -179,14 +184,30 @@ pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 
 /// Polls the key store; when it changes, wipes data keys that may no longer be used and has the
 /// kernel drop what it cached of those files.
+/// With `idle`, also unmounts once the mount has had no requests for that long and no open
+/// files (as gocryptfs -idle).
 fn spawn_key_watcher(
     fs: Arc<KmsFs>,
     notifier: fuser::Notifier,
+    mut idle: Option<(Duration, fuser::SessionUnmounter)>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut last_maintenance = std::time::Instant::now() - MAINTENANCE_EVERY;
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            if let Some((limit, unmounter)) = &mut idle {
+                if fs.idle_for() >= *limit && fs.open_handles() == 0 {
+                    log::info!(
+                        "idle for {}: unmounting",
+                        humantime::format_duration(*limit)
+                    );
+                    match unmounter.unmount() {
+                        Ok(()) => idle = None,
+                        // Busy (a process has its working directory inside): try again later.
+                        Err(e) => log::info!("idle unmount: {e}"),
+                    }
+                }
+            }
             if last_maintenance.elapsed() >= MAINTENANCE_EVERY {
                 fs.maintain();
                 last_maintenance = std::time::Instant::now();

@@ -73,6 +73,9 @@ pub struct KmsFs {
     is_root: bool,
     /// Undo records of in-place rewrites; None where the cipher dir cannot be written.
     journal: Option<Arc<crate::fs::undo::Journal>>,
+    /// Milliseconds after `started` of the last request (for idle unmounting).
+    started: std::time::Instant,
+    last_request: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,6 +229,8 @@ impl KmsFs {
             });
         Ok(KmsFs {
             journal,
+            started: std::time::Instant::now(),
+            last_request: AtomicU64::new(0),
             inodes: Mutex::new(Inodes::new(root.clone(), st.st_ino)),
             root,
             volume_cmk: Mutex::new(
@@ -244,6 +249,23 @@ impl KmsFs {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Notes a request (anything but statfs, which monitors poll, and releases).
+    pub fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_request.store(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last request.
+    pub fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_request.load(Ordering::Relaxed));
+        self.started.elapsed().saturating_sub(last)
+    }
+
+    /// Open file and directory handles.
+    pub fn open_handles(&self) -> usize {
+        lock(&self.handles).len()
     }
 
     /// Backing path, for messages only.

@@ -1,0 +1,228 @@
+//! Running kmsfs the Linux way: mount(8) and fstab through the fuse.kmsfs helper convention,
+//! the systemd unit's command with its readiness message, and idle unmounting.
+
+mod common;
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A prepared but unmounted cipher directory.
+fn unmounted() -> Mounted {
+    let m = Mounted::new();
+    fs::write(m.p("hello.txt"), b"from fstab").unwrap();
+    m.unmount();
+    m
+}
+
+/// A directory holding `name` as a link to the kmsfs binary, to put first on PATH.
+fn bin_dir(m: &Mounted, name: &str) -> PathBuf {
+    let dir = m.env.path("bin");
+    fs::create_dir_all(&dir).unwrap();
+    let link = dir.join(name);
+    if !link.exists() {
+        std::os::unix::fs::symlink(BIN, &link).unwrap();
+    }
+    dir
+}
+
+fn wait_unmounted(mnt: &Path, within: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < within {
+        if !is_mounted(mnt) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn options(m: &Mounted, extra: &str) -> String {
+    format!(
+        "keystore={},key={},log_file={}{extra}",
+        m.env.store.display(),
+        m.env.root_key.display(),
+        m.log.display()
+    )
+}
+
+fn run(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Kills the daemons serving a cipher dir (their mounts live in a private mount namespace that
+/// ends with them), also when the test failed.
+struct KillDaemons<'a>(&'a Path);
+
+impl Drop for KillDaemons<'_> {
+    fn drop(&mut self) {
+        while let Some(pid) = daemon_pid(self.0) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// mount(8) runs helpers with a fixed PATH, so this runs in a private mount namespace where
+/// /usr/local/bin holds only this build's kmsfs (as scripts/install.sh puts it there). There:
+/// an fstab line of type fuse.kmsfs (mount(8) -> mount.fuse3 -> `kmsfs CIPHERDIR MOUNTPOINT -o
+/// OPTIONS`) with `noauto` (left alone by `mount -a`), `ro` and `allow_other`; then `mount -t
+/// fuse.kmsfs` on the command line; `umount` for both.
+#[test]
+fn fstab_lines_and_mount_t_work_through_mount_and_mount_fuse3() {
+    let m = unmounted();
+    let _guard = KillDaemons(&m.cipher);
+    let bin = bin_dir(&m, "kmsfs");
+    let fstab = m.env.path("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "# test fstab\n{} {} fuse.kmsfs noauto,ro,{} 0 0\n",
+            m.cipher.display(),
+            m.mnt.display(),
+            options(&m, ",allow_other")
+        ),
+    )
+    .unwrap();
+    let script = format!(
+        r#"set -e
+mount --bind {bin} /usr/local/bin
+mount -a -T {fstab}
+if mountpoint -q {mnt}; then echo "noauto ignored"; exit 1; fi
+mount -T {fstab} {mnt}
+echo "read: $(cat {mnt}/hello.txt)"
+if echo x 2>/dev/null > {mnt}/new; then echo "ro ignored"; exit 1; fi
+grep -F " {mnt} " /proc/self/mountinfo
+umount {mnt}
+mount -t fuse.kmsfs {cipher} {mnt} -o {opts}
+echo written > {mnt}/rw
+echo "rw: $(cat {mnt}/rw)"
+umount {mnt}
+"#,
+        bin = bin.display(),
+        fstab = fstab.display(),
+        mnt = m.mnt.display(),
+        cipher = m.cipher.display(),
+        opts = options(&m, ""),
+    );
+    let out = run(Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(&script));
+    assert!(out.contains("read: from fstab"), "{out}");
+    assert!(out.contains("allow_other"), "{out}");
+    assert!(out.contains("rw: written"), "{out}");
+    m.mount(&[]);
+    assert_eq!(fs::read(m.p("rw")).unwrap(), b"written\n");
+    m.unmount();
+}
+
+/// The helper called by its mount(8) name (what /sbin/mount.fuse.kmsfs, a link to kmsfs,
+/// receives, with mount(8)'s flags); a bad option is refused by name and nothing is mounted.
+#[test]
+fn the_mount_helper_name_works() {
+    let m = unmounted();
+    let helper = bin_dir(&m, "mount.fuse.kmsfs").join("mount.fuse.kmsfs");
+    run(Command::new(&helper).arg(&m.cipher).arg(&m.mnt).args([
+        "-n",
+        "-o",
+        &options(&m, ",rw,nodev,nosuid,_netdev"),
+    ]));
+    assert_eq!(fs::read(m.p("hello.txt")).unwrap(), b"from fstab");
+    fs::write(m.p("rw"), b"writable").unwrap();
+    m.unmount();
+    let out = Command::new(&helper)
+        .arg(&m.cipher)
+        .arg(&m.mnt)
+        .args(["-o", "bogus_option"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bogus_option"));
+    assert!(!is_mounted(&m.mnt));
+}
+
+/// The ExecStart line of config/systemd/kmsfs@.service, run as systemd would (its environment
+/// file, NOTIFY_SOCKET): READY=1 arrives once the mount is live; SIGTERM unmounts, with
+/// STOPPING=1.
+#[test]
+fn the_systemd_unit_command_signals_readiness() {
+    use std::os::unix::net::UnixDatagram;
+    let m = unmounted();
+    let unit = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/systemd/kmsfs@.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("Type=notify"));
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    let vars = [
+        ("${CIPHERDIR}", m.cipher.to_str().unwrap().to_string()),
+        ("${MOUNTPOINT}", m.mnt.to_str().unwrap().to_string()),
+        ("$KMSFS_PASSPHRASE_FILE_OPT", String::new()),
+        (
+            "$KMSFS_MOUNT_OPTS",
+            format!("--idle 1h --log-file {}", m.log.display()),
+        ),
+    ];
+    let mut line = exec.to_string();
+    for (k, v) in vars {
+        line = line.replace(k, &v);
+    }
+    let mut words = line.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/kmsfs"));
+    let sock_path = m.env.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = m
+        .env
+        .command(&words.collect::<Vec<_>>())
+        .env("NOTIFY_SOCKET", &sock_path)
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.contains("READY=1"), "{msg}");
+    assert!(msg.contains(&format!("MAINPID={}", child.id())), "{msg}");
+    assert!(is_mounted(&m.mnt), "READY=1 before the mount was live");
+    assert_eq!(fs::read(m.p("hello.txt")).unwrap(), b"from fstab");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = sock.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(child.wait().unwrap().success());
+    assert!(wait_unmounted(&m.mnt, Duration::from_secs(5)));
+}
+
+/// `--idle`: no unmount while a file is open, unmount soon after the last use.
+#[test]
+fn idle_mounts_unmount_once_unused() {
+    let m = unmounted();
+    m.mount(&["--idle", "1s"]);
+    let f = fs::File::open(m.p("hello.txt")).unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(is_mounted(&m.mnt), "unmounted with a file open");
+    drop(f);
+    assert!(
+        wait_unmounted(&m.mnt, Duration::from_secs(10)),
+        "still mounted 10 s after the last use"
+    );
+    assert!(m.log_text().contains("idle for 1s: unmounting"));
+}
