@@ -28,6 +28,13 @@ fn main() {
     let argv = arguments();
     kmsfs::cli::set_argv(argv.clone());
     let cli = Cli::parse_from(argv);
+    if !matches!(cli.command, Command::Mount(_)) {
+        // Like other Unix tools, end quietly when the reader of our output goes away
+        // (`kmsfs key list | head`) instead of failing on EPIPE. The mount daemon keeps
+        // ignoring SIGPIPE.
+        // SAFETY: setting a signal disposition to its default at startup, before any threads.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let target = match &cli.command {
         Command::Mount(m) => match (&m.log_file, m.daemon_child) {
             (Some(f), _) => Some((Target::File(f), "info")),

@@ -66,11 +66,21 @@ pub trait KeyProvider: Send + Sync {
     /// The current version of `key`, if the provider versions keys.
     fn current_version(&self, caller: &Caller, key: &str) -> Result<Option<u32>>;
 
+    /// A key's state ("Enabled", "Disabled", ...) and current version, for `kmsfs status`.
+    fn key_status(&self, caller: &Caller, key: &str) -> Result<KeyStatus>;
+
     /// Changes whenever key states or policies may have changed (polled by mounts).
     fn change_stamp(&self) -> u64;
 
     /// Applies due automatic rotations and deletions; returns how many happened.
     fn maintain(&self, caller: &Caller) -> Result<usize>;
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct KeyStatus {
+    pub state: String,
+    pub current_version: Option<u32>,
 }
 
 /// The local KMS behind the seam.
@@ -167,6 +177,14 @@ impl KeyProvider for LocalProvider {
         Ok(Some(
             self.kms.describe_key(caller, key)?.current_key_version,
         ))
+    }
+
+    fn key_status(&self, caller: &Caller, key: &str) -> Result<KeyStatus> {
+        let m = self.kms.describe_key(caller, key)?;
+        Ok(KeyStatus {
+            state: m.key_state.to_string(),
+            current_version: Some(m.current_key_version),
+        })
     }
 
     fn change_stamp(&self) -> u64 {

@@ -226,3 +226,77 @@ fn idle_mounts_unmount_once_unused() {
     );
     assert!(m.log_text().contains("idle for 1s: unmounting"));
 }
+
+/// `kmsfs status` shows each mount with its cipher dir, the keys its open files use with their
+/// state and version, cache counters and the latest audit events; a disable shows at once.
+#[test]
+fn status_reports_mounts_keys_caches_and_audit() {
+    let m = Mounted::new();
+    fs::write(m.p("a"), b"status").unwrap();
+    let held = fs::File::open(m.p("a")).unwrap();
+    let _ = fs::read(m.p("a")).unwrap();
+    let v = m.env.json(&["status", "--events", "3"]);
+    let mine = v["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["MountPoint"].as_str() == m.mnt.to_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("our mount in {v}"));
+    assert_eq!(mine["CipherDir"].as_str(), m.cipher.to_str());
+    assert!(mine["OpenFiles"].as_u64().unwrap() >= 1, "{mine}");
+    let key = mine["Keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["KeyId"].as_str() == Some(m.key.as_str()))
+        .cloned()
+        .unwrap_or_else(|| panic!("our key in {mine}"));
+    assert_eq!(key["State"], "Enabled");
+    assert_eq!(key["CurrentVersion"], 1);
+    assert!(key["OpenFiles"].as_u64().unwrap() >= 1);
+    let d = &mine["Caches"]["Decisions"];
+    assert!(
+        d["Hits"].as_u64().unwrap() + d["Misses"].as_u64().unwrap() >= 1,
+        "{d}"
+    );
+    assert!(d["Limit"].as_u64().unwrap() > 0);
+    assert_eq!(v["RecentAudit"].as_array().unwrap().len(), 3, "{v}");
+    m.env.ok(&["key", "disable", "alias/fs"]);
+    let text = m.env.ok(&["status"]);
+    assert!(text.contains(&format!("on {}", m.mnt.display())), "{text}");
+    assert!(text.contains(&format!("key {}  Disabled", m.key)), "{text}");
+    assert!(text.contains("DisableKey"), "{text}");
+    drop(held);
+    m.env.ok(&["key", "enable", "alias/fs"]);
+}
+
+/// Completion scripts for bash, zsh and fish, and man pages for every subcommand, come from
+/// the command-line definition.
+#[test]
+fn completions_and_man_pages_are_generated() {
+    let e = Env::bare();
+    for (shell, marker) in [
+        ("bash", "_kmsfs()"),
+        ("zsh", "#compdef kmsfs"),
+        ("fish", "complete -c kmsfs"),
+    ] {
+        let out = e.ok(&["completions", shell]);
+        assert!(
+            out.contains(marker),
+            "{shell}: {}",
+            &out[..out.len().min(200)]
+        );
+        assert!(out.contains("rewrap") && out.contains("status"), "{shell}");
+    }
+    let dir = e.path("man");
+    let out = e.ok(&["man", "--dir", dir.to_str().unwrap()]);
+    assert!(out.contains("man pages written"), "{out}");
+    let page = fs::read_to_string(dir.join("kmsfs-rewrap.1")).unwrap();
+    assert!(page.contains(".TH") && page.contains("Example"), "{page}");
+    let help = e.ok(&["mount", "--help"]);
+    assert!(
+        help.contains("Example") && help.contains("--idle"),
+        "{help}"
+    );
+}

@@ -106,6 +106,23 @@ pub enum Command {
     /// Check every header, block, name and symlink of an unmounted cipher directory
     #[command(after_help = "Example:\n  kmsfs fsck ~/secret.enc --output json")]
     Fsck(FsckArgs),
+    /// Show the running mounts: cipher dirs, keys in use (state, version), open files, caches,
+    /// and the last audit events
+    #[command(after_help = "Examples:\n  kmsfs status\n  kmsfs status --events 20 --output json")]
+    Status(StatusArgs),
+    /// Print a shell completion script
+    #[command(
+        after_help = "Examples:\n  kmsfs completions bash > /etc/bash_completion.d/kmsfs\n  kmsfs completions zsh > \"${fpath[1]}/_kmsfs\"\n  kmsfs completions fish > ~/.config/fish/completions/kmsfs.fish"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (kmsfs.1 and one per subcommand) into a directory
+    #[command(
+        after_help = "Example:\n  kmsfs man --dir /usr/local/share/man/man1 && man kmsfs-mount"
+    )]
+    Man {
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +144,13 @@ pub struct FsckArgs {
     /// No progress display
     #[arg(long, short = 'q')]
     pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// How many of the latest audit events to show (0: none; needs the key store unlocked)
+    #[arg(long, default_value_t = 5)]
+    pub events: usize,
 }
 
 #[derive(Args, Debug)]
@@ -202,6 +226,7 @@ pub enum KeystoreCmd {
     )]
     Init(InitArgs),
     /// Show the key store's location and format (no passphrase needed)
+    #[command(after_help = "Example:\n  kmsfs keystore info --output json")]
     Info,
 }
 
@@ -223,20 +248,27 @@ pub enum KeyCmd {
     )]
     Create(CreateArgs),
     /// List CMKs
+    #[command(after_help = "Example:\n  kmsfs key list --output json")]
     List,
     /// Show a key's state, origin, dates, versions, rotation, aliases and tags
     #[command(after_help = "Example:\n  kmsfs key describe alias/finance --output json")]
     Describe(KeyArg),
     /// Enable a key
+    #[command(after_help = "Example:\n  kmsfs key enable alias/finance")]
     Enable(KeyArg),
     /// Disable a key: it stops encrypting and decrypting until enabled
+    #[command(
+        after_help = "Example:\n  kmsfs key disable alias/finance   (mounted files under it become unreadable at once)"
+    )]
     Disable(KeyArg),
     /// Rotate now: new key material becomes current; older versions keep decrypting
+    #[command(after_help = "Example:\n  kmsfs key rotate alias/finance && kmsfs rewrap ~/finance")]
     Rotate(KeyArg),
     /// Automatic rotation settings
     #[command(subcommand)]
     Rotation(RotationCmd),
     /// List a key's material versions with dates
+    #[command(after_help = "Example:\n  kmsfs key rotations alias/finance")]
     Rotations(KeyArg),
     /// Schedule deletion after a waiting period of 7 to 30 days
     #[command(
@@ -246,6 +278,9 @@ pub enum KeyCmd {
     ScheduleDeletion(ScheduleDeletionArgs),
     /// Cancel a scheduled deletion; the key becomes Disabled
     #[command(name = "cancel-deletion")]
+    #[command(
+        after_help = "Example:\n  kmsfs key cancel-deletion alias/old && kmsfs key enable alias/old"
+    )]
     CancelDeletion(KeyArg),
     /// Import 256-bit key material into a key created with --origin external
     #[command(
@@ -256,10 +291,13 @@ pub enum KeyCmd {
     #[command(subcommand)]
     Alias(AliasCmd),
     /// Add or replace tags: KEY k=v...
+    #[command(after_help = "Example:\n  kmsfs key tag alias/finance team=ledger env=prod")]
     Tag(TagArgs),
     /// Remove tags: KEY k...
+    #[command(after_help = "Example:\n  kmsfs key untag alias/finance env")]
     Untag(UntagArgs),
     /// List a key's tags
+    #[command(after_help = "Example:\n  kmsfs key tags alias/finance --output json")]
     Tags(KeyArg),
     /// Get, put or explain the key policy
     #[command(subcommand)]
@@ -328,8 +366,10 @@ pub enum RotationCmd {
     #[command(after_help = "Example:\n  kmsfs key rotation enable alias/app --period-days 90")]
     Enable(RotationEnableArgs),
     /// Stop automatic rotation
+    #[command(after_help = "Example:\n  kmsfs key rotation disable alias/finance")]
     Disable(KeyArg),
     /// Show automatic rotation settings
+    #[command(after_help = "Example:\n  kmsfs key rotation status alias/finance")]
     Status(KeyArg),
 }
 
@@ -362,8 +402,10 @@ pub enum AliasCmd {
     #[command(after_help = "Example:\n  kmsfs key alias create finance 1234abcd-...")]
     Create { alias: String, key: String },
     /// Delete an alias (the key stays)
+    #[command(after_help = "Example:\n  kmsfs key alias delete alias/old-name")]
     Delete { alias: String },
     /// List aliases, of one key or all
+    #[command(after_help = "Example:\n  kmsfs key alias list --key alias/finance")]
     List {
         #[arg(long)]
         key: Option<String>,
@@ -388,6 +430,7 @@ pub struct UntagArgs {
 #[derive(Subcommand, Debug)]
 pub enum PolicyCmd {
     /// Print the key policy
+    #[command(after_help = "Example:\n  kmsfs key policy get alias/finance > policy.json")]
     Get(KeyArg),
     /// Replace the key policy with a JSON file
     #[command(after_help = "Example:\n  kmsfs key policy put alias/app --file policy.json")]
@@ -510,6 +553,7 @@ pub struct RandomArgs {
 #[derive(Subcommand, Debug)]
 pub enum AuditCmd {
     /// Check the hash chain; exits non-zero naming the first bad line
+    #[command(after_help = "Example:\n  kmsfs audit verify")]
     Verify,
     /// Show audit records, oldest first
     #[command(after_help = "Example:\n  kmsfs audit show --key alias/app --since 2026-01-01")]

@@ -33,6 +33,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Rewrap(a) => crate::cli::lifecycle::rewrap(g, &cfg, &a),
         Command::Fsck(a) => crate::cli::lifecycle::fsck(g, &cfg, &a),
         Command::Reencrypt(a) => crate::cli::lifecycle::reencrypt(g, &a),
+        Command::Status(a) => crate::cli::status::status(g, &cfg, &a),
+        Command::Completions { shell } => crate::cli::docs::completions(shell),
+        Command::Man { dir } => crate::cli::docs::man_pages(&dir),
         Command::Key(KeyCmd::VersionsInUse { cipherdir }) => {
             crate::cli::lifecycle::versions_in_use(g, &cfg, &cipherdir)
         }
@@ -63,6 +66,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 | Command::SetKey(_)
                 | Command::Rewrap(_)
                 | Command::Fsck(_)
+                | Command::Status(_)
+                | Command::Completions { .. }
+                | Command::Man { .. }
                 | Command::Reencrypt(_) => Err(KmsError::internal(
                     "dispatched before the key store is opened",
                 )),

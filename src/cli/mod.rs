@@ -2,11 +2,13 @@
 
 pub mod args;
 pub mod commands;
+pub mod docs;
 pub mod fstab;
 pub mod lifecycle;
 pub mod mountcmd;
 pub mod output;
 pub mod progress;
+pub mod status;
 pub mod unlock;
 
 static ARGV: std::sync::OnceLock<Vec<std::ffi::OsString>> = std::sync::OnceLock::new();

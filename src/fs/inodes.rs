@@ -214,6 +214,11 @@ impl Inodes {
         }
     }
 
+    /// Directories whose name keys are held in memory.
+    pub fn dir_keys_cached(&self) -> usize {
+        self.nodes.values().filter(|n| n.dir_keys.is_some()).count()
+    }
+
     pub fn len(&self) -> usize {
         self.nodes.len()
     }

@@ -44,6 +44,22 @@ pub struct Keyring {
     stamp: AtomicU64,
     /// Bumped on every key store change; a decision computed in an older epoch is not kept.
     epoch: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// Cached decisions kept at most; the cache starts over when full (each entry is one
+/// user-and-file pair, so this covers 100,000 files in use at once).
+pub const DECISIONS_MAX: usize = 100_000;
+
+/// Size and hit counts of the decision cache.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CacheStats {
+    pub entries: usize,
+    pub limit: usize,
+    pub hits: u64,
+    pub misses: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,6 +104,8 @@ impl Keyring {
             decisions: Mutex::new(HashMap::new()),
             stamp: AtomicU64::new(stamp),
             epoch: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
         }
     }
 
@@ -150,6 +168,9 @@ impl Keyring {
         }
         let mut decisions = lock(&self.decisions);
         if self.epoch.load(Ordering::SeqCst) == epoch {
+            if decisions.len() >= DECISIONS_MAX {
+                decisions.clear();
+            }
             decisions.insert(dk, d);
         }
     }
@@ -208,8 +229,10 @@ impl Keyring {
         let Some(key) = key else { return Ok(()) };
         let dk = self.decision_key(r, key, id);
         if let Some(d) = lock(&self.decisions).get(&dk) {
+            self.hits.fetch_add(1, Ordering::Relaxed);
             return *d;
         }
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let epoch = self.epoch.load(Ordering::SeqCst);
         let d = self
             .provider
@@ -217,6 +240,15 @@ impl Keyring {
             .map_err(|e| errno::from_kms(&e));
         self.remember(dk, epoch, d);
         d
+    }
+
+    pub fn decision_stats(&self) -> CacheStats {
+        CacheStats {
+            entries: lock(&self.decisions).len(),
+            limit: DECISIONS_MAX,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether the key store changed since the last call; forgets cached decisions if so.

@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub use crate::fs::keyring::Requester;
 
 mod control;
-pub use control::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_XATTR};
+pub use control::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_XATTR, STATUS_XATTR};
 
 pub struct OpenFile {
     pub content: RwLock<FileContent>,
@@ -1398,6 +1398,11 @@ impl KmsFs {
         r: Requester,
     ) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
         if control::is_control(name) {
+            // The status lists keys and counts: for root and the mounting user only.
+            let owner = self.keys.daemon().uid;
+            if name == STATUS_XATTR && r.uid != 0 && r.uid != owner {
+                return Err(Errno::EACCES);
+            }
             return self.control_get(ino, name).map(zeroize::Zeroizing::new);
         }
         Self::check_xattr_name(name).map_err(|_| Errno::ENODATA)?;

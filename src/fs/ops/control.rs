@@ -8,7 +8,8 @@
 //!   also re-wraps the volume key;
 //! - set `user.kmsfs.reencrypt` on a regular file: give it a fresh id and data key and
 //!   re-encrypt its content (`kmsfs reencrypt`), atomically: a new backing file renamed over the
-//!   old one.
+//!   old one;
+//! - get `user.kmsfs.status`: the daemon's state as JSON (`kmsfs status`).
 
 use super::*;
 use crate::fs::rewrap::{self, Outcome};
@@ -17,6 +18,7 @@ pub const PREFIX: &str = "user.kmsfs.";
 pub const KEY_XATTR: &str = "user.kmsfs.key";
 pub const REWRAP_XATTR: &str = "user.kmsfs.rewrap";
 pub const REENCRYPT_XATTR: &str = "user.kmsfs.reencrypt";
+pub const STATUS_XATTR: &str = "user.kmsfs.status";
 
 pub fn is_control(name: &OsStr) -> bool {
     name.as_bytes().starts_with(PREFIX.as_bytes())
@@ -58,7 +60,60 @@ impl KmsFs {
         }
     }
 
+    /// What `kmsfs status` shows of this mount: open files, the keys they use (with state and
+    /// current version, as the daemon may see them), cache sizes and hit counts.
+    pub fn status(&self) -> serde_json::Value {
+        let mut per_key: std::collections::BTreeMap<String, u64> = Default::default();
+        let open_files = {
+            let files = lock(&self.files);
+            for f in files.values() {
+                if let Ok(c) = f.content.read() {
+                    let k = c.key.clone().unwrap_or_else(|| "(unknown)".into());
+                    *per_key.entry(k).or_default() += 1;
+                }
+            }
+            files.len()
+        };
+        let volume = lock(&self.volume_cmk).clone();
+        per_key.entry(volume.clone()).or_default();
+        let daemon = self.keys.daemon();
+        let keys: Vec<serde_json::Value> = per_key
+            .into_iter()
+            .map(|(k, n)| {
+                let s = self.keys.provider().key_status(daemon, &k);
+                serde_json::json!({
+                    "KeyId": k,
+                    "OpenFiles": n,
+                    "State": s.as_ref().map_or_else(|e| format!("unknown ({})", e.kind.name()), |s| s.state.clone()),
+                    "CurrentVersion": s.ok().and_then(|s| s.current_version),
+                })
+            })
+            .collect();
+        let (inodes, dir_keys) = {
+            let i = lock(&self.inodes);
+            (i.len(), i.dir_keys_cached())
+        };
+        serde_json::json!({
+            "Pid": std::process::id(),
+            "CipherDir": self.root,
+            "VolumeKey": volume,
+            "UptimeSeconds": self.started.elapsed().as_secs(),
+            "IdleSeconds": self.idle_for().as_secs(),
+            "OpenFiles": open_files,
+            "OpenHandles": self.open_handles(),
+            "Keys": keys,
+            "Caches": {
+                "Decisions": self.keys.decision_stats(),
+                "Inodes": inodes,
+                "DirectoryKeys": dir_keys,
+            },
+        })
+    }
+
     pub(super) fn control_get(&self, ino: u64, name: &OsStr) -> FsResult<Vec<u8>> {
+        if name == STATUS_XATTR {
+            return serde_json::to_vec(&self.status()).map_err(|_| Errno::EIO);
+        }
         if name != KEY_XATTR {
             return Err(Errno::ENODATA);
         }
