@@ -23,6 +23,8 @@ pub enum ErrorKind {
     AuditInvalid,
     /// fsck found problems in a cipher directory.
     FsckProblems,
+    /// Stopped by Ctrl-C (or SIGTERM) between two items; a rerun continues.
+    Interrupted,
     Internal,
 }
 
@@ -44,6 +46,7 @@ impl ErrorKind {
             ErrorKind::KeyStore => "KeyStoreException",
             ErrorKind::AuditInvalid => "AuditLogInvalidException",
             ErrorKind::FsckProblems => "FsckProblemsFoundException",
+            ErrorKind::Interrupted => "InterruptedException",
             ErrorKind::Internal => "KMSInternalException",
         }
     }
@@ -66,10 +69,12 @@ impl ErrorKind {
             ErrorKind::KeyStore => 21,
             ErrorKind::AuditInvalid => 22,
             ErrorKind::FsckProblems => 23,
+            // The shell's code for a command ended by SIGINT.
+            ErrorKind::Interrupted => 130,
         }
     }
 
-    pub const ALL: [ErrorKind; 15] = [
+    pub const ALL: [ErrorKind; 16] = [
         ErrorKind::NotFound,
         ErrorKind::Disabled,
         ErrorKind::KmsInvalidState,
@@ -84,6 +89,7 @@ impl ErrorKind {
         ErrorKind::KeyStore,
         ErrorKind::AuditInvalid,
         ErrorKind::FsckProblems,
+        ErrorKind::Interrupted,
         ErrorKind::Internal,
     ];
 }

@@ -12,7 +12,12 @@ pub enum Target<'a> {
 }
 
 fn builder(default: &str) -> env_logger::Builder {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
+    let mut b =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
+    // fuser logs each request's plaintext names at debug level: never below info, whatever
+    // RUST_LOG asks.
+    b.filter_module("fuser", log::LevelFilter::Info);
+    b
 }
 
 /// Installs the logger; `default` is the level when RUST_LOG is unset.

@@ -300,3 +300,94 @@ fn completions_and_man_pages_are_generated() {
         "{help}"
     );
 }
+
+/// Ctrl-C stops a rewrap between two headers (exit 130, saying how far it got); nothing is
+/// damaged, and the same command run again finishes the job.
+#[test]
+fn ctrl_c_stops_rewrap_cleanly_and_a_rerun_finishes() {
+    let m = Mounted::new();
+    for d in 0..10 {
+        fs::create_dir(m.p(&format!("d{d}"))).unwrap();
+        for i in 0..100 {
+            fs::write(m.p(&format!("d{d}/f{i}")), format!("{d}/{i}")).unwrap();
+        }
+    }
+    m.unmount();
+    m.env.ok(&["key", "rotate", "alias/fs"]);
+    let child = m
+        .env
+        .command(&["rewrap", m.cipher.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted after") && err.contains("run the same command again"),
+        "{err}"
+    );
+    let out = m.env.run(&["fsck", "-q", m.cipher.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    m.env.ok(&["rewrap", "-q", m.cipher.to_str().unwrap()]);
+    let inv = m
+        .env
+        .json(&["key", "versions-in-use", m.cipher.to_str().unwrap()]);
+    let keys = inv["Keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{inv}");
+    assert_eq!(keys[0]["KeyVersion"], 2, "{inv}");
+    m.mount(&[]);
+    assert_eq!(fs::read(m.p("d9/f99")).unwrap(), b"9/99");
+}
+
+/// scripts/install.sh, staged into a directory: binary, mount helper, man pages, completions,
+/// systemd units (pointing at the installed binary) and the sample config.
+#[test]
+fn install_script_puts_everything_in_place() {
+    let e = Env::bare();
+    let stage = e.path("stage");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install.sh");
+    run(Command::new("bash")
+        .arg(&script)
+        .args([
+            "--no-deps",
+            "--prefix",
+            "/opt/kmsfs",
+            "--bin",
+            BIN,
+            "--destdir",
+        ])
+        .arg(&stage));
+    for f in [
+        "opt/kmsfs/bin/kmsfs",
+        "opt/kmsfs/share/man/man1/kmsfs.1",
+        "opt/kmsfs/share/man/man1/kmsfs-mount.1",
+        "opt/kmsfs/share/bash-completion/completions/kmsfs",
+        "opt/kmsfs/share/zsh/site-functions/_kmsfs",
+        "opt/kmsfs/share/fish/vendor_completions.d/kmsfs.fish",
+        "etc/systemd/system/kmsfs@.service",
+        "etc/systemd/system/kmsfs-maintenance.timer",
+        "etc/kmsfs/kmsfs.toml",
+    ] {
+        assert!(stage.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(
+        fs::read_link(stage.join("sbin/mount.fuse.kmsfs")).unwrap(),
+        Path::new("/opt/kmsfs/bin/kmsfs")
+    );
+    let unit = fs::read_to_string(stage.join("etc/systemd/system/kmsfs@.service")).unwrap();
+    assert!(unit.contains("ExecStart=/opt/kmsfs/bin/kmsfs "), "{unit}");
+    let out = run(Command::new(stage.join("opt/kmsfs/bin/kmsfs")).arg("--version"));
+    assert!(out.starts_with("kmsfs "), "{out}");
+}

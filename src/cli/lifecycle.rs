@@ -2,6 +2,7 @@
 
 use crate::cli::args::{Global, RewrapArgs, SetKeyArgs};
 use crate::cli::commands::open_kms;
+use crate::cli::interrupt;
 use crate::cli::output;
 use crate::cli::progress::Progress;
 use crate::config::Config;
@@ -68,6 +69,7 @@ fn mounted_entries(root: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
+    interrupt::install();
     if a.path.join(CONFIG_FILE).is_file() {
         return rewrap_offline(g, cfg, a);
     }
@@ -87,6 +89,10 @@ pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
     let (mut done, mut skipped, mut failed) = (0u64, 0u64, Vec::new());
     let value = a.to.clone().unwrap_or_default();
     for (i, p) in entries.iter().enumerate() {
+        if interrupt::requested() {
+            progress.finish();
+            return Err(interrupt::stopped("rewrap", i as u64, entries.len() as u64));
+        }
         let selected = match &only {
             Some(k) => key_of_path(p).is_ok_and(|v| v.split(':').next() == Some(k.as_str())),
             None => true,
@@ -158,10 +164,14 @@ fn rewrap_offline(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
             progress
                 .get_or_insert_with(|| Progress::new("rewrap", total, a.quiet))
                 .update(done);
+            !interrupt::requested()
         },
     )?;
     if let Some(p) = progress.as_mut() {
         p.finish();
+    }
+    if let Some((done, total)) = s.stopped {
+        return Err(interrupt::stopped("rewrap", done, total));
     }
     let failed: Vec<String> = s
         .failed
@@ -332,6 +342,7 @@ pub fn retire_version(g: &Global, cfg: &Config, key: &str, below: u32) -> Result
 }
 
 pub fn reencrypt(g: &Global, a: &crate::cli::args::ReencryptArgs) -> Result<()> {
+    interrupt::install();
     let mut files = Vec::new();
     for p in &a.paths {
         key_of_path(p)?;
@@ -344,6 +355,14 @@ pub fn reencrypt(g: &Global, a: &crate::cli::args::ReencryptArgs) -> Result<()> 
     let mut progress = Progress::new("reencrypt", files.len() as u64, a.quiet);
     let (mut done, mut failed) = (0u64, Vec::new());
     for (i, p) in files.iter().enumerate() {
+        if interrupt::requested() {
+            progress.finish();
+            return Err(interrupt::stopped(
+                "reencrypt",
+                i as u64,
+                files.len() as u64,
+            ));
+        }
         let r = File::open(p)
             .map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))
             .and_then(|f| {

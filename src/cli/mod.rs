@@ -4,6 +4,7 @@ pub mod args;
 pub mod commands;
 pub mod docs;
 pub mod fstab;
+pub mod interrupt;
 pub mod lifecycle;
 pub mod mountcmd;
 pub mod output;

@@ -426,6 +426,7 @@ impl KmsFs {
         r: Requester,
     ) -> FsResult<FileContent> {
         let (h, u) = self.keys.new_header(Kind::File, key, r)?;
+        log::debug!("{label}: new data key under {key} for uid {}", r.uid);
         let keys = DataKeys::derive(&u.data_key, &u.id);
         let mut buf = h.to_vec();
         ContentCipher::new(&keys.content, u.id)
@@ -468,6 +469,11 @@ impl KmsFs {
             Errno::EIO
         })?;
         let (u, key) = self.keys.unwrap(Kind::File, &h, r, &label)?;
+        log::debug!(
+            "{label}: data key unwrapped for uid {} (key {})",
+            r.uid,
+            key.as_deref().unwrap_or("?")
+        );
         let keys = DataKeys::derive(&u.data_key, &u.id);
         Ok(self.journaled(FileContent::new(file, &keys, u.id, &h, label, key)))
     }

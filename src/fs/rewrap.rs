@@ -208,17 +208,20 @@ pub struct Summary {
     pub rewrapped: u64,
     pub current: u64,
     pub failed: Vec<(PathBuf, String)>,
+    /// `progress` asked to stop after `done` of `total` headers.
+    pub stopped: Option<(u64, u64)>,
 }
 
 /// Re-wraps every header of an unmounted cipher directory. `only` limits it to headers whose
-/// key is that one (a key id). `progress` is called after each header with (done, total).
+/// key is that one (a key id). `progress` is called after each header with (done, total), and
+/// returns false to stop there (each header is whole at every moment, so a rerun continues).
 pub fn rewrap_offline(
     root: &Path,
     provider: &dyn KeyProvider,
     caller: &Caller,
     to: Option<&str>,
     only: Option<&str>,
-    mut progress: impl FnMut(u64, u64),
+    mut progress: impl FnMut(u64, u64) -> bool,
 ) -> Result<Summary> {
     let mut targets = Vec::new();
     walk(root, |p, k| targets.push((p.to_path_buf(), k)))?;
@@ -241,7 +244,10 @@ pub fn rewrap_offline(
                 .and_then(|f| rewrap_file(&f, *kind, provider, caller, to));
             tally(r, p, &mut s);
         }
-        progress(i as u64 + 1, total);
+        if !progress(i as u64 + 1, total) {
+            s.stopped = Some((i as u64 + 1, total));
+            return Ok(s);
+        }
     }
     let vol_selected =
         only.is_none_or(|k| inventory_volume_key(root, provider).is_some_and(|(id, _)| id == k));
