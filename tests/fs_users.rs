@@ -173,3 +173,71 @@ fn allow_other_serves_other_users_under_normal_permissions() {
     let out = as_user(USER, r#"ls "$M""#, &[("M", &mp)]);
     assert!(!out.status.success());
 }
+
+/// A write or truncate by an unprivileged user clears set-user-id (and set-group-id where group
+/// execution is allowed), as on a local filesystem; root's writes keep them. The daemon does it
+/// (the kernel leaves it to the filesystem that says it handles it, FUSE_HANDLE_KILLPRIV_V2).
+#[test]
+fn unprivileged_writes_clear_set_id_bits() {
+    ensure_user(USER, "kmsfstest1");
+    let m = Mounted::with_args(&["--allow-other"]);
+    let policy = m.env.path("policy.json");
+    fs::write(
+        &policy,
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[
+            {{"Sid":"admin","Effect":"Allow","Principal":{{"Local":"uid:0"}},"Action":"kms:*","Resource":"*"}},
+            {{"Sid":"user","Effect":"Allow","Principal":{{"Local":"uid:{USER}"}},"Action":["kms:Decrypt","kms:GenerateDataKey*"],"Resource":"*"}}]}}"#
+        ),
+    )
+    .unwrap();
+    m.env.ok(&[
+        "key",
+        "policy",
+        "put",
+        "alias/fs",
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
+    fs::set_permissions(m.env.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let mode = |p: &str| fs::metadata(m.p(p)).unwrap().permissions().mode() & 0o7777;
+    for (name, start, after) in [
+        ("suid", 0o4777, 0o777),
+        ("sgid", 0o6777, 0o777),
+        ("sgid-noexec", 0o2767, 0o2767),
+    ] {
+        fs::write(m.p(name), b"root wrote this").unwrap();
+        fs::set_permissions(m.p(name), fs::Permissions::from_mode(start)).unwrap();
+        std::io::Write::write_all(
+            &mut fs::OpenOptions::new().append(true).open(m.p(name)).unwrap(),
+            b" and root",
+        )
+        .unwrap();
+        assert_eq!(mode(name), start, "{name}: root's write keeps the bits");
+        let out = as_user(
+            USER,
+            &format!("printf more >> '{}'", m.p(name).display()),
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(mode(name), after, "{name}");
+    }
+    fs::set_permissions(m.p("suid"), fs::Permissions::from_mode(0o4777)).unwrap();
+    let out = as_user(
+        USER,
+        &format!("truncate -s 3 '{}'", m.p("suid").display()),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(mode("suid"), 0o777, "truncate by a user");
+}

@@ -98,12 +98,8 @@ pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
             None => true,
         };
         if selected {
-            let r = File::open(p)
-                .map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))
-                .and_then(|f| {
-                    sys::fsetxattr(&f, REWRAP_XATTR.as_bytes(), value.as_bytes(), 0)
-                        .map_err(|e| xattr_error(p, e))
-                });
+            let r = sys::lsetxattr(p, REWRAP_XATTR.as_bytes(), value.as_bytes())
+                .map_err(|e| xattr_error(p, e));
             match r {
                 Ok(()) => done += 1,
                 Err(e) => failed.push(e.to_string()),

@@ -10,6 +10,7 @@
 use crate::cryptocore::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use zeroize::Zeroize;
 
 pub const BLOCK: u64 = 4096;
 pub const OVERHEAD: u64 = (NONCE_LEN + TAG_LEN) as u64;
@@ -17,6 +18,8 @@ pub const CIPHER_BLOCK: u64 = BLOCK + OVERHEAD;
 pub const HEADER_LEN: u64 = crate::fs::header::HEADER_LEN as u64;
 /// Random 96-bit nonces: at most 2^32 block encryptions per data key.
 pub const MAX_BLOCK_ENCRYPTIONS: u64 = 1 << 32;
+/// Runs of at least this many blocks are encrypted and decrypted on several threads.
+const PARALLEL_BLOCKS: usize = 64;
 
 /// What a backing file's length says about its plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,10 @@ pub struct BlockError {
     pub index: u64,
 }
 
+/// One block of `encrypt_run`: its place in the run, its plaintext and last flag, and where its
+/// ciphertext goes.
+type SealJob<'a, 'b> = (usize, (&'a (&'a [u8], bool), &'b mut &'a mut [u8]));
+
 /// AES-256-GCM over one file's blocks.
 pub struct ContentCipher {
     aead: Aes256Gcm,
@@ -148,6 +155,109 @@ impl ContentCipher {
         Ok(())
     }
 
+    /// Appends the encryption of consecutive blocks `first, first + 1, ...` (each at most BLOCK
+    /// bytes, with its last flag) to `out`: one call to the random source for all nonces, and
+    /// large runs spread over the CPUs.
+    pub fn encrypt_run(
+        &self,
+        first: u64,
+        blocks: &[(&[u8], bool)],
+        out: &mut Vec<u8>,
+    ) -> Result<(), cryptocore::RandomError> {
+        use rayon::prelude::*;
+        let mut nonces = vec![0u8; blocks.len() * NONCE_LEN];
+        cryptocore::fill_random(&mut nonces)?;
+        let start = out.len();
+        let total: usize = blocks
+            .iter()
+            .map(|(p, _)| p.len() + OVERHEAD as usize)
+            .sum();
+        out.resize(start + total, 0);
+        let mut slots: Vec<&mut [u8]> = Vec::with_capacity(blocks.len());
+        let mut rest = &mut out[start..];
+        for (p, _) in blocks {
+            let (slot, tail) = rest.split_at_mut(p.len() + OVERHEAD as usize);
+            slots.push(slot);
+            rest = tail;
+        }
+        let seal = |(k, ((plain, last), slot)): SealJob| {
+            let mut nonce = [0u8; NONCE_LEN];
+            nonce.copy_from_slice(&nonces[k * NONCE_LEN..(k + 1) * NONCE_LEN]);
+            let (n, rest) = slot.split_at_mut(NONCE_LEN);
+            n.copy_from_slice(&nonce);
+            let (body, tag_out) = rest.split_at_mut(plain.len());
+            body.copy_from_slice(plain);
+            let index = first + k as u64;
+            let tag = self
+                .aead
+                .encrypt_inout_detached(&Nonce::from(nonce), &self.aad(index, *last), body.into())
+                .map_err(|_| cryptocore::RandomError)?;
+            tag_out.copy_from_slice(&tag);
+            Ok(())
+        };
+        if blocks.len() >= PARALLEL_BLOCKS {
+            blocks
+                .par_iter()
+                .zip(slots.par_iter_mut())
+                .enumerate()
+                .try_for_each(seal)
+        } else {
+            blocks
+                .iter()
+                .zip(slots.iter_mut())
+                .enumerate()
+                .try_for_each(seal)
+        }
+    }
+
+    /// Decrypts consecutive blocks of `raw` (each CIPHER_BLOCK long but the file's final one),
+    /// the first being block `first` and `final_index` the file's final block, appending the
+    /// plaintext to `out`. Large runs are spread over the CPUs.
+    pub fn decrypt_run(
+        &self,
+        first: u64,
+        final_index: u64,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), BlockError> {
+        use rayon::prelude::*;
+        let chunks: Vec<&[u8]> = raw.chunks(CIPHER_BLOCK as usize).collect();
+        if chunks.len() < PARALLEL_BLOCKS {
+            for (k, chunk) in chunks.iter().enumerate() {
+                let i = first + k as u64;
+                self.decrypt_block(i, i == final_index, chunk, out)?;
+            }
+            return Ok(());
+        }
+        let start = out.len();
+        let lens: usize = chunks
+            .iter()
+            .map(|c| c.len().saturating_sub(OVERHEAD as usize))
+            .sum();
+        out.resize(start + lens, 0);
+        let mut slots: Vec<&mut [u8]> = Vec::with_capacity(chunks.len());
+        let mut rest = &mut out[start..];
+        for c in &chunks {
+            let (slot, tail) = rest.split_at_mut(c.len().saturating_sub(OVERHEAD as usize));
+            slots.push(slot);
+            rest = tail;
+        }
+        let r = chunks
+            .par_iter()
+            .zip(slots.par_iter_mut())
+            .enumerate()
+            .try_for_each(|(k, (chunk, slot))| {
+                let i = first + k as u64;
+                self.decrypt_block_into(i, i == final_index, chunk, slot)
+            });
+        if r.is_err() {
+            // No partial plaintext stays behind.
+            out[start..].zeroize();
+            out.truncate(start);
+        }
+        r
+    }
+
     fn open(&self, index: u64, last: bool, nonce: &[u8], body: &mut [u8], tag: &[u8]) -> bool {
         let (Ok(nonce), Ok(tag)) = (
             <[u8; NONCE_LEN]>::try_from(nonce),
@@ -176,32 +286,43 @@ impl ContentCipher {
         block: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), BlockError> {
+        let start = out.len();
+        out.resize(start + block.len().saturating_sub(OVERHEAD as usize), 0);
+        self.decrypt_block_into(index, is_final, block, &mut out[start..])
+            .inspect_err(|_| out.truncate(start))
+    }
+
+    /// `decrypt_block` into `slot`, which is exactly the block's plaintext length.
+    fn decrypt_block_into(
+        &self,
+        index: u64,
+        is_final: bool,
+        block: &[u8],
+        slot: &mut [u8],
+    ) -> Result<(), BlockError> {
         let err = BlockError { index };
-        if block.len() < OVERHEAD as usize || block.len() > CIPHER_BLOCK as usize {
+        if block.len() < OVERHEAD as usize
+            || block.len() > CIPHER_BLOCK as usize
+            || slot.len() != block.len() - OVERHEAD as usize
+        {
             return Err(err);
         }
         if !is_final && block.len() == CIPHER_BLOCK as usize && block.iter().all(|b| *b == 0) {
-            out.resize(out.len() + BLOCK as usize, 0);
+            slot.fill(0);
             return Ok(());
         }
         let (nonce, rest) = block.split_at(NONCE_LEN);
         let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let start = out.len();
-        out.extend_from_slice(body);
+        slot.copy_from_slice(body);
         let ok = if is_final {
-            self.open(index, true, nonce, &mut out[start..], tag)
+            self.open(index, true, nonce, slot, tag)
         } else {
-            self.open(index, false, nonce, &mut out[start..], tag) || {
-                out[start..].copy_from_slice(body);
-                self.open(index, true, nonce, &mut out[start..], tag)
+            self.open(index, false, nonce, slot, tag) || {
+                slot.copy_from_slice(body);
+                self.open(index, true, nonce, slot, tag)
             }
         };
-        if ok {
-            Ok(())
-        } else {
-            out.truncate(start);
-            Err(err)
-        }
+        if ok { Ok(()) } else { Err(err) }
     }
 }
 
@@ -209,6 +330,47 @@ impl ContentCipher {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Runs long enough to go parallel give the same blocks as one-by-one encryption, and a
+    /// damaged block fails the whole run with its index and leaves no plaintext behind.
+    #[test]
+    fn runs_match_single_blocks_and_fail_whole() {
+        let c = ContentCipher::new(&[4u8; 32], [2u8; 16]);
+        let plains: Vec<Vec<u8>> = (0..100u8)
+            .map(|i| vec![i; if i == 99 { 1000 } else { BLOCK as usize }])
+            .collect();
+        let blocks: Vec<(&[u8], bool)> = plains
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (&p[..], i == 99))
+            .collect();
+        let mut raw = b"prefix".to_vec();
+        c.encrypt_run(7, &blocks, &mut raw).unwrap();
+        let raw = raw.split_off(6);
+        for (k, chunk) in raw.chunks(CIPHER_BLOCK as usize).enumerate() {
+            let mut one = Vec::new();
+            c.decrypt_block(7 + k as u64, k == 99, chunk, &mut one)
+                .unwrap();
+            assert_eq!(one, plains[k]);
+        }
+        let mut all = vec![1u8];
+        c.decrypt_run(7, 106, &raw, &mut all).unwrap();
+        assert_eq!(&all[1..], &plains.concat()[..]);
+        let mut bad = raw.clone();
+        bad[70 * CIPHER_BLOCK as usize + 40] ^= 1;
+        let mut out = vec![1u8];
+        assert_eq!(
+            c.decrypt_run(7, 106, &bad, &mut out),
+            Err(BlockError { index: 77 })
+        );
+        assert_eq!(out, [1u8]);
+        let mut short = Vec::new();
+        assert!(
+            c.decrypt_run(7, 106, &raw[..10 * CIPHER_BLOCK as usize], &mut short)
+                .is_ok()
+        );
+        assert_eq!(short.len(), 10 * BLOCK as usize);
+    }
 
     #[test]
     fn layout_arithmetic() {

@@ -134,12 +134,9 @@ impl FileContent {
         })?;
         let cipher = self.cipher()?;
         let mut out = Zeroizing::new(Vec::with_capacity(((last - first + 1) * BLOCK) as usize));
-        for (k, chunk) in raw.chunks(CIPHER_BLOCK as usize).enumerate() {
-            let i = first + k as u64;
-            cipher
-                .decrypt_block(i, i == final_index, chunk, &mut out)
-                .map_err(|e| self.corrupt(e))?;
-        }
+        cipher
+            .decrypt_run(first, final_index, &raw, &mut out)
+            .map_err(|e| self.corrupt(e))?;
         Ok(out)
     }
 
@@ -151,10 +148,13 @@ impl FileContent {
         let end = size.min(offset + u64::from(len));
         let blocks = ce::blocks_touched(offset, end - offset);
         let (first, last) = (*blocks.start(), *blocks.end());
-        let plain = self.read_blocks(first, last, size)?;
+        let mut plain = self.read_blocks(first, last, size)?;
         let from = (offset - first * BLOCK) as usize;
         let to = (end - first * BLOCK) as usize;
-        Ok(Zeroizing::new(plain[from..to].to_vec()))
+        // In place: no second plaintext buffer to fill and wipe.
+        plain.copy_within(from..to, 0);
+        plain.truncate(to - from);
+        Ok(plain)
     }
 
     /// Takes `n` block encryptions from the data key's budget, reserving more in the header.
@@ -178,7 +178,7 @@ impl FileContent {
     }
 
     /// Encrypts and writes consecutive blocks starting at `first` in one call.
-    fn write_run(&mut self, first: u64, blocks: &[(Zeroizing<Vec<u8>>, bool)]) -> FsResult<()> {
+    fn write_run(&mut self, first: u64, blocks: &[(&[u8], bool)]) -> FsResult<()> {
         if blocks.is_empty() {
             return Ok(());
         }
@@ -186,11 +186,9 @@ impl FileContent {
         self.spend(blocks.len() as u64)?;
         let cipher = self.cipher()?;
         let mut out = Vec::with_capacity(blocks.len() * CIPHER_BLOCK as usize);
-        for (k, (plain, last)) in blocks.iter().enumerate() {
-            cipher
-                .encrypt_block(first + k as u64, *last, plain, &mut out)
-                .map_err(|_| Errno::EIO)?;
-        }
+        cipher
+            .encrypt_run(first, blocks, &mut out)
+            .map_err(|_| Errno::EIO)?;
         let start = ce::block_offset(first);
         self.in_place(start, start + out.len() as u64, |s| {
             Ok(s.file.write_all_at(&out, start)?)
@@ -263,7 +261,7 @@ impl FileContent {
         if ce::block_plain_len(old_final, size) < BLOCK {
             let mut p = self.block_plain(old_final, size)?;
             p.resize(BLOCK as usize, 0);
-            self.write_run(old_final, &[(p, true)])?;
+            self.write_run(old_final, &[(&p[..], true)])?;
         }
         Ok(Some(old_final))
     }
@@ -272,7 +270,7 @@ impl FileContent {
     fn finish_growth(&mut self, old_final: Option<u64>, new_size: u64) -> FsResult<()> {
         if let Some(i) = old_final {
             let p = self.read_blocks(i, i, new_size)?;
-            self.write_run(i, &[(p, false)])?;
+            self.write_run(i, &[(&p[..], false)])?;
         }
         Ok(())
     }
@@ -294,27 +292,40 @@ impl FileContent {
         } else {
             size
         };
-        let mut run = Vec::with_capacity((last - first + 1) as usize);
+        // Whole blocks are encrypted straight from `data`; partial ones are merged first.
+        let mut merged: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        let mut plan = Vec::with_capacity((last - first + 1) as usize);
         for i in first..=last {
             let bstart = i * BLOCK;
             let lo = offset.max(bstart) - bstart;
             let hi = end.min(bstart + BLOCK) - bstart;
-            let whole = lo == 0 && hi == BLOCK;
-            let mut p = if whole || bstart >= grown {
-                Zeroizing::new(Vec::new())
-            } else {
-                self.block_plain(i, grown)?
-            };
+            let src = (bstart + lo - offset) as usize..(bstart + hi - offset) as usize;
             let len = if i < new_final {
                 BLOCK
             } else {
                 ce::block_plain_len(i, new_size)
             };
+            if lo == 0 && hi == BLOCK && len == BLOCK {
+                plan.push((Ok(src), i == new_final));
+                continue;
+            }
+            let mut p = if bstart >= grown {
+                Zeroizing::new(Vec::new())
+            } else {
+                self.block_plain(i, grown)?
+            };
             p.resize(len as usize, 0);
-            let src = (bstart + lo - offset) as usize..(bstart + hi - offset) as usize;
             p[lo as usize..hi as usize].copy_from_slice(&data[src]);
-            run.push((p, i == new_final));
+            merged.push(p);
+            plan.push((Err(merged.len() - 1), i == new_final));
         }
+        let run: Vec<(&[u8], bool)> = plan
+            .iter()
+            .map(|(src, last)| match src {
+                Ok(r) => (&data[r.clone()], *last),
+                Err(k) => (&merged[*k][..], *last),
+            })
+            .collect();
         self.write_run(first, &run)?;
         self.finish_growth(reflag, new_size)?;
         Ok(data.len())
@@ -336,7 +347,7 @@ impl FileContent {
             };
             let mut p = self.block_plain(new_final, grown)?;
             p.resize(ce::block_plain_len(new_final, new_size) as usize, 0);
-            self.write_run(new_final, &[(p, true)])?;
+            self.write_run(new_final, &[(&p[..], true)])?;
             return self.finish_growth(reflag, new_size);
         }
         let mut p = self.block_plain(new_final, size)?;
@@ -346,13 +357,13 @@ impl FileContent {
             // go: a crash from here on leaves a valid file holding every kept byte.
             let mut full = p.clone();
             full.resize(BLOCK as usize, 0);
-            self.write_run(new_final, &[(full, true)])?;
+            self.write_run(new_final, &[(&full[..], true)])?;
             self.file.set_len(ce::block_offset(new_final + 1))?;
         }
         // Then the final block at its exact length, both steps under one undo record.
         if p.len() < BLOCK as usize {
             self.in_place(ce::block_offset(new_final), u64::MAX, |s| {
-                s.write_run(new_final, &[(p, true)])?;
+                s.write_run(new_final, &[(&p[..], true)])?;
                 Ok(s.file.set_len(ce::backing_len(new_size))?)
             })?;
         }

@@ -7,6 +7,7 @@
 use crate::fs::keyring::DirKeys;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,13 +21,20 @@ pub struct Node {
     pub gone: bool,
     /// For directories: the name keys, once unwrapped.
     pub dir_keys: Option<Arc<DirKeys>>,
+    /// For directories: an O_PATH descriptor, so operations need not walk from the root. It
+    /// follows the directory through renames; it goes when the directory's last name does.
+    pub dir_fd: Option<Arc<OwnedFd>>,
 }
+
+/// Directory descriptors kept at most (each pins one open file).
+pub const DIR_FDS_MAX: usize = 4096;
 
 pub struct Inodes {
     root: PathBuf,
     root_backing_ino: u64,
     nodes: HashMap<u64, Node>,
     by_name: HashMap<(u64, OsString), u64>,
+    dir_fds: usize,
 }
 
 impl Inodes {
@@ -40,6 +48,7 @@ impl Inodes {
                 nlookup: 1,
                 gone: false,
                 dir_keys: None,
+                dir_fd: None,
             },
         );
         Inodes {
@@ -47,6 +56,7 @@ impl Inodes {
             root_backing_ino,
             nodes,
             by_name: HashMap::new(),
+            dir_fds: 0,
         }
     }
 
@@ -85,6 +95,49 @@ impl Inodes {
         Some(parts)
     }
 
+    /// The nearest of `ino` and its ancestors with a cached descriptor, and the names that lead
+    /// from it to `ino` (all of them, from the root, if none has one).
+    pub fn nearest_dir_fd(&self, ino: u64) -> Option<(Option<Arc<OwnedFd>>, Vec<OsString>)> {
+        let mut parts = Vec::new();
+        let mut cur = ino;
+        loop {
+            let node = self.nodes.get(&cur)?;
+            if let Some(fd) = &node.dir_fd {
+                parts.reverse();
+                return Some((Some(fd.clone()), parts));
+            }
+            if cur == ROOT {
+                break;
+            }
+            let (parent, name) = node.links.first()?;
+            parts.push(name.clone());
+            cur = *parent;
+            if parts.len() > 4096 {
+                return None;
+            }
+        }
+        parts.reverse();
+        Some((None, parts))
+    }
+
+    /// Keeps `fd` as directory `ino`'s descriptor, if the cache has room.
+    pub fn cache_dir_fd(&mut self, ino: u64, fd: &Arc<OwnedFd>) {
+        if self.dir_fds >= DIR_FDS_MAX {
+            return;
+        }
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            if !n.gone && n.dir_fd.is_none() {
+                n.dir_fd = Some(fd.clone());
+                self.dir_fds += 1;
+            }
+        }
+    }
+
+    /// Directory descriptors held.
+    pub fn dir_fds_cached(&self) -> usize {
+        self.dir_fds
+    }
+
     /// Backing path of a node (for messages: operations go through directory descriptors).
     pub fn path(&self, ino: u64) -> Option<PathBuf> {
         let mut p = self.root.clone();
@@ -108,11 +161,15 @@ impl Inodes {
             nlookup: 0,
             gone: false,
             dir_keys: None,
+            dir_fd: None,
         });
         if node.gone {
             node.generation += 1;
             node.links.clear();
             node.dir_keys = None;
+            if node.dir_fd.take().is_some() {
+                self.dir_fds -= 1;
+            }
             node.gone = false;
         }
         node.nlookup += 1;
@@ -141,6 +198,9 @@ impl Inodes {
         if let Some(n) = self.nodes.get_mut(&ino) {
             if gone {
                 n.gone = true;
+                if n.dir_fd.take().is_some() {
+                    self.dir_fds -= 1;
+                }
             }
         }
     }
@@ -205,6 +265,9 @@ impl Inodes {
         node.nlookup = node.nlookup.saturating_sub(n);
         if node.nlookup == 0 {
             if let Some(node) = self.nodes.remove(&ino) {
+                if node.dir_fd.is_some() {
+                    self.dir_fds -= 1;
+                }
                 for l in node.links {
                     if self.by_name.get(&l) == Some(&ino) {
                         self.by_name.remove(&l);

@@ -175,8 +175,11 @@ fn open_xattrs(c: &FileContent) -> FsResult<Vec<Xattr>> {
 
 /// An entry reached through its parent directory's descriptor: no backing path is ever built,
 /// so plaintext paths up to PATH_MAX work although encrypted names are longer.
+/// A shared directory descriptor (see `Inodes::cache_dir_fd`).
+pub type DirFd = Arc<OwnedFd>;
+
 pub struct At {
-    pub dir: OwnedFd,
+    pub dir: DirFd,
     pub name: OsString,
 }
 
@@ -211,6 +214,20 @@ fn unlink_at(dir: &OwnedFd, name: &OsStr) -> FsResult<()> {
         name,
         UnlinkatFlags::NoRemoveDir,
     )?)
+}
+
+/// Clears set-user-id, and set-group-id where group execution is allowed, as a write by an
+/// unprivileged user must (the rule of the kernel's FUSE_HANDLE_KILLPRIV_V2).
+fn clear_set_id(f: &File) -> FsResult<()> {
+    let mode = nix::sys::stat::fstat(f)?.st_mode;
+    let mut kill = libc::S_ISUID;
+    if mode & libc::S_IXGRP != 0 {
+        kill |= libc::S_ISGID;
+    }
+    if mode & kill != 0 {
+        nix::sys::stat::fchmod(f, Mode::from_bits_truncate(mode & 0o7777 & !kill))?;
+    }
+    Ok(())
 }
 
 impl KmsFs {
@@ -283,26 +300,40 @@ impl KmsFs {
         )?)
     }
 
-    fn walk(&self, comps: &[OsString]) -> FsResult<OwnedFd> {
-        let mut fd = self.root_fd()?;
-        for c in comps {
-            fd = open_dir_at(&fd, c)?;
+    /// A descriptor of directory `ino` (O_PATH): the cached one, or opened from the nearest
+    /// ancestor that has one (and then cached).
+    fn dir_fd(&self, ino: u64) -> FsResult<DirFd> {
+        let (start, comps) = lock(&self.inodes)
+            .nearest_dir_fd(ino)
+            .ok_or(Errno::ENOENT)?;
+        let cached = start.is_some() && comps.is_empty();
+        let mut fd = match start {
+            Some(fd) => fd,
+            None => Arc::new(self.root_fd()?),
+        };
+        for c in &comps {
+            fd = Arc::new(open_dir_at(&fd, c)?);
+        }
+        if !cached {
+            lock(&self.inodes).cache_dir_fd(ino, &fd);
         }
         Ok(fd)
     }
 
-    /// A descriptor of directory `ino` (O_PATH).
-    fn dir_fd(&self, ino: u64) -> FsResult<OwnedFd> {
-        let comps = lock(&self.inodes).components(ino).ok_or(Errno::ENOENT)?;
-        self.walk(&comps)
-    }
-
     /// Node `ino` as (parent descriptor, name); the root is (root, ".").
     fn at(&self, ino: u64) -> FsResult<At> {
-        let mut comps = lock(&self.inodes).components(ino).ok_or(Errno::ENOENT)?;
-        let name = comps.pop().unwrap_or_else(|| ".".into());
+        if ino == ROOT {
+            return Ok(At {
+                dir: self.dir_fd(ROOT)?,
+                name: ".".into(),
+            });
+        }
+        let (parent, name) = lock(&self.inodes)
+            .get(ino)
+            .and_then(|n| n.links.first().cloned())
+            .ok_or(Errno::ENOENT)?;
         Ok(At {
-            dir: self.walk(&comps)?,
+            dir: self.dir_fd(parent)?,
             name,
         })
     }
@@ -342,7 +373,7 @@ impl KmsFs {
     }
 
     /// The backing directory of `parent` and the backing name of `name` in it.
-    fn child(&self, parent: u64, name: &OsStr, r: Requester) -> FsResult<(OwnedFd, BackingName)> {
+    fn child(&self, parent: u64, name: &OsStr, r: Requester) -> FsResult<(DirFd, BackingName)> {
         if name.len() > nt::NAME_MAX {
             return Err(Errno::ENAMETOOLONG);
         }
@@ -657,10 +688,22 @@ impl KmsFs {
         c.read(offset, size)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], r: Requester) -> FsResult<usize> {
+    /// `kill_suidgid`: the kernel says the writer may not keep set-id bits (we handle that for
+    /// it, see `fuse::init`).
+    pub fn write(
+        &self,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        r: Requester,
+        kill_suidgid: bool,
+    ) -> FsResult<usize> {
         let f = self.handle_file(fh)?;
         self.check_content(&f, r)?;
         let mut c = f.content.write().map_err(|_| Errno::EIO)?;
+        if kill_suidgid {
+            clear_set_id(c.file())?;
+        }
         c.write(offset, data)
     }
 
@@ -759,6 +802,14 @@ impl KmsFs {
                 }
             }
             self.truncate(ino, s, r)?;
+            // As a local filesystem does for a caller without CAP_FSETID.
+            if r.uid != 0 {
+                if let Some(a) = &a {
+                    clear_set_id(&Self::open_backing(a)?)?;
+                } else if let Some(f) = &fd {
+                    clear_set_id(f)?;
+                }
+            }
         }
         if let Some(m) = mode {
             let m = Mode::from_bits_truncate(m & 0o7777);

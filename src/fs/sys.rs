@@ -38,6 +38,24 @@ pub fn fsetxattr(f: &std::fs::File, name: &[u8], value: &[u8], flags: i32) -> Fs
     })
 }
 
+/// Sets an xattr by path without following a final symlink (no open: no OPEN/RELEASE round
+/// trips on a FUSE mount).
+pub fn lsetxattr(path: &std::path::Path, name: &[u8], value: &[u8]) -> FsResult<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = cname(path.as_os_str().as_bytes())?;
+    let n = cname(name)?;
+    // SAFETY: valid C strings and a buffer of value.len() bytes.
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
+}
+
 pub fn fgetxattr(f: &std::fs::File, name: &[u8]) -> FsResult<Vec<u8>> {
     let n = cname(name)?;
     loop {

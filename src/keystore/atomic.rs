@@ -12,6 +12,17 @@ pub const DIR_MODE: u32 = 0o700;
 /// Writes `data` to a temporary file beside `path`, fsyncs it, renames it over `path` and fsyncs
 /// the directory, so a crash leaves either the old or the new content, never a mix.
 pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, true)
+}
+
+/// `write_atomic` without syncing the directory: after a power loss the rename may be undone
+/// (the old file comes back whole). For files whose staleness is detected and tolerated, such
+/// as audit.head, this saves a directory sync on every write.
+pub fn write_atomic_lazy_rename(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace(path, data, false)
+}
+
+fn replace(path: &Path, data: &[u8], durable_rename: bool) -> io::Result<()> {
     let dir = path
         .parent()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no parent"))?;
@@ -33,7 +44,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        if durable_rename {
+            sync_dir(dir)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

@@ -80,7 +80,13 @@ pub struct KeyStore {
     dir: PathBuf,
     meta: StoreMeta,
     keys: StoreKeys,
+    /// The last keys.db this process read or wrote, with the file's identity then: a long-lived
+    /// process (a mount) skips reading, decrypting and parsing it while it is unchanged.
+    cache: std::sync::Mutex<Option<(DbStamp, KeyDb)>>,
 }
+
+/// What identifies one version of keys.db: every save is a rename, so a new inode and times.
+type DbStamp = [i64; 7];
 
 fn read_meta(dir: &Path) -> Result<StoreMeta> {
     let path = dir.join(META_FILE);
@@ -162,6 +168,7 @@ impl KeyStore {
             dir: dir.to_path_buf(),
             meta,
             keys,
+            cache: std::sync::Mutex::new(None),
         };
         let lock = store.lock()?;
         store.save(&lock, &KeyDb::default())?;
@@ -196,6 +203,7 @@ impl KeyStore {
             dir: dir.to_path_buf(),
             meta,
             keys,
+            cache: std::sync::Mutex::new(None),
         })
     }
 
@@ -255,8 +263,41 @@ impl KeyStore {
         aad
     }
 
-    /// Reads and authenticates keys.db. Requires the lock, so a read never sees a half-done change.
-    pub fn load(&self, _lock: &StoreLock) -> Result<KeyDb> {
+    fn db_stamp(&self) -> Option<DbStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(self.dir.join(DB_FILE)).ok()?;
+        Some([
+            m.dev() as i64,
+            m.ino() as i64,
+            m.size() as i64,
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        ])
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<(DbStamp, KeyDb)>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads and authenticates keys.db (or reuses the copy read last, if the file is the same
+    /// one). Requires the lock, so a read never sees a half-done change.
+    pub fn load(&self, lock: &StoreLock) -> Result<KeyDb> {
+        let stamp = self.db_stamp();
+        if let (Some(s), Some((cs, db))) = (stamp, &*self.cache()) {
+            if s == *cs {
+                return Ok(db.clone());
+            }
+        }
+        let db = self.load_file(lock)?;
+        if let Some(s) = stamp {
+            *self.cache() = Some((s, db.clone()));
+        }
+        Ok(db)
+    }
+
+    fn load_file(&self, _lock: &StoreLock) -> Result<KeyDb> {
         let path = self.dir.join(DB_FILE);
         let data = std::fs::read(&path).map_err(|e| KmsError::io(path.display(), e))?;
         let damaged = |why: &str| {
@@ -303,7 +344,14 @@ impl KeyStore {
             .map_err(|_| KmsError::internal("the system random source failed"))?;
         header.extend_from_slice(&sealed);
         let path = self.dir.join(DB_FILE);
-        atomic::write_atomic(&path, &header).map_err(|e| KmsError::io(path.display(), e))
+        *self.cache() = None;
+        atomic::write_atomic(&path, &header).map_err(|e| KmsError::io(path.display(), e))?;
+        if let Some(s) = self.db_stamp() {
+            let mut saved = db.clone();
+            saved.generation += 1;
+            *self.cache() = Some((s, saved));
+        }
+        Ok(())
     }
 
     fn material_aad(key_id: &Uuid, version: u32) -> Vec<u8> {

@@ -206,7 +206,10 @@ impl<'k> AuditLog<'k> {
         };
         let json = serde_json::to_vec(&head)
             .map_err(|e| KmsError::internal(format!("encoding audit head: {e}")))?;
-        atomic::write_atomic(&self.head, &json).map_err(|e| KmsError::io(self.head.display(), e))
+        // A head older than the log is tolerated (a crash between the two writes), so its
+        // rename need not be made durable on its own.
+        atomic::write_atomic_lazy_rename(&self.head, &json)
+            .map_err(|e| KmsError::io(self.head.display(), e))
     }
 
     /// Reads every record, verifying the chain as it goes.

@@ -89,9 +89,9 @@ impl KmsFs {
                 })
             })
             .collect();
-        let (inodes, dir_keys) = {
+        let (inodes, dir_keys, dir_fds) = {
             let i = lock(&self.inodes);
-            (i.len(), i.dir_keys_cached())
+            (i.len(), i.dir_keys_cached(), i.dir_fds_cached())
         };
         serde_json::json!({
             "Pid": std::process::id(),
@@ -106,6 +106,7 @@ impl KmsFs {
                 "Decisions": self.keys.decision_stats(),
                 "Inodes": inodes,
                 "DirectoryKeys": dir_keys,
+                "DirectoryDescriptors": dir_fds,
             },
         })
     }
@@ -157,20 +158,27 @@ impl KmsFs {
             return Err(Errno::EINVAL);
         }
         let outcome = if kind == Kind::File {
-            // Always under the file's write lock, so no truncate re-keys it meanwhile.
-            drop(file);
-            let of = self.open_file(ino, r)?;
-            let o = (|| {
-                let mut c = of.content.write().map_err(|_| Errno::EIO)?;
-                let o = rewrap::rewrap_file(c.file(), kind, provider, &caller, to)
-                    .map_err(kms_errno)?;
-                if let Outcome::Rewrapped { to: (k, _), .. } = &o {
-                    c.key = Some(k.clone());
+            // Never beside a truncate that gives the file a new header: an open file is
+            // re-wrapped under its write lock; a closed one under the `files` lock, which any
+            // truncate needs first (to open it). Closed files are not opened for this, so a
+            // rewrap costs one ReEncrypt and no Decrypt.
+            let files = lock(&self.files);
+            match files.get(&ino).cloned() {
+                Some(of) => {
+                    drop(files);
+                    drop(file);
+                    let mut c = of.content.write().map_err(|_| Errno::EIO)?;
+                    let o = rewrap::rewrap_file(c.file(), kind, provider, &caller, to)
+                        .map_err(kms_errno)?;
+                    if let Outcome::Rewrapped { to: (k, _), .. } = &o {
+                        c.key = Some(k.clone());
+                    }
+                    o
                 }
-                Ok::<_, Errno>(o)
-            })();
-            self.unpin(&of);
-            o?
+                None => {
+                    rewrap::rewrap_file(&file, kind, provider, &caller, to).map_err(kms_errno)?
+                }
+            }
         } else {
             let o = rewrap::rewrap_file(&file, kind, provider, &caller, to).map_err(kms_errno)?;
             // Forget the cached keys: the next use unwraps them under the new CMK, which also
@@ -188,7 +196,8 @@ impl KmsFs {
             o
         };
         if let Outcome::Rewrapped { from, to } = outcome {
-            log::info!(
+            // Per file, so debug: the audit log has every re-wrap anyway.
+            log::debug!(
                 "{}: re-wrapped from {}:{:?} to {}:{:?}",
                 self.label(ino),
                 from.0,
@@ -283,7 +292,7 @@ impl KmsFs {
                         lock(&self.inodes).node_id(nix::sys::stat::fstat(fresh.file())?.st_ino);
                     c.supersede();
                     *c = fresh;
-                    log::info!("{}: re-encrypted under a fresh data key", c.label);
+                    log::debug!("{}: re-encrypted under a fresh data key", c.label);
                     drop(c);
                     // New lookups find the new inode: give them this same state.
                     self.refile(&f, new_ino);
