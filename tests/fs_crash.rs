@@ -293,7 +293,7 @@ fn killing_the_daemon_under_writers_keeps_every_fsynced_byte() {
             let data = fs::read(&path).unwrap_or_else(|e| {
                 use std::os::unix::fs::MetadataExt;
                 let ino = fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
-                let backing = files_under(&m.cipher).into_iter().find(|p| fs::metadata(p).unwrap().ino() == ino);
+                let backing = files_under(&m.cipher).into_iter().find(|p| fs::metadata(p).is_ok_and(|x| x.ino() == ino));
                 let len = backing.as_ref().map(|b| fs::metadata(b).unwrap().len()).unwrap_or(0);
                 if let Some(b) = &backing {
                     let _ = fs::copy(b, "/tmp/kmsfs-crash-evidence.bin");

@@ -391,3 +391,26 @@ fn install_script_puts_everything_in_place() {
     let out = run(Command::new(stage.join("opt/kmsfs/bin/kmsfs")).arg("--version"));
     assert!(out.starts_with("kmsfs "), "{out}");
 }
+
+/// Errors name the next step.
+#[test]
+fn errors_say_what_to_do_next() {
+    let e = Env::new();
+    e.create_key(&["--alias", "finance"]);
+    e.ok(&["key", "disable", "alias/finance"]);
+    let err = e.fails_with(&["encrypt", "--key", "alias/finance"], b"x", 11);
+    assert!(err.contains("kmsfs key enable"), "{err}");
+    e.ok(&["key", "enable", "alias/finance"]);
+    e.ok(&["key", "schedule-deletion", "alias/finance", "--days", "7"]);
+    let err = e.fails_with(&["encrypt", "--key", "alias/finance"], b"x", 12);
+    assert!(err.contains("kmsfs key cancel-deletion"), "{err}");
+    let bare = Env::bare();
+    let err = bare.fails(&["key", "list"], 21);
+    assert!(err.contains("kmsfs keystore init"), "{err}");
+    let dir = e.path("not-a-cipherdir");
+    fs::create_dir(&dir).unwrap();
+    let mnt = e.path("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let err = e.fails(&["mount", dir.to_str().unwrap(), mnt.to_str().unwrap()], 15);
+    assert!(err.contains("kmsfs init"), "{err}");
+}

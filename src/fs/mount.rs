@@ -115,9 +115,15 @@ fn fuse_config(cipherdir: &Path, o: &MountOptions) -> Config {
     let mut opts = vec![
         MountOption::FSName(cipherdir.display().to_string()),
         MountOption::Subtype("kmsfs".into()),
-        MountOption::DefaultPermissions,
         MountOption::NoAtime,
     ];
+    // The kernel checks modes and owners whenever another user can reach the mount, and for
+    // ordinary users' mounts. A root mount without allow_other serves only root, whom those
+    // checks always let through; leaving them out there saves a GETATTR of the directory
+    // before every unlink, rename or create that follows a change to it.
+    if o.allow_other || !nix::unistd::geteuid().is_root() {
+        opts.push(MountOption::DefaultPermissions);
+    }
     if o.read_only {
         opts.push(MountOption::RO);
     }
