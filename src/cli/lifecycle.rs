@@ -48,24 +48,39 @@ pub fn key_of_path(p: &Path) -> Result<String> {
 
 /// Directories (first) and regular files under a mounted tree; symlinks are not followed.
 fn mounted_entries(root: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].clone();
-        i += 1;
-        if !p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+    let mut out = Vec::new();
+    visit_mounted(root, |p| {
+        out.push(p.to_path_buf());
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// Calls `f` on `root` and on each directory, then at once on the regular files just listed in it (so their
+/// names are still cached by the kernel: no LOOKUP per file), then goes on to the
+/// subdirectories. `f` returns false to stop. Symlinks are not followed.
+fn visit_mounted(root: &Path, mut f: impl FnMut(&Path) -> Result<bool>) -> Result<()> {
+    let mut dirs = std::collections::VecDeque::from([root.to_path_buf()]);
+    while let Some(d) = dirs.pop_front() {
+        if !f(&d)? {
+            return Ok(());
+        }
+        // The root may be a single file.
+        if !d.symlink_metadata().is_ok_and(|m| m.is_dir()) {
             continue;
         }
-        let rd = std::fs::read_dir(&p)
-            .map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))?;
+        let rd = std::fs::read_dir(&d)
+            .map_err(|e| KmsError::validation(format!("{}: {e}", d.display())))?;
         for e in rd.flatten() {
             let Ok(t) = e.file_type() else { continue };
-            if t.is_dir() || t.is_file() {
-                out.push(e.path());
+            if t.is_dir() {
+                dirs.push_back(e.path());
+            } else if t.is_file() && !f(&e.path())? {
+                return Ok(());
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
@@ -84,32 +99,40 @@ pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
         Some(k) => Some(open_kms(g, cfg)?.resolve_quiet(k)?.to_string()),
         None => None,
     };
-    let entries = mounted_entries(&a.path)?;
-    let mut progress = Progress::new("rewrap", entries.len() as u64, a.quiet);
+    // Counted first, for the progress line; then visited directory by directory.
+    let mut total = 0u64;
+    visit_mounted(&a.path, |_| {
+        total += 1;
+        Ok(true)
+    })?;
+    let mut progress = Progress::new("rewrap", total, a.quiet);
     let (mut done, mut skipped, mut failed) = (0u64, 0u64, Vec::new());
     let value = a.to.clone().unwrap_or_default();
-    for (i, p) in entries.iter().enumerate() {
+    let mut seen = 0u64;
+    visit_mounted(&a.path, |p| {
         if interrupt::requested() {
-            progress.finish();
-            return Err(interrupt::stopped("rewrap", i as u64, entries.len() as u64));
+            return Ok(false);
         }
         let selected = match &only {
             Some(k) => key_of_path(p).is_ok_and(|v| v.split(':').next() == Some(k.as_str())),
             None => true,
         };
         if selected {
-            let r = sys::lsetxattr(p, REWRAP_XATTR.as_bytes(), value.as_bytes())
-                .map_err(|e| xattr_error(p, e));
-            match r {
+            match sys::lsetxattr(p, REWRAP_XATTR.as_bytes(), value.as_bytes()) {
                 Ok(()) => done += 1,
-                Err(e) => failed.push(e.to_string()),
+                Err(e) => failed.push(xattr_error(p, e).to_string()),
             }
         } else {
             skipped += 1;
         }
-        progress.update(i as u64 + 1);
-    }
+        seen += 1;
+        progress.update(seen);
+        Ok(true)
+    })?;
     progress.finish();
+    if interrupt::requested() {
+        return Err(interrupt::stopped("rewrap", seen, total));
+    }
     report(g, done, skipped, &failed)
 }
 
