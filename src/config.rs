@@ -30,6 +30,9 @@ pub struct MountConfig {
     pub log_file: Option<PathBuf>,
     /// Unmount after this long without access (humantime: "15m", "1h").
     pub idle: Option<String>,
+    pub noexec: Option<bool>,
+    /// Kernel permission checks on root mounts without allow_other too.
+    pub default_permissions: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

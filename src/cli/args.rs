@@ -202,6 +202,13 @@ pub struct MountArgs {
     /// Append the daemon's log to FILE [default: syslog when daemonized]
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Programs on the mount may not be executed
+    #[arg(long)]
+    pub noexec: bool,
+    /// Have the kernel check modes and owners even on a root mount without --allow-other
+    /// (they are always checked otherwise; root usually passes them anyway)
+    #[arg(long)]
+    pub default_permissions: bool,
     /// Unmount after this long without access and with no open files (e.g. 15m, 1h)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub idle: Option<std::time::Duration>,

@@ -5,7 +5,9 @@
 
 use std::ffi::OsString;
 
-/// Options mount(8) and fstab use that mean nothing to the daemon.
+/// Options mount(8) and fstab use that mean nothing to the daemon. kmsfs mounts are always
+/// nosuid,nodev, so `suid`/`dev` (which mount.fuse3 adds to every call) change nothing, and
+/// `exec` is the default; `noexec` is passed on (see `translate`).
 const IGNORED: &[&str] = &[
     "rw",
     "defaults",
@@ -19,11 +21,10 @@ const IGNORED: &[&str] = &[
     "_netdev",
     "nofail",
     "exec",
-    "noexec",
-    "suid",
     "nosuid",
-    "dev",
     "nodev",
+    "suid",
+    "dev",
     "atime",
     "noatime",
     "relatime",
@@ -112,6 +113,9 @@ pub fn translate(argv: &[OsString]) -> Result<Option<Vec<OsString>>, String> {
         };
         match k {
             "ro" => mount.push("--read-only".into()),
+            "noexec" => mount.push("--noexec".into()),
+            "default_permissions" => mount.push("--default-permissions".into()),
+
             "allow_other" => mount.push("--allow-other".into()),
             "keystore" => global.extend(["--keystore".into(), value(k)?]),
             "key" | "keyfile" | "root_key_file" => {
@@ -175,7 +179,7 @@ mod tests {
             "/m",
             "-n",
             "-o",
-            "rw,noauto,ro,allow_other,keystore=/s,key=/k,idle=15m,x-systemd.automount,_netdev",
+            "rw,noauto,ro,noexec,allow_other,keystore=/s,key=/k,idle=15m,x-systemd.automount,_netdev",
         ]))
         .unwrap()
         .unwrap();
@@ -191,6 +195,7 @@ mod tests {
                 "/c",
                 "/m",
                 "--read-only",
+                "--noexec",
                 "--allow-other",
                 "--idle",
                 "15m"
@@ -216,5 +221,10 @@ mod tests {
                 .contains("needs a value")
         );
         assert_eq!(translate(&v(&["kmsfs", "/c", "/m", "-f"])), Ok(None));
+        let with_suid = translate(&v(&["kmsfs", "/c", "/m", "-o", "suid,dev"])).unwrap();
+        assert!(
+            with_suid.unwrap().iter().all(|a| a != "--suid"),
+            "always nosuid"
+        );
     }
 }

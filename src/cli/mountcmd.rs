@@ -49,6 +49,8 @@ fn options(a: &MountArgs, cfg: &Config) -> Result<mount::MountOptions> {
     };
     Ok(mount::MountOptions {
         idle,
+        noexec: a.noexec || m.noexec.unwrap_or(false),
+        default_permissions: a.default_permissions || m.default_permissions.unwrap_or(false),
         read_only: a.read_only || m.read_only.unwrap_or(false),
         allow_other: a.allow_other || m.allow_other.unwrap_or(false),
         threads: a

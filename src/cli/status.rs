@@ -29,7 +29,8 @@ fn mount_status(cipher: PathBuf, point: PathBuf) -> Value {
         })
         .and_then(|b| serde_json::from_slice::<Value>(&b).map_err(|e| e.to_string()));
     let mut v = match reported {
-        Ok(v) => v,
+        Ok(v) if v.is_object() => v,
+        Ok(_) => json!({ "Error": "the daemon's answer is not a status object" }),
         Err(e) => json!({ "Error": format!("the daemon did not answer: {e}") }),
     };
     v["MountPoint"] = json!(point);

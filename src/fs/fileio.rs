@@ -63,6 +63,14 @@ impl FileContent {
         self.undo = None;
     }
 
+    /// Makes the undo record's last emptying durable (before the data is synced).
+    pub fn sync_undo(&self) -> FsResult<()> {
+        if let Some(u) = &self.undo {
+            u.sync()?;
+        }
+        Ok(())
+    }
+
     /// Makes in-place rewrites crash-safe through `journal` (see `fs::undo`).
     pub fn journal_to(&mut self, journal: std::sync::Arc<Journal>) {
         self.undo = Some(UndoLog::new(journal, self.id));
@@ -205,8 +213,17 @@ impl FileContent {
         end: u64,
         f: impl FnOnce(&mut Self) -> FsResult<T>,
     ) -> FsResult<T> {
+        if self.undo.as_ref().is_none_or(UndoLog::is_active) {
+            return f(self);
+        }
+        if let Some(u) = self.undo.as_mut() {
+            u.ready().map_err(|e| {
+                log::error!("{}: {e}", self.label);
+                Errno::EIO
+            })?;
+        }
         let len = self.backing_len()?;
-        if start >= len || self.undo.as_ref().is_none_or(UndoLog::is_active) {
+        if start >= len {
             return f(self);
         }
         let mut old = vec![0u8; (end.min(len) - start) as usize];
@@ -378,7 +395,7 @@ impl FileContent {
         let start = ce::block_offset(i);
         let n = (len.min(start + CIPHER_BLOCK) - start.min(len)) as usize;
         let mut raw = vec![0u8; n];
-        let mut out = Vec::new();
+        let mut out = Zeroizing::new(Vec::new());
         n > 0
             && self.file.read_exact_at(&mut raw, start).is_ok()
             && cipher.decrypt_block(i, true, &raw, &mut out).is_ok()
@@ -521,6 +538,12 @@ mod tests {
             .unwrap();
         writable.set_len(b3 as u64 + 9000).unwrap();
         c.file = writable;
+        // Until the file is opened again (and restored), this state takes no more writes, not
+        // even appends: a later write could otherwise be undone by the stale record.
+        assert_eq!(
+            c.write(b3 as u64 * 10, b"append").map_err(|e| e.0),
+            Err(libc::EIO)
+        );
         assert!(c.read(0, 3 * 4096).is_err());
         assert!(j.recover(&c.id, &c.file, "test").unwrap());
         assert_eq!(std::fs::read(t.path()).unwrap(), before);

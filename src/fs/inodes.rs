@@ -26,8 +26,18 @@ pub struct Node {
     pub dir_fd: Option<Arc<OwnedFd>>,
 }
 
-/// Directory descriptors kept at most (each pins one open file).
+/// Directory descriptors kept at most (each pins one open file): 4096, or a quarter of the
+/// process's descriptor limit if that is lower, so open files always have room.
 pub const DIR_FDS_MAX: usize = 4096;
+
+fn dir_fds_max() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        DIR_FDS_MAX.min(usize::try_from(soft / 4).unwrap_or(DIR_FDS_MAX))
+    })
+}
 
 pub struct Inodes {
     root: PathBuf,
@@ -122,7 +132,7 @@ impl Inodes {
 
     /// Keeps `fd` as directory `ino`'s descriptor, if the cache has room.
     pub fn cache_dir_fd(&mut self, ino: u64, fd: &Arc<OwnedFd>) {
-        if self.dir_fds >= DIR_FDS_MAX {
+        if self.dir_fds >= dir_fds_max() {
             return;
         }
         if let Some(n) = self.nodes.get_mut(&ino) {

@@ -16,6 +16,9 @@ pub struct MountOptions {
     pub attr_ttl: Duration,
     /// Unmount after this long without requests while no file is open.
     pub idle: Option<Duration>,
+    pub noexec: bool,
+    /// Kernel permission checks even where only root can reach the mount.
+    pub default_permissions: bool,
 }
 
 /// Undoes the escaping of /proc/self/mountinfo fields (`\040` for a space, and so on).
@@ -121,8 +124,11 @@ fn fuse_config(cipherdir: &Path, o: &MountOptions) -> Config {
     // ordinary users' mounts. A root mount without allow_other serves only root, whom those
     // checks always let through; leaving them out there saves a GETATTR of the directory
     // before every unlink, rename or create that follows a change to it.
-    if o.allow_other || !nix::unistd::geteuid().is_root() {
+    if o.allow_other || o.default_permissions || !nix::unistd::geteuid().is_root() {
         opts.push(MountOption::DefaultPermissions);
+    }
+    if o.noexec {
+        opts.push(MountOption::NoExec);
     }
     if o.read_only {
         opts.push(MountOption::RO);

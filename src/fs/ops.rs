@@ -303,21 +303,32 @@ impl KmsFs {
     /// A descriptor of directory `ino` (O_PATH): the cached one, or opened from the nearest
     /// ancestor that has one (and then cached).
     fn dir_fd(&self, ino: u64) -> FsResult<DirFd> {
-        let (start, comps) = lock(&self.inodes)
-            .nearest_dir_fd(ino)
-            .ok_or(Errno::ENOENT)?;
-        let cached = start.is_some() && comps.is_empty();
-        let mut fd = match start {
-            Some(fd) => fd,
-            None => Arc::new(self.root_fd()?),
-        };
-        for c in &comps {
-            fd = Arc::new(open_dir_at(&fd, c)?);
+        // A rename between reading the names and opening them could hand us another
+        // directory: check what was opened before using (and keeping) it.
+        for _ in 0..3 {
+            let (start, comps) = lock(&self.inodes)
+                .nearest_dir_fd(ino)
+                .ok_or(Errno::ENOENT)?;
+            if comps.is_empty() {
+                if let Some(fd) = start {
+                    return Ok(fd);
+                }
+            }
+            let mut fd = match start {
+                Some(fd) => fd,
+                None => Arc::new(self.root_fd()?),
+            };
+            for c in &comps {
+                fd = Arc::new(open_dir_at(&fd, c)?);
+            }
+            let backing = nix::sys::stat::fstat(&*fd)?.st_ino;
+            let mut inodes = lock(&self.inodes);
+            if inodes.node_id(backing) == ino {
+                inodes.cache_dir_fd(ino, &fd);
+                return Ok(fd);
+            }
         }
-        if !cached {
-            lock(&self.inodes).cache_dir_fd(ino, &fd);
-        }
-        Ok(fd)
+        Err(Errno::ENOENT)
     }
 
     /// Node `ino` as (parent descriptor, name); the root is (root, ".").
@@ -560,7 +571,11 @@ impl KmsFs {
             let c = f.content.write().map_err(|_| Errno::EIO)?;
             if let Some(j) = &self.journal {
                 if let Err(e) = j.recover(&c.id, c.file(), &c.label) {
+                    // Its bytes may be half old, half new: not served until it is restored.
                     log::error!("{}: could not undo an interrupted write: {e}", c.label);
+                    drop(c);
+                    files.remove(&ino);
+                    return Err(Errno::EIO);
                 }
             }
             if let Some(end) = c.torn_tail()? {
@@ -710,6 +725,7 @@ impl KmsFs {
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let f = self.handle_file(fh)?;
         let c = f.content.read().map_err(|_| Errno::EIO)?;
+        c.sync_undo()?;
         if datasync {
             c.file().sync_data()?
         } else {
@@ -1515,6 +1531,10 @@ impl KmsFs {
         self.check_content(&f, r)?;
         let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;
         let mut c = f.content.write().map_err(|_| Errno::EIO)?;
+        if r.uid != 0 {
+            // As a write would (see `clear_set_id`).
+            clear_set_id(c.file())?;
+        }
         let first = ce::block_offset(offset / ce::BLOCK);
         let last = ce::block_offset(end.div_ceil(ce::BLOCK));
         match mode {

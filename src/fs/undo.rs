@@ -255,8 +255,12 @@ pub struct UndoLog {
     file: Option<File>,
     /// Between `begin` and `end`: nested in-place steps share the record.
     active: bool,
-    /// The record file may hold a record (one not known to be obsolete).
+    /// The record file may still hold an obsolete (or half-written) record: it must be emptied
+    /// before the file is written again, or the next open would undo later writes.
     dirty: bool,
+    /// A write failed and could not be undone here: the record is the only way back, so this
+    /// state refuses further writes until the file is opened again (and restored).
+    needed: bool,
 }
 
 impl UndoLog {
@@ -267,11 +271,28 @@ impl UndoLog {
             file: None,
             active: false,
             dirty: false,
+            needed: false,
         }
     }
 
     pub fn is_active(&self) -> bool {
         self.active
+    }
+
+    /// Before any write of the file (in place or not): no obsolete record may survive it.
+    pub fn ready(&mut self) -> io::Result<()> {
+        if self.needed {
+            return Err(io::Error::other(
+                "an earlier write could not be undone; reopen the file to restore it",
+            ));
+        }
+        if self.dirty {
+            if let Some(f) = &self.file {
+                f.set_len(0)?;
+            }
+            self.dirty = false;
+        }
+        Ok(())
     }
 
     /// Saves `old` (the bytes at `offset`) and the file's length before an in-place write.
@@ -287,13 +308,12 @@ impl UndoLog {
                     flags,
                     Mode::from_bits_truncate(0o600),
                 )?;
-                self.file.insert(File::from(fd))
+                let f = File::from(fd);
+                // Whatever an earlier state left there is obsolete: the open restored it.
+                f.set_len(0)?;
+                self.file.insert(f)
             }
         };
-        // Normally empty already; not after a write whose record could not be cleared.
-        if self.dirty {
-            file.set_len(0)?;
-        }
         self.dirty = true;
         file.write_all_at(&rec, 0)?;
         self.active = true;
@@ -313,12 +333,22 @@ impl UndoLog {
     /// The write failed and could not be undone: the record stays for the next open.
     pub fn abandon(&mut self) {
         self.active = false;
+        self.needed = true;
+    }
+
+    /// Makes the emptied record durable, so that a power loss after an fsync of the data
+    /// cannot bring back an old record that would undo what was synced.
+    pub fn sync(&self) -> io::Result<()> {
+        match &self.file {
+            Some(f) => f.sync_data(),
+            None => Ok(()),
+        }
     }
 }
 
 impl Drop for UndoLog {
     fn drop(&mut self) {
-        if self.file.is_some() && !self.dirty {
+        if self.file.is_some() && !self.dirty && !self.needed {
             if let Err(e) = self.journal.remove(&self.id) {
                 log::warn!("could not remove an empty undo record: {e}");
             }

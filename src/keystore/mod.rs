@@ -277,6 +277,17 @@ impl KeyStore {
         ])
     }
 
+    /// The generation in keys.db's header (read without decrypting anything).
+    fn db_generation(&self) -> Option<u64> {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(self.dir.join(DB_FILE)).ok()?;
+        let mut h = [0u8; 18];
+        f.read_exact_at(&mut h, 0).ok()?;
+        let mut g = [0u8; 8];
+        g.copy_from_slice(&h[10..18]);
+        Some(u64::from_be_bytes(g))
+    }
+
     fn cache(&self) -> std::sync::MutexGuard<'_, Option<(DbStamp, KeyDb)>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -286,7 +297,8 @@ impl KeyStore {
     pub fn load(&self, lock: &StoreLock) -> Result<KeyDb> {
         let stamp = self.db_stamp();
         if let (Some(s), Some((cs, db))) = (stamp, &*self.cache()) {
-            if s == *cs {
+            // The same inode, size and times, and the generation every save increments.
+            if s == *cs && self.db_generation() == Some(db.generation) {
                 return Ok(db.clone());
             }
         }

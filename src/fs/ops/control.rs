@@ -67,7 +67,8 @@ impl KmsFs {
         let open_files = {
             let files = lock(&self.files);
             for f in files.values() {
-                if let Ok(c) = f.content.read() {
+                // Never wait for a busy file here (a reencrypt, say) while holding `files`.
+                if let Ok(c) = f.content.try_read() {
                     let k = c.key.clone().unwrap_or_else(|| "(unknown)".into());
                     *per_key.entry(k).or_default() += 1;
                 }
@@ -162,8 +163,10 @@ impl KmsFs {
             // re-wrapped under its write lock; a closed one under the `files` lock, which any
             // truncate needs first (to open it). Closed files are not opened for this, so a
             // rewrap costs one ReEncrypt and no Decrypt.
+            // By what was opened, not by `ino`: a reencrypt may have moved the name meanwhile.
+            let node = lock(&self.inodes).node_id(nix::sys::stat::fstat(&file)?.st_ino);
             let files = lock(&self.files);
-            match files.get(&ino).cloned() {
+            match files.get(&node).cloned() {
                 Some(of) => {
                     drop(files);
                     drop(file);
@@ -291,7 +294,8 @@ impl KmsFs {
                     let new_ino =
                         lock(&self.inodes).node_id(nix::sys::stat::fstat(fresh.file())?.st_ino);
                     c.supersede();
-                    *c = fresh;
+                    // Now the live file: its in-place rewrites need undo records again.
+                    *c = self.journaled(fresh);
                     log::debug!("{}: re-encrypted under a fresh data key", c.label);
                     drop(c);
                     // New lookups find the new inode: give them this same state.
