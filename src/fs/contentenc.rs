@@ -96,9 +96,32 @@ pub struct BlockError {
     pub index: u64,
 }
 
-/// One block of `encrypt_run`: its place in the run, its plaintext and last flag, and where its
-/// ciphertext goes.
-type SealJob<'a, 'b> = (usize, (&'a (&'a [u8], bool), &'b mut &'a mut [u8]));
+/// Splits `buf` into consecutive slots of the given lengths.
+fn carve<'a>(mut buf: &'a mut [u8], lens: &[usize]) -> Vec<&'a mut [u8]> {
+    let mut slots = Vec::with_capacity(lens.len());
+    for &n in lens {
+        let (slot, tail) = buf.split_at_mut(n);
+        slots.push(slot);
+        buf = tail;
+    }
+    slots
+}
+
+/// Runs `f(k, job)` for each job of a run: on several threads for long runs, in order for short
+/// ones (where starting threads costs more than it saves).
+fn for_each_block<J: Send, E: Send>(
+    jobs: Vec<J>,
+    f: impl Fn(usize, J) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    use rayon::prelude::*;
+    if jobs.len() >= PARALLEL_BLOCKS {
+        jobs.into_par_iter()
+            .enumerate()
+            .try_for_each(|(k, j)| f(k, j))
+    } else {
+        jobs.into_iter().enumerate().try_for_each(|(k, j)| f(k, j))
+    }
+}
 
 /// AES-256-GCM over one file's blocks.
 pub struct ContentCipher {
@@ -144,14 +167,30 @@ impl ContentCipher {
         out: &mut Vec<u8>,
     ) -> Result<(), cryptocore::RandomError> {
         let start = out.len();
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(plaintext);
-        let body = &mut out[start + NONCE_LEN..];
+        out.resize(start + plaintext.len() + OVERHEAD as usize, 0);
+        self.seal_into(&nonce, index, last, plaintext, &mut out[start..])
+    }
+
+    /// Encrypts one block into `slot` (exactly `plaintext.len() + OVERHEAD` bytes) as
+    /// nonce || ciphertext || tag.
+    fn seal_into(
+        &self,
+        nonce: &[u8],
+        index: u64,
+        last: bool,
+        plaintext: &[u8],
+        slot: &mut [u8],
+    ) -> Result<(), cryptocore::RandomError> {
+        let (n, rest) = slot.split_at_mut(NONCE_LEN);
+        n.copy_from_slice(nonce);
+        let (body, tag_out) = rest.split_at_mut(plaintext.len());
+        body.copy_from_slice(plaintext);
+        let nonce = Nonce::try_from(nonce).map_err(|_| cryptocore::RandomError)?;
         let tag = self
             .aead
-            .encrypt_inout_detached(&Nonce::from(nonce), &self.aad(index, last), body.into())
+            .encrypt_inout_detached(&nonce, &self.aad(index, last), body.into())
             .map_err(|_| cryptocore::RandomError)?;
-        out.extend_from_slice(&tag);
+        tag_out.copy_from_slice(&tag);
         Ok(())
     }
 
@@ -164,55 +203,28 @@ impl ContentCipher {
         blocks: &[(&[u8], bool)],
         out: &mut Vec<u8>,
     ) -> Result<(), cryptocore::RandomError> {
-        use rayon::prelude::*;
         let mut nonces = vec![0u8; blocks.len() * NONCE_LEN];
         cryptocore::fill_random(&mut nonces)?;
         let start = out.len();
-        let total: usize = blocks
+        let lens: Vec<usize> = blocks
             .iter()
             .map(|(p, _)| p.len() + OVERHEAD as usize)
-            .sum();
-        out.resize(start + total, 0);
-        let mut slots: Vec<&mut [u8]> = Vec::with_capacity(blocks.len());
-        let mut rest = &mut out[start..];
-        for (p, _) in blocks {
-            let (slot, tail) = rest.split_at_mut(p.len() + OVERHEAD as usize);
-            slots.push(slot);
-            rest = tail;
-        }
-        let seal = |(k, ((plain, last), slot)): SealJob| {
-            let mut nonce = [0u8; NONCE_LEN];
-            nonce.copy_from_slice(&nonces[k * NONCE_LEN..(k + 1) * NONCE_LEN]);
-            let (n, rest) = slot.split_at_mut(NONCE_LEN);
-            n.copy_from_slice(&nonce);
-            let (body, tag_out) = rest.split_at_mut(plain.len());
-            body.copy_from_slice(plain);
-            let index = first + k as u64;
-            let tag = self
-                .aead
-                .encrypt_inout_detached(&Nonce::from(nonce), &self.aad(index, *last), body.into())
-                .map_err(|_| cryptocore::RandomError)?;
-            tag_out.copy_from_slice(&tag);
-            Ok(())
-        };
-        if blocks.len() >= PARALLEL_BLOCKS {
-            blocks
-                .par_iter()
-                .zip(slots.par_iter_mut())
-                .enumerate()
-                .try_for_each(seal)
-        } else {
-            blocks
-                .iter()
-                .zip(slots.iter_mut())
-                .enumerate()
-                .try_for_each(seal)
-        }
+            .collect();
+        out.resize(start + lens.iter().sum::<usize>(), 0);
+        let jobs: Vec<_> = blocks
+            .iter()
+            .zip(nonces.chunks(NONCE_LEN))
+            .zip(carve(&mut out[start..], &lens))
+            .collect();
+        for_each_block(jobs, |k, ((&(plain, last), nonce), slot)| {
+            self.seal_into(nonce, first + k as u64, last, plain, slot)
+        })
     }
 
     /// Decrypts consecutive blocks of `raw` (each CIPHER_BLOCK long but the file's final one),
     /// the first being block `first` and `final_index` the file's final block, appending the
-    /// plaintext to `out`. Large runs are spread over the CPUs.
+    /// plaintext to `out`. Large runs are spread over the CPUs. On failure nothing is appended
+    /// (and no partial plaintext stays behind).
     pub fn decrypt_run(
         &self,
         first: u64,
@@ -220,38 +232,22 @@ impl ContentCipher {
         raw: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), BlockError> {
-        use rayon::prelude::*;
         let chunks: Vec<&[u8]> = raw.chunks(CIPHER_BLOCK as usize).collect();
-        if chunks.len() < PARALLEL_BLOCKS {
-            for (k, chunk) in chunks.iter().enumerate() {
-                let i = first + k as u64;
-                self.decrypt_block(i, i == final_index, chunk, out)?;
-            }
-            return Ok(());
-        }
-        let start = out.len();
-        let lens: usize = chunks
+        let lens: Vec<usize> = chunks
             .iter()
             .map(|c| c.len().saturating_sub(OVERHEAD as usize))
-            .sum();
-        out.resize(start + lens, 0);
-        let mut slots: Vec<&mut [u8]> = Vec::with_capacity(chunks.len());
-        let mut rest = &mut out[start..];
-        for c in &chunks {
-            let (slot, tail) = rest.split_at_mut(c.len().saturating_sub(OVERHEAD as usize));
-            slots.push(slot);
-            rest = tail;
-        }
-        let r = chunks
-            .par_iter()
-            .zip(slots.par_iter_mut())
-            .enumerate()
-            .try_for_each(|(k, (chunk, slot))| {
-                let i = first + k as u64;
-                self.decrypt_block_into(i, i == final_index, chunk, slot)
-            });
+            .collect();
+        let start = out.len();
+        out.resize(start + lens.iter().sum::<usize>(), 0);
+        let jobs: Vec<_> = chunks
+            .into_iter()
+            .zip(carve(&mut out[start..], &lens))
+            .collect();
+        let r = for_each_block(jobs, |k, (chunk, slot)| {
+            let i = first + k as u64;
+            self.decrypt_block_into(i, i == final_index, chunk, slot)
+        });
         if r.is_err() {
-            // No partial plaintext stays behind.
             out[start..].zeroize();
             out.truncate(start);
         }
