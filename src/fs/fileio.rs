@@ -205,32 +205,40 @@ impl FileContent {
 
     /// Runs `f`, which overwrites bytes `start..end` (and may change the length), so that a
     /// crash inside it leaves an undo record of what was there. Bytes at or past the current end
-    /// need none: the old length brings the file back. Nested calls share the outer record. If
-    /// `f` fails, the old bytes are put back at once.
+    /// need none: the old length brings the file back. The undo log is taken out meanwhile, so
+    /// nested calls run under the outer record. If `f` fails, the old bytes are put back at once.
     fn in_place<T>(
         &mut self,
         start: u64,
         end: u64,
         f: impl FnOnce(&mut Self) -> FsResult<T>,
     ) -> FsResult<T> {
-        if self.undo.as_ref().is_none_or(UndoLog::is_active) {
+        let Some(mut undo) = self.undo.take() else {
             return f(self);
-        }
-        if let Some(u) = self.undo.as_mut() {
-            u.ready().map_err(|e| {
-                log::error!("{}: {e}", self.label);
-                Errno::EIO
-            })?;
-        }
+        };
+        let result = self.under_record(&mut undo, start, end, f);
+        self.undo = Some(undo);
+        result
+    }
+
+    fn under_record<T>(
+        &mut self,
+        undo: &mut UndoLog,
+        start: u64,
+        end: u64,
+        f: impl FnOnce(&mut Self) -> FsResult<T>,
+    ) -> FsResult<T> {
+        undo.ready().map_err(|e| {
+            log::error!("{}: {e}", self.label);
+            Errno::EIO
+        })?;
         let len = self.backing_len()?;
         if start >= len {
             return f(self);
         }
         let mut old = vec![0u8; (end.min(len) - start) as usize];
         self.file.read_exact_at(&mut old, start)?;
-        if let Some(u) = self.undo.as_mut() {
-            u.begin(start, len, &old)?;
-        }
+        undo.begin(start, len, &old)?;
         let result = f(self);
         if result.is_err() {
             let rec = Record {
@@ -242,15 +250,11 @@ impl FileContent {
             if let Err(e) = rec.apply(&self.file) {
                 // The record stays: the next open restores the file.
                 log::error!("{}: could not undo a failed write: {e}", self.label);
-                if let Some(u) = self.undo.as_mut() {
-                    u.abandon();
-                }
+                undo.abandon();
                 return result;
             }
         }
-        if let Some(u) = self.undo.as_mut() {
-            u.end()?;
-        }
+        undo.end()?;
         result
     }
 

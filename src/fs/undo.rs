@@ -253,8 +253,6 @@ pub struct UndoLog {
     journal: Arc<Journal>,
     id: [u8; 16],
     file: Option<File>,
-    /// Between `begin` and `end`: nested in-place steps share the record.
-    active: bool,
     /// The record file may still hold an obsolete (or half-written) record: it must be emptied
     /// before the file is written again, or the next open would undo later writes.
     dirty: bool,
@@ -269,14 +267,9 @@ impl UndoLog {
             journal,
             id,
             file: None,
-            active: false,
             dirty: false,
             needed: false,
         }
-    }
-
-    pub fn is_active(&self) -> bool {
-        self.active
     }
 
     /// Before any write of the file (in place or not): no obsolete record may survive it.
@@ -315,14 +308,11 @@ impl UndoLog {
             }
         };
         self.dirty = true;
-        file.write_all_at(&rec, 0)?;
-        self.active = true;
-        Ok(())
+        file.write_all_at(&rec, 0)
     }
 
     /// The in-place write is complete: the record is no longer needed.
     pub fn end(&mut self) -> io::Result<()> {
-        self.active = false;
         if let Some(f) = &self.file {
             f.set_len(0)?;
         }
@@ -332,7 +322,6 @@ impl UndoLog {
 
     /// The write failed and could not be undone: the record stays for the next open.
     pub fn abandon(&mut self) {
-        self.active = false;
         self.needed = true;
     }
 
