@@ -31,6 +31,30 @@ fn as_user(uid: u32, script: &str, envs: &[(&str, &std::path::Path)]) -> std::pr
     c.output().unwrap()
 }
 
+/// Gives the mount's CMK a policy of root (everything) plus `statements`, and lets other users
+/// reach the mount's parent directory.
+fn open_to_users(m: &Mounted, statements: &str) {
+    let policy = m.env.path("policy.json");
+    fs::write(
+        &policy,
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[
+            {{"Sid":"admin","Effect":"Allow","Principal":{{"Local":"uid:0"}},"Action":"kms:*","Resource":"*"}},
+            {statements}]}}"#
+        ),
+    )
+    .unwrap();
+    m.env.ok(&[
+        "key",
+        "policy",
+        "put",
+        "alias/fs",
+        "--file",
+        policy.to_str().unwrap(),
+    ]);
+    fs::set_permissions(m.env.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// Non-root users open /dev/fuse as on any desktop system (mode 0666, as udev sets it).
 fn fuse_device_for_users() {
     let _ = fs::set_permissions("/dev/fuse", fs::Permissions::from_mode(0o666));
@@ -98,26 +122,13 @@ fn allow_other_serves_other_users_under_normal_permissions() {
     let m = Mounted::with_args(&["--allow-other"]);
     // The key policy decides who may use the files' keys: USER may; DENIED is allowed by uid but
     // its group is denied, and the Deny wins.
-    let policy = m.env.path("policy.json");
-    fs::write(
-        &policy,
-        format!(
-            r#"{{"Version":"2012-10-17","Statement":[
-            {{"Sid":"admin","Effect":"Allow","Principal":{{"Local":"uid:0"}},"Action":"kms:*","Resource":"*"}},
-            {{"Sid":"users","Effect":"Allow","Principal":{{"Local":["uid:{USER}","uid:{DENIED}"]}},"Action":["kms:Decrypt","kms:GenerateDataKey*"],"Resource":"*"}},
-            {{"Sid":"no-group","Effect":"Deny","Principal":{{"Local":"group:kmsfstest2"}},"Action":"kms:*","Resource":"*"}}]}}"#
+    open_to_users(
+        &m,
+        &format!(
+            r#"{{"Sid":"users","Effect":"Allow","Principal":{{"Local":["uid:{USER}","uid:{DENIED}"]}},"Action":["kms:Decrypt","kms:GenerateDataKey*"],"Resource":"*"}},
+            {{"Sid":"no-group","Effect":"Deny","Principal":{{"Local":"group:kmsfstest2"}},"Action":"kms:*","Resource":"*"}}"#
         ),
-    )
-    .unwrap();
-    m.env.ok(&[
-        "key",
-        "policy",
-        "put",
-        "alias/fs",
-        "--file",
-        policy.to_str().unwrap(),
-    ]);
-    fs::set_permissions(m.env.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    );
     fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(m.p("public"), b"for everyone").unwrap();
     fs::set_permissions(m.p("public"), fs::Permissions::from_mode(0o644)).unwrap();
@@ -181,25 +192,12 @@ fn allow_other_serves_other_users_under_normal_permissions() {
 fn unprivileged_writes_clear_set_id_bits() {
     ensure_user(USER, "kmsfstest1");
     let m = Mounted::with_args(&["--allow-other"]);
-    let policy = m.env.path("policy.json");
-    fs::write(
-        &policy,
-        format!(
-            r#"{{"Version":"2012-10-17","Statement":[
-            {{"Sid":"admin","Effect":"Allow","Principal":{{"Local":"uid:0"}},"Action":"kms:*","Resource":"*"}},
-            {{"Sid":"user","Effect":"Allow","Principal":{{"Local":"uid:{USER}"}},"Action":["kms:Decrypt","kms:GenerateDataKey*"],"Resource":"*"}}]}}"#
+    open_to_users(
+        &m,
+        &format!(
+            r#"{{"Sid":"user","Effect":"Allow","Principal":{{"Local":"uid:{USER}"}},"Action":["kms:Decrypt","kms:GenerateDataKey*"],"Resource":"*"}}"#
         ),
-    )
-    .unwrap();
-    m.env.ok(&[
-        "key",
-        "policy",
-        "put",
-        "alias/fs",
-        "--file",
-        policy.to_str().unwrap(),
-    ]);
-    fs::set_permissions(m.env.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let mode = |p: &str| fs::metadata(m.p(p)).unwrap().permissions().mode() & 0o7777;
     for (name, start, after) in [
         ("suid", 0o4777, 0o777),
