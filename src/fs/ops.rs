@@ -40,6 +40,17 @@ pub struct OpenFile {
     ino: AtomicU64,
 }
 
+impl OpenFile {
+    /// The shared state of a file just opened under node `ino`, counting `handles` users.
+    fn new(content: FileContent, ino: u64, handles: u64) -> Arc<OpenFile> {
+        Arc::new(OpenFile {
+            content: RwLock::new(content),
+            handles: AtomicU64::new(handles),
+            ino: AtomicU64::new(ino),
+        })
+    }
+}
+
 enum Handle {
     File { file: Arc<OpenFile> },
     Dir { entries: Vec<DirEntry> },
@@ -383,6 +394,19 @@ impl KmsFs {
             .unwrap_or_else(|| self.volume.config.key.clone()))
     }
 
+    /// The CMK for a new data key of file `ino`: its directory's, else `current` (the one it
+    /// has), else the volume's.
+    fn key_for_file(&self, ino: u64, current: Option<String>, r: Requester) -> FsResult<String> {
+        let parent = lock(&self.inodes)
+            .get(ino)
+            .and_then(|n| n.links.first().map(|l| l.0));
+        match (parent, current) {
+            (Some(p), _) => self.key_for_new(p, r),
+            (None, Some(k)) => Ok(k),
+            (None, None) => Ok(self.volume.config.key.clone()),
+        }
+    }
+
     /// The backing directory of `parent` and the backing name of `name` in it.
     fn child(&self, parent: u64, name: &OsStr, r: Requester) -> FsResult<(DirFd, BackingName)> {
         if name.len() > nt::NAME_MAX {
@@ -557,11 +581,7 @@ impl KmsFs {
             .entry(ino)
             .or_insert_with(|| {
                 inserted = true;
-                Arc::new(OpenFile {
-                    content: RwLock::new(content),
-                    handles: AtomicU64::new(0),
-                    ino: AtomicU64::new(ino),
-                })
+                OpenFile::new(content, ino, 0)
             })
             .clone();
         f.handles.fetch_add(1, Ordering::SeqCst);
@@ -608,21 +628,11 @@ impl KmsFs {
             }
             return Ok(f);
         }
-        let parent = lock(&self.inodes)
-            .get(ino)
-            .and_then(|n| n.links.first().map(|l| l.0));
-        let key = match parent {
-            Some(p) => self.key_for_new(p, r)?,
-            None => self.volume.config.key.clone(),
-        };
+        let key = self.key_for_file(ino, None, r)?;
         let label = self.label(ino);
         let content = self.fresh_content(&file, label.clone(), &key, r)?;
         log::warn!("{label}: had no header (its creation was interrupted): now an empty file");
-        let f = Arc::new(OpenFile {
-            content: RwLock::new(content),
-            handles: AtomicU64::new(1),
-            ino: AtomicU64::new(ino),
-        });
+        let f = OpenFile::new(content, ino, 1);
         files.insert(ino, f.clone());
         Ok(f)
     }
@@ -750,17 +760,10 @@ impl KmsFs {
     /// of its directory.
     fn truncate(&self, ino: u64, size: u64, r: Requester) -> FsResult<()> {
         let f = self.open_file(ino, r)?;
-        let parent = lock(&self.inodes)
-            .get(ino)
-            .and_then(|n| n.links.first().map(|l| l.0));
         let result = (|| {
             let mut c = f.content.write().map_err(|_| Errno::EIO)?;
             if size == 0 {
-                let key = match (parent, c.key.clone()) {
-                    (Some(p), _) => self.key_for_new(p, r)?,
-                    (None, Some(k)) => k,
-                    (None, None) => self.volume.config.key.clone(),
-                };
+                let key = self.key_for_file(ino, c.key.clone(), r)?;
                 let label = c.label.clone();
                 let file = c.file().try_clone()?;
                 // xattr values are sealed under the file's key and id: carry them over.
@@ -935,11 +938,7 @@ impl KmsFs {
         };
         let entry = self.register(parent, &bn, &nix::sys::stat::fstat(&file)?);
         let ino = entry.attr.ino.0;
-        let of = Arc::new(OpenFile {
-            content: RwLock::new(content),
-            handles: AtomicU64::new(1),
-            ino: AtomicU64::new(ino),
-        });
+        let of = OpenFile::new(content, ino, 1);
         lock(&self.files).insert(ino, of.clone());
         let fh = self.new_handle(Handle::File { file: of });
         Ok((entry, fh))

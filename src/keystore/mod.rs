@@ -245,16 +245,13 @@ impl KeyStore {
 
     /// Changes whenever keys.db is replaced (each save is a rename, so a new inode and time).
     pub fn change_stamp(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        match std::fs::metadata(self.dir.join(DB_FILE)) {
-            Ok(m) => {
-                m.ino().wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    ^ (m.mtime_nsec() as u64)
-                    ^ ((m.mtime() as u64) << 30)
-                    ^ m.size().rotate_left(17)
-            }
-            Err(_) => 0,
-        }
+        self.db_stamp().map_or(0, |s| {
+            s.iter().fold(0u64, |h, v| {
+                (h ^ *v as u64)
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .rotate_left(17)
+            })
+        })
     }
 
     fn db_aad(&self, header: &[u8]) -> Vec<u8> {
