@@ -199,6 +199,17 @@ fn unprivileged_writes_clear_set_id_bits() {
         ),
     );
     let mode = |p: &str| fs::metadata(m.p(p)).unwrap().permissions().mode() & 0o7777;
+    // USER runs `cmd` on `name`; once the kernel's cached attributes expire, its mode is `want`.
+    let by_user = |cmd: &str, name: &str, want: u32, what: &str| {
+        let out = as_user(USER, &format!("{cmd} '{}'", m.p(name).display()), &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        assert_eq!(mode(name), want, "{what}");
+    };
     for (name, start, after) in [
         ("suid", 0o4777, 0o777),
         ("sgid", 0o6777, 0o777),
@@ -212,30 +223,8 @@ fn unprivileged_writes_clear_set_id_bits() {
         )
         .unwrap();
         assert_eq!(mode(name), start, "{name}: root's write keeps the bits");
-        let out = as_user(
-            USER,
-            &format!("printf more >> '{}'", m.p(name).display()),
-            &[],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(std::time::Duration::from_millis(1100));
-        assert_eq!(mode(name), after, "{name}");
+        by_user("printf more >>", name, after, name);
     }
     fs::set_permissions(m.p("suid"), fs::Permissions::from_mode(0o4777)).unwrap();
-    let out = as_user(
-        USER,
-        &format!("truncate -s 3 '{}'", m.p("suid").display()),
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    assert_eq!(mode("suid"), 0o777, "truncate by a user");
+    by_user("truncate -s 3", "suid", 0o777, "truncate by a user");
 }
