@@ -25,6 +25,14 @@ pub enum ErrorKind {
     FsckProblems,
     /// Stopped by Ctrl-C (or SIGTERM) between two items; a rerun continues.
     Interrupted,
+    /// The key's usage or spec does not allow the requested algorithm or operation.
+    InvalidKeyUsage,
+    /// Verify: the signature does not match.
+    InvalidSignature,
+    /// VerifyMac: the MAC does not match.
+    InvalidMac,
+    /// A remote key service could not be reached, or kept failing after retries.
+    Unavailable,
     Internal,
 }
 
@@ -47,6 +55,10 @@ impl ErrorKind {
             ErrorKind::AuditInvalid => "AuditLogInvalidException",
             ErrorKind::FsckProblems => "FsckProblemsFoundException",
             ErrorKind::Interrupted => "InterruptedException",
+            ErrorKind::InvalidKeyUsage => "InvalidKeyUsageException",
+            ErrorKind::InvalidSignature => "KMSInvalidSignatureException",
+            ErrorKind::InvalidMac => "KMSInvalidMacException",
+            ErrorKind::Unavailable => "DependencyTimeoutException",
             ErrorKind::Internal => "KMSInternalException",
         }
     }
@@ -69,12 +81,16 @@ impl ErrorKind {
             ErrorKind::KeyStore => 21,
             ErrorKind::AuditInvalid => 22,
             ErrorKind::FsckProblems => 23,
+            ErrorKind::InvalidKeyUsage => 24,
+            ErrorKind::InvalidSignature => 25,
+            ErrorKind::InvalidMac => 26,
+            ErrorKind::Unavailable => 27,
             // The shell's code for a command ended by SIGINT.
             ErrorKind::Interrupted => 130,
         }
     }
 
-    pub const ALL: [ErrorKind; 16] = [
+    pub const ALL: [ErrorKind; 20] = [
         ErrorKind::NotFound,
         ErrorKind::Disabled,
         ErrorKind::KmsInvalidState,
@@ -90,6 +106,10 @@ impl ErrorKind {
         ErrorKind::AuditInvalid,
         ErrorKind::FsckProblems,
         ErrorKind::Interrupted,
+        ErrorKind::InvalidKeyUsage,
+        ErrorKind::InvalidSignature,
+        ErrorKind::InvalidMac,
+        ErrorKind::Unavailable,
         ErrorKind::Internal,
     ];
 }

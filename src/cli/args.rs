@@ -1,5 +1,9 @@
 //! The command-line grammar (clap derive). Behaviour lives in `cli::commands`.
 
+use crate::kms::keyspec::{
+    EncryptionAlgorithm, KeyPairSpec, KeySpec, KeyUsage, MacAlgorithm, MessageType,
+    SigningAlgorithm,
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -70,6 +74,40 @@ pub enum Command {
         after_help = "Example:\n  kmsfs generate-data-key --key alias/app --spec AES_256"
     )]
     GenerateDataKey(DataKeyArgs),
+    /// Generate a key pair whose private key is encrypted under a symmetric CMK (JSON output)
+    #[command(
+        name = "generate-data-key-pair",
+        after_help = "Example:\n  kmsfs generate-data-key-pair --key alias/app --spec ECC_NIST_P256"
+    )]
+    GenerateDataKeyPair(DataKeyPairArgs),
+    /// Sign a message (or its digest) with an asymmetric SIGN_VERIFY key
+    #[command(
+        after_help = "Example:\n  kmsfs sign --key alias/signer --algorithm ECDSA_SHA_256 --in release.tar --out release.sig"
+    )]
+    Sign(SignArgs),
+    /// Verify a signature made by an asymmetric key (exit 25 if it does not match)
+    #[command(
+        after_help = "Example:\n  kmsfs verify --key alias/signer --algorithm ECDSA_SHA_256 --in release.tar --signature release.sig"
+    )]
+    Verify(VerifyArgs),
+    /// Export the public key of an RSA or ECC key (DER SubjectPublicKeyInfo, or PEM)
+    #[command(
+        name = "get-public-key",
+        after_help = "Example:\n  kmsfs get-public-key alias/signer --pem --out signer.pem"
+    )]
+    GetPublicKey(PublicKeyArgs),
+    /// Compute an HMAC with an HMAC key
+    #[command(
+        name = "generate-mac",
+        after_help = "Example:\n  kmsfs generate-mac --key alias/tokens --algorithm HMAC_SHA_256 --in msg --base64"
+    )]
+    GenerateMac(MacArgs),
+    /// Check an HMAC with an HMAC key (exit 26 if it does not match)
+    #[command(
+        name = "verify-mac",
+        after_help = "Example:\n  kmsfs verify-mac --key alias/tokens --algorithm HMAC_SHA_256 --in msg --mac msg.mac"
+    )]
+    VerifyMac(VerifyMacArgs),
     /// Random bytes from the KMS
     #[command(after_help = "Example:\n  kmsfs random --bytes 32 --base64")]
     Random(RandomArgs),
@@ -357,6 +395,14 @@ pub struct CreateArgs {
     /// Tags, key=value (repeatable)
     #[arg(long = "tag", value_name = "K=V")]
     pub tags: Vec<String>,
+    /// SYMMETRIC_DEFAULT, RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256, ECC_NIST_P384,
+    /// HMAC_224, HMAC_256, HMAC_384 or HMAC_512
+    #[arg(long, value_parser = KeySpec::parse, default_value = "SYMMETRIC_DEFAULT")]
+    pub spec: KeySpec,
+    /// ENCRYPT_DECRYPT, SIGN_VERIFY or GENERATE_VERIFY_MAC [default: the spec's only usage;
+    /// ENCRYPT_DECRYPT for RSA]
+    #[arg(long, value_parser = KeyUsage::parse)]
+    pub usage: Option<KeyUsage>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -488,6 +534,9 @@ pub struct IoArgs {
 pub struct EncryptArgs {
     #[arg(long)]
     pub key: String,
+    /// SYMMETRIC_DEFAULT, or RSAES_OAEP_SHA_1 / RSAES_OAEP_SHA_256 for RSA keys
+    #[arg(long, value_parser = EncryptionAlgorithm::parse)]
+    pub algorithm: Option<EncryptionAlgorithm>,
     /// Encryption context, key=value (repeatable); decrypt needs the same
     #[arg(long = "context", value_name = "K=V")]
     pub context: Vec<String>,
@@ -497,9 +546,12 @@ pub struct EncryptArgs {
 
 #[derive(Args, Debug)]
 pub struct DecryptArgs {
-    /// Refuse a blob made under any other key (IncorrectKeyException)
+    /// Refuse a blob made under any other key (IncorrectKeyException); required for RSA
     #[arg(long)]
     pub key: Option<String>,
+    /// SYMMETRIC_DEFAULT, or RSAES_OAEP_SHA_1 / RSAES_OAEP_SHA_256 for RSA keys
+    #[arg(long, value_parser = EncryptionAlgorithm::parse, requires = "key")]
+    pub algorithm: Option<EncryptionAlgorithm>,
     #[arg(long = "context", value_name = "K=V")]
     pub context: Vec<String>,
     #[command(flatten)]
@@ -517,6 +569,15 @@ pub struct ReEncryptArgs {
     /// Context for the new blob [default: the same as --context]
     #[arg(long = "to-context", value_name = "K=V")]
     pub to_context: Option<Vec<String>>,
+    /// The RSA key the input was encrypted under (needed with --source-algorithm)
+    #[arg(long, requires = "source_algorithm")]
+    pub source_key: Option<String>,
+    /// RSAES_OAEP_SHA_1 / RSAES_OAEP_SHA_256 when the input is RSA ciphertext
+    #[arg(long, value_parser = EncryptionAlgorithm::parse, requires = "source_key")]
+    pub source_algorithm: Option<EncryptionAlgorithm>,
+    /// RSAES_OAEP_SHA_1 / RSAES_OAEP_SHA_256 when --to is an RSA key
+    #[arg(long, value_parser = EncryptionAlgorithm::parse)]
+    pub to_algorithm: Option<EncryptionAlgorithm>,
     #[command(flatten)]
     pub io: IoArgs,
 }
@@ -544,6 +605,75 @@ pub enum KeySpecArg {
     Aes256,
     #[value(name = "AES_128")]
     Aes128,
+}
+
+#[derive(Args, Debug)]
+pub struct DataKeyPairArgs {
+    /// The symmetric CMK that encrypts the private key
+    #[arg(long)]
+    pub key: String,
+    /// RSA_2048, RSA_3072, RSA_4096, ECC_NIST_P256 or ECC_NIST_P384
+    #[arg(long, value_parser = KeyPairSpec::parse)]
+    pub spec: KeyPairSpec,
+    #[arg(long = "context", value_name = "K=V")]
+    pub context: Vec<String>,
+    /// Return only the encrypted private key (and the public key)
+    #[arg(long)]
+    pub without_plaintext: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    #[arg(long)]
+    pub key: String,
+    /// RSASSA_PSS_SHA_256/384/512, RSASSA_PKCS1_V1_5_SHA_256/384/512, ECDSA_SHA_256 (P-256),
+    /// ECDSA_SHA_384 (P-384)
+    #[arg(long, value_parser = SigningAlgorithm::parse)]
+    pub algorithm: SigningAlgorithm,
+    /// RAW (up to 4096 bytes, hashed here) or DIGEST (already hashed; not hashed again)
+    #[arg(long, value_parser = MessageType::parse, default_value = "RAW")]
+    pub message_type: MessageType,
+    #[command(flatten)]
+    pub io: IoArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub sign: SignArgs,
+    /// File holding the signature, raw or base64
+    #[arg(long, value_name = "FILE")]
+    pub signature: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct PublicKeyArgs {
+    pub key: String,
+    /// PEM ("PUBLIC KEY") instead of DER
+    #[arg(long)]
+    pub pem: bool,
+    #[arg(long = "out", value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct MacArgs {
+    #[arg(long)]
+    pub key: String,
+    /// HMAC_SHA_224, HMAC_SHA_256, HMAC_SHA_384 or HMAC_SHA_512 (matching the key's spec)
+    #[arg(long, value_parser = MacAlgorithm::parse)]
+    pub algorithm: MacAlgorithm,
+    #[command(flatten)]
+    pub io: IoArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyMacArgs {
+    #[command(flatten)]
+    pub mac_args: MacArgs,
+    /// File holding the MAC, raw or base64
+    #[arg(long, value_name = "FILE")]
+    pub mac: PathBuf,
 }
 
 #[derive(Args, Debug)]

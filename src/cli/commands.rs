@@ -11,8 +11,9 @@ use crate::keystore::KeyStore;
 use crate::keystore::rootkey::{KdfParams, RootKind};
 use crate::kms::blob;
 use crate::kms::key::Origin;
+use crate::kms::keyspec::EncryptionAlgorithm;
 use crate::kms::service::MAX_PLAINTEXT;
-use crate::kms::types::{CreateKeyRequest, KeyMetadata, Wrapped};
+use crate::kms::types::{CreateKeyRequest, KeyMetadata, ReEncryptRequest, Wrapped};
 use crate::kms::{Caller, EncryptionContext, Kms, key::key_arn};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -57,6 +58,12 @@ pub fn run(cli: Cli) -> Result<()> {
                 Command::ReEncrypt(a) => ctx.re_encrypt(&a),
                 Command::GenerateDataKey(a) => ctx.generate_data_key(&a),
                 Command::Random(a) => ctx.random(&a),
+                Command::GenerateDataKeyPair(a) => ctx.generate_data_key_pair(&a),
+                Command::Sign(a) => ctx.sign(&a),
+                Command::Verify(a) => ctx.verify(&a),
+                Command::GetPublicKey(a) => ctx.get_public_key(&a),
+                Command::GenerateMac(a) => ctx.generate_mac(&a),
+                Command::VerifyMac(a) => ctx.verify_mac(&a),
                 Command::Audit(a) => ctx.audit(a),
                 // Handled above, before the key store is opened.
                 Command::Keystore(_)
@@ -146,7 +153,7 @@ fn keystore_info(g: &Global, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-fn read_limited(input: Option<&Path>, limit: usize) -> Result<Zeroizing<Vec<u8>>> {
+pub(super) fn read_limited(input: Option<&Path>, limit: usize) -> Result<Zeroizing<Vec<u8>>> {
     let mut buf = Zeroizing::new(Vec::new());
     let res = match input {
         Some(p) => std::fs::File::open(p)
@@ -167,6 +174,16 @@ fn read_blob(input: Option<&Path>) -> Result<Vec<u8>> {
     if data.starts_with(blob::MAGIC) {
         return Ok(data.to_vec());
     }
+    decode_text(&data)
+}
+
+/// Base64 text, or else the bytes themselves (RSA ciphertext, signatures, MACs).
+pub(super) fn read_raw_or_base64(input: Option<&Path>, limit: usize) -> Result<Vec<u8>> {
+    let data = read_limited(input, limit)?;
+    Ok(decode_text(&data).unwrap_or_else(|_| data.to_vec()))
+}
+
+fn decode_text(data: &[u8]) -> Result<Vec<u8>> {
     let text = std::str::from_utf8(&data).map_err(|_| {
         KmsError::invalid_ciphertext("input is neither a ciphertext blob nor base64")
     })?;
@@ -180,10 +197,10 @@ fn parse_tags(pairs: &[String]) -> Result<BTreeMap<String, String>> {
         .0)
 }
 
-struct Ctx<'a> {
-    kms: &'a Kms,
-    caller: &'a Caller,
-    json: bool,
+pub(super) struct Ctx<'a> {
+    pub(super) kms: &'a Kms,
+    pub(super) caller: &'a Caller,
+    pub(super) json: bool,
 }
 
 impl Ctx<'_> {
@@ -211,6 +228,8 @@ impl Ctx<'_> {
                             OriginArg::External => Origin::External,
                         }),
                         tags: parse_tags(&a.tags)?,
+                        key_spec: Some(a.spec),
+                        key_usage: a.usage,
                     },
                 )?;
                 if self.json {
@@ -416,13 +435,19 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn write_blob(&self, w: &Wrapped, io: &IoArgs, extra: serde_json::Value) -> Result<()> {
+    fn write_blob(
+        &self,
+        w: &Wrapped,
+        alg: Option<EncryptionAlgorithm>,
+        io: &IoArgs,
+        extra: serde_json::Value,
+    ) -> Result<()> {
         if self.json {
             let mut v = json!({
                 "CiphertextBlob": b64_encode(&w.blob),
                 "KeyId": key_arn(&w.key_id),
                 "KeyVersion": w.key_version,
-                "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                "EncryptionAlgorithm": alg.unwrap_or(EncryptionAlgorithm::SymmetricDefault).as_str(),
             });
             if let (Some(o), serde_json::Value::Object(e)) = (v.as_object_mut(), extra) {
                 o.extend(e);
@@ -444,22 +469,27 @@ impl Ctx<'_> {
     fn encrypt(&self, a: &EncryptArgs) -> Result<()> {
         let ctx = EncryptionContext::from_pairs(&a.context)?;
         let plaintext = read_limited(a.io.input.as_deref(), MAX_PLAINTEXT + 1)?;
-        let w = self.kms.encrypt(self.caller, &a.key, &plaintext, &ctx)?;
-        self.write_blob(&w, &a.io, json!({}))
+        let w = self
+            .kms
+            .encrypt_with(self.caller, &a.key, &plaintext, &ctx, a.algorithm)?;
+        self.write_blob(&w, a.algorithm, &a.io, json!({}))
     }
 
     fn decrypt(&self, a: &DecryptArgs) -> Result<()> {
         let ctx = EncryptionContext::from_pairs(&a.context)?;
-        let data = read_blob(a.io.input.as_deref())?;
+        let data = match a.algorithm {
+            Some(_) => read_raw_or_base64(a.io.input.as_deref(), 2 * blob::MAX_LEN + 64)?,
+            None => read_blob(a.io.input.as_deref())?,
+        };
         let u = self
             .kms
-            .decrypt(self.caller, &data, &ctx, a.key.as_deref())?;
+            .decrypt_with(self.caller, &data, &ctx, a.key.as_deref(), a.algorithm)?;
         if self.json {
             let v = json!({
                 "KeyId": key_arn(&u.key_id),
                 "KeyVersion": u.key_version,
                 "Plaintext": b64_encode(&u.plaintext),
-                "EncryptionAlgorithm": "SYMMETRIC_DEFAULT",
+                "EncryptionAlgorithm": a.algorithm.unwrap_or(EncryptionAlgorithm::SymmetricDefault).as_str(),
             });
             let s = Zeroizing::new(
                 serde_json::to_string_pretty(&v)
@@ -481,9 +511,23 @@ impl Ctx<'_> {
             Some(p) => EncryptionContext::from_pairs(p)?,
             None => src.clone(),
         };
-        let data = read_blob(a.io.input.as_deref())?;
+        let data = match a.source_algorithm {
+            Some(_) => read_raw_or_base64(a.io.input.as_deref(), 2 * blob::MAX_LEN + 64)?,
+            None => read_blob(a.io.input.as_deref())?,
+        };
         let source = blob::parse(&data).ok().map(|(h, _)| h);
-        let w = self.kms.re_encrypt(self.caller, &data, &src, &a.to, &dst)?;
+        let w = self.kms.re_encrypt_with(
+            self.caller,
+            &ReEncryptRequest {
+                data: &data,
+                source_ctx: &src,
+                source_key: a.source_key.as_deref(),
+                source_alg: a.source_algorithm,
+                to: &a.to,
+                dest_ctx: &dst,
+                dest_alg: a.to_algorithm,
+            },
+        )?;
         let extra = match source {
             Some(h) => json!({
                 "SourceKeyId": key_arn(&h.key_id),
@@ -491,7 +535,7 @@ impl Ctx<'_> {
             }),
             None => json!({}),
         };
-        self.write_blob(&w, &a.io, extra)
+        self.write_blob(&w, a.to_algorithm, &a.io, extra)
     }
 
     fn generate_data_key(&self, a: &DataKeyArgs) -> Result<()> {

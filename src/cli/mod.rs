@@ -1,6 +1,7 @@
 //! The `kmsfs` command line.
 
 pub mod args;
+pub mod asymcmd;
 pub mod commands;
 pub mod docs;
 pub mod fstab;

@@ -371,22 +371,23 @@ impl KeyStore {
     }
 
     /// Seals one version of key material, bound to its key id and version number.
-    pub fn seal_material(
-        &self,
-        key_id: &Uuid,
-        version: u32,
-        material: &SecretKey,
-    ) -> Result<Vec<u8>> {
+    pub fn seal_material(&self, key_id: &Uuid, version: u32, material: &[u8]) -> Result<Vec<u8>> {
         cryptocore::seal(
             &self.keys.material,
             &Self::material_aad(key_id, version),
-            material.as_ref(),
+            material,
         )
         .map_err(|_| KmsError::internal("the system random source failed"))
     }
 
-    pub fn unseal_material(&self, key_id: &Uuid, version: u32, sealed: &[u8]) -> Result<SecretKey> {
-        let plain = cryptocore::open(
+    /// Unseals material of any length (PKCS#8 key pairs, HMAC keys).
+    pub fn unseal_secret(
+        &self,
+        key_id: &Uuid,
+        version: u32,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>> {
+        cryptocore::open(
             &self.keys.material,
             &Self::material_aad(key_id, version),
             sealed,
@@ -395,7 +396,12 @@ impl KeyStore {
             KmsError::keystore(format!(
                 "sealed material of key {key_id} version {version} failed authentication"
             ))
-        })?;
+        })
+    }
+
+    /// Unseals 256-bit symmetric material.
+    pub fn unseal_material(&self, key_id: &Uuid, version: u32, sealed: &[u8]) -> Result<SecretKey> {
+        let plain = self.unseal_secret(key_id, version, sealed)?;
         let mut key = Zeroizing::new([0u8; cryptocore::KEY_LEN]);
         if plain.len() != key.len() {
             return Err(KmsError::keystore(format!(
@@ -469,7 +475,7 @@ mod tests {
         let ks = KeyStore::init(d.path(), &pw("p"), fast(), Utc::now()).unwrap();
         let m = cryptocore::random_key().unwrap();
         let id = Uuid::new_v4();
-        let s = ks.seal_material(&id, 1, &m).unwrap();
+        let s = ks.seal_material(&id, 1, &m[..]).unwrap();
         assert_eq!(*ks.unseal_material(&id, 1, &s).unwrap(), *m);
         assert!(ks.unseal_material(&id, 2, &s).is_err());
         assert!(ks.unseal_material(&Uuid::new_v4(), 1, &s).is_err());

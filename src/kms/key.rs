@@ -2,6 +2,7 @@
 
 use crate::clock::format_time;
 use crate::error::{ErrorKind, KmsError, Result};
+use crate::kms::keyspec::{KeySpec, KeyUsage};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -102,6 +103,11 @@ pub struct KeyRecord {
     /// Versions below this no longer decrypt (like Vault's min_decryption_version); 0 = none.
     #[serde(default)]
     pub min_decryption_version: u32,
+    /// Absent in records written before asymmetric keys: SYMMETRIC_DEFAULT.
+    #[serde(default)]
+    pub key_spec: KeySpec,
+    #[serde(default)]
+    pub key_usage: KeyUsage,
 }
 
 /// The resource name of a key, also accepted wherever a key is named.
@@ -251,6 +257,16 @@ impl KeyRecord {
     }
 
     fn check_rotatable(&self) -> Result<()> {
+        if !self.key_spec.rotates() {
+            return Err(KmsError::new(
+                ErrorKind::UnsupportedOperation,
+                format!(
+                    "key {} is {}: only symmetric keys rotate",
+                    self.id,
+                    self.key_spec.as_str()
+                ),
+            ));
+        }
         if self.origin == Origin::External {
             return Err(KmsError::new(
                 ErrorKind::UnsupportedOperation,
@@ -329,6 +345,8 @@ pub(crate) mod tests {
             policy: String::new(),
             tags: BTreeMap::new(),
             min_decryption_version: 0,
+            key_spec: KeySpec::SymmetricDefault,
+            key_usage: KeyUsage::EncryptDecrypt,
         }
     }
 

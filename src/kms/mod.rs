@@ -1,10 +1,13 @@
 //! The local key management service.
 
+pub mod asymmetric;
 pub mod audit;
 pub mod blob;
 pub mod caller;
 pub mod context;
 pub mod key;
+pub mod keypair;
+pub mod keyspec;
 pub mod policy;
 pub mod service;
 pub mod types;

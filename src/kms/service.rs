@@ -10,6 +10,8 @@ use crate::kms::blob::{self, BlobHeader};
 use crate::kms::caller::Caller;
 use crate::kms::context::EncryptionContext;
 use crate::kms::key::{DEFAULT_ROTATION_DAYS, KeyRecord, KeyState, Origin, VersionSource, key_arn};
+use crate::kms::keypair;
+use crate::kms::keyspec::{self, EncryptionAlgorithm, KeySpec, KeyUsage};
 use crate::kms::policy::{self, Decision, Request};
 use crate::kms::types::*;
 use chrono::{DateTime, Utc};
@@ -110,15 +112,15 @@ enum AuditWhen {
 
 /// What the audit record of the running operation will say about its key.
 #[derive(Default)]
-struct Draft {
-    key_id: Option<Uuid>,
-    key_version: Option<u32>,
-    context: EncryptionContext,
-    message: Option<String>,
+pub(super) struct Draft {
+    pub(super) key_id: Option<Uuid>,
+    pub(super) key_version: Option<u32>,
+    pub(super) context: EncryptionContext,
+    pub(super) message: Option<String>,
 }
 
 /// One operation's view of the key database, under the store lock.
-struct Txn<'a> {
+pub(super) struct Txn<'a> {
     store: &'a KeyStore,
     caller: &'a Caller,
     db: KeyDb,
@@ -202,7 +204,7 @@ impl Txn<'_> {
     }
 
     /// Resolves a key name, notes it for the audit record, and applies a due automatic rotation.
-    fn resolve(&mut self, name: &str, draft: &mut Draft) -> Result<Uuid> {
+    pub(super) fn resolve(&mut self, name: &str, draft: &mut Draft) -> Result<Uuid> {
         let id = self.lookup(&KeyRef::parse(name)?)?;
         draft.key_id = Some(id);
         self.touch(id)?;
@@ -222,7 +224,7 @@ impl Txn<'_> {
         Ok(())
     }
 
-    fn key(&self, id: Uuid) -> Result<&KeyRecord> {
+    pub(super) fn key(&self, id: Uuid) -> Result<&KeyRecord> {
         self.db
             .keys
             .get(&id)
@@ -260,7 +262,7 @@ impl Txn<'_> {
         ))
     }
 
-    fn authorize(&self, id: Uuid, action: &str, ctx: &EncryptionContext) -> Result<()> {
+    pub(super) fn authorize(&self, id: Uuid, action: &str, ctx: &EncryptionContext) -> Result<()> {
         let why = match self.decide(id, self.caller, action, ctx)? {
             Decision::Allow { .. } => return Ok(()),
             Decision::ExplicitDeny { statement } => format!("denied by statement {statement:?}"),
@@ -278,12 +280,17 @@ impl Txn<'_> {
 
     /// Generates and seals new material as the key's next version.
     fn add_material(&mut self, id: Uuid, source: VersionSource) -> Result<u32> {
-        let material = cryptocore::random_key()
-            .map_err(|_| KmsError::internal("the system random source failed"))?;
+        let spec = self.key(id)?.key_spec;
+        if spec == KeySpec::SymmetricDefault {
+            let material = cryptocore::random_key()
+                .map_err(|_| KmsError::internal("the system random source failed"))?;
+            return self.add_sealed(id, source, &material[..]);
+        }
+        let material = keypair::generate(spec)?;
         self.add_sealed(id, source, &material)
     }
 
-    fn add_sealed(&mut self, id: Uuid, source: VersionSource, material: &SecretKey) -> Result<u32> {
+    fn add_sealed(&mut self, id: Uuid, source: VersionSource, material: &[u8]) -> Result<u32> {
         let number = self.key(id)?.next_version_number();
         let sealed = self.store.seal_material(&id, number, material)?;
         let now = self.now;
@@ -297,6 +304,35 @@ impl Txn<'_> {
         self.store.unseal_material(&id, version, &v.sealed_material)
     }
 
+    /// The current material of an asymmetric or HMAC key (they have one version).
+    pub(super) fn secret(&self, id: Uuid) -> Result<(u32, Zeroizing<Vec<u8>>)> {
+        let v = self
+            .key(id)?
+            .current_version()
+            .ok_or_else(|| KmsError::invalid_state(format!("key {id} has no key material")))?;
+        Ok((
+            v.number,
+            self.store
+                .unseal_secret(&id, v.number, &v.sealed_material)?,
+        ))
+    }
+
+    /// Refuses keys that are not symmetric ENCRYPT_DECRYPT keys (data keys, key pairs).
+    pub(super) fn check_symmetric(&self, id: Uuid, op: &str) -> Result<()> {
+        let k = self.key(id)?;
+        if k.key_spec == KeySpec::SymmetricDefault && k.key_usage == KeyUsage::EncryptDecrypt {
+            return Ok(());
+        }
+        Err(KmsError::new(
+            ErrorKind::InvalidKeyUsage,
+            format!(
+                "{op} needs a SYMMETRIC_DEFAULT key; key {id} is {} for {}",
+                k.key_spec.as_str(),
+                k.key_usage.as_str()
+            ),
+        ))
+    }
+
     fn aliases_of(&self, id: Uuid) -> Vec<String> {
         self.db
             .aliases
@@ -306,12 +342,93 @@ impl Txn<'_> {
             .collect()
     }
 
-    fn metadata(&self, id: Uuid) -> Result<KeyMetadata> {
+    pub(super) fn metadata(&self, id: Uuid) -> Result<KeyMetadata> {
         Ok(KeyMetadata::from_record(self.key(id)?, self.aliases_of(id)))
     }
 
+    /// Encrypts under the key's current version with `alg` (None: SYMMETRIC_DEFAULT, which
+    /// makes a ciphertext blob; RSA algorithms make raw RSA-OAEP ciphertext, as AWS). The key
+    /// must be Enabled.
+    fn seal_with(
+        &self,
+        id: Uuid,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+        alg: Option<EncryptionAlgorithm>,
+        draft: &mut Draft,
+    ) -> Result<Wrapped> {
+        let k = self.key(id)?;
+        let alg = keyspec::check_encryption(k.key_spec, k.key_usage, alg)?;
+        let limit = keyspec::max_plaintext(k.key_spec, alg);
+        if plaintext.len() > limit {
+            return Err(KmsError::validation(format!(
+                "plaintext is {} bytes; {} with {} takes at most {limit}",
+                plaintext.len(),
+                k.key_spec.as_str(),
+                alg.as_str()
+            )));
+        }
+        if alg == EncryptionAlgorithm::SymmetricDefault {
+            return self.seal_blob(id, plaintext, ctx, draft);
+        }
+        if !ctx.is_empty() {
+            return Err(KmsError::validation(
+                "asymmetric keys take no encryption context",
+            ));
+        }
+        k.check_usable()?;
+        let (version, material) = self.secret(id)?;
+        draft.key_version = Some(version);
+        let public = keypair::public_key_der(k.key_spec, &material)?;
+        Ok(Wrapped {
+            blob: keypair::rsa_encrypt(&public, alg, plaintext)?,
+            key_id: id,
+            key_version: version,
+        })
+    }
+
+    /// Decrypts with `alg`: a ciphertext blob (None or SYMMETRIC_DEFAULT; the blob names its
+    /// key), or raw RSA-OAEP ciphertext, which needs the key named.
+    fn open_with(
+        &mut self,
+        data: &[u8],
+        ctx: &EncryptionContext,
+        key: Option<&str>,
+        alg: Option<EncryptionAlgorithm>,
+        action: &str,
+        draft: &mut Draft,
+    ) -> Result<Unwrapped> {
+        let alg = alg.unwrap_or(EncryptionAlgorithm::SymmetricDefault);
+        if alg == EncryptionAlgorithm::SymmetricDefault {
+            return self.open_blob(data, ctx, key, action, draft);
+        }
+        let name = key.ok_or_else(|| {
+            KmsError::validation(format!(
+                "decrypting with {} needs the key named (--key / KeyId)",
+                alg.as_str()
+            ))
+        })?;
+        let id = self.resolve(name, draft)?;
+        self.authorize(id, action, ctx)?;
+        let k = self.key(id)?;
+        keyspec::check_encryption(k.key_spec, k.key_usage, Some(alg))?;
+        if !ctx.is_empty() {
+            return Err(KmsError::validation(
+                "asymmetric keys take no encryption context",
+            ));
+        }
+        k.check_usable()?;
+        let (version, material) = self.secret(id)?;
+        draft.key_version = Some(version);
+        Ok(Unwrapped {
+            plaintext: keypair::rsa_decrypt(&material, alg, data)?,
+            key_id: id,
+            key_version: version,
+        })
+    }
+
     /// Encrypts under the key's current version; the key must be Enabled.
-    fn seal_blob(
+    pub(super) fn seal_blob(
         &self,
         id: Uuid,
         plaintext: &[u8],
@@ -368,6 +485,7 @@ impl Txn<'_> {
             }
         }
         let id = self.lookup(&KeyRef::Id(header.key_id))?;
+        self.check_symmetric(id, "SYMMETRIC_DEFAULT decryption")?;
         self.touch(id)?;
         self.authorize(id, action, ctx)?;
         self.key(id)?.check_usable()?;
@@ -401,7 +519,7 @@ impl Kms {
     }
 
     /// Runs one operation as a transaction and writes its audit record, whatever the outcome.
-    fn run<T>(
+    pub(super) fn run<T>(
         &self,
         caller: &Caller,
         operation: &str,
@@ -536,6 +654,15 @@ impl Kms {
                 None => policy::default_policy(t.caller.uid),
             };
             let origin = req.origin.unwrap_or(Origin::AwsKms);
+            let key_spec = req.key_spec.unwrap_or_default();
+            let key_usage = req.key_usage.unwrap_or(key_spec.default_usage());
+            key_spec.check_usage(key_usage)?;
+            if origin == Origin::External && key_spec != KeySpec::SymmetricDefault {
+                return Err(KmsError::new(
+                    ErrorKind::UnsupportedOperation,
+                    "only SYMMETRIC_DEFAULT keys take imported material",
+                ));
+            }
             t.db.keys.insert(
                 id,
                 KeyRecord {
@@ -554,6 +681,8 @@ impl Kms {
                     policy: policy_text,
                     tags: req.tags.clone(),
                     min_decryption_version: 0,
+                    key_spec,
+                    key_usage,
                 },
             );
             t.dirty = true;
@@ -796,7 +925,7 @@ impl Kms {
                     ));
                 }
             } else {
-                d.key_version = Some(t.add_sealed(id, VersionSource::Imported, &m)?);
+                d.key_version = Some(t.add_sealed(id, VersionSource::Imported, &m[..])?);
             }
             let k = t.key_mut(id)?;
             if k.state == KeyState::PendingImport {
@@ -898,6 +1027,19 @@ impl Kms {
         plaintext: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<Wrapped> {
+        self.encrypt_with(caller, key, plaintext, ctx, None)
+    }
+
+    /// Encrypt with an algorithm: None or SYMMETRIC_DEFAULT for symmetric keys, RSAES_OAEP_* for
+    /// RSA ENCRYPT_DECRYPT keys.
+    pub fn encrypt_with(
+        &self,
+        caller: &Caller,
+        key: &str,
+        plaintext: &[u8],
+        ctx: &EncryptionContext,
+        alg: Option<EncryptionAlgorithm>,
+    ) -> Result<Wrapped> {
         self.run(caller, "Encrypt", |t, d| {
             d.context = ctx.clone();
             let id = t.resolve(key, d)?;
@@ -909,7 +1051,7 @@ impl Kms {
             }
             ctx.validate()?;
             t.authorize(id, "kms:Encrypt", ctx)?;
-            t.seal_blob(id, plaintext, ctx, d)
+            t.seal_with(id, plaintext, ctx, alg, d)
         })
     }
 
@@ -922,9 +1064,21 @@ impl Kms {
         ctx: &EncryptionContext,
         expected: Option<&str>,
     ) -> Result<Unwrapped> {
+        self.decrypt_with(caller, data, ctx, expected, None)
+    }
+
+    /// Decrypt with an algorithm; RSA algorithms need the key named in `key`.
+    pub fn decrypt_with(
+        &self,
+        caller: &Caller,
+        data: &[u8],
+        ctx: &EncryptionContext,
+        key: Option<&str>,
+        alg: Option<EncryptionAlgorithm>,
+    ) -> Result<Unwrapped> {
         self.run(caller, "Decrypt", |t, d| {
             d.context = ctx.clone();
-            t.open_blob(data, ctx, expected, "kms:Decrypt", d)
+            t.open_with(data, ctx, key, alg, "kms:Decrypt", d)
         })
     }
 
@@ -937,14 +1091,41 @@ impl Kms {
         to: &str,
         dest_ctx: &EncryptionContext,
     ) -> Result<Wrapped> {
+        let req = ReEncryptRequest {
+            data,
+            source_ctx,
+            source_key: None,
+            source_alg: None,
+            to,
+            dest_ctx,
+            dest_alg: None,
+        };
+        self.re_encrypt_with(caller, &req)
+    }
+
+    /// ReEncrypt with algorithms on either side (RSA sources need `source_key`).
+    pub fn re_encrypt_with(&self, caller: &Caller, r: &ReEncryptRequest) -> Result<Wrapped> {
         self.run(caller, "ReEncrypt", |t, d| {
-            d.context = source_ctx.clone();
-            let inner = t.open_blob(data, source_ctx, None, "kms:ReEncryptFrom", d)?;
+            d.context = r.source_ctx.clone();
+            let inner = t.open_with(
+                r.data,
+                r.source_ctx,
+                r.source_key,
+                r.source_alg,
+                "kms:ReEncryptFrom",
+                d,
+            )?;
             let mut dest_draft = Draft::default();
-            let dest = t.resolve(to, &mut dest_draft)?;
-            dest_ctx.validate()?;
-            t.authorize(dest, "kms:ReEncryptTo", dest_ctx)?;
-            let out = t.seal_blob(dest, &inner.plaintext, dest_ctx, &mut dest_draft)?;
+            let dest = t.resolve(r.to, &mut dest_draft)?;
+            r.dest_ctx.validate()?;
+            t.authorize(dest, "kms:ReEncryptTo", r.dest_ctx)?;
+            let out = t.seal_with(
+                dest,
+                &inner.plaintext,
+                r.dest_ctx,
+                r.dest_alg,
+                &mut dest_draft,
+            )?;
             d.message = Some(format!(
                 "re-encrypted to key {} version {}",
                 out.key_id, out.key_version
@@ -978,6 +1159,7 @@ impl Kms {
             }
             ctx.validate()?;
             t.authorize(id, &format!("kms:{op}"), ctx)?;
+            t.check_symmetric(id, op)?;
             let mut plaintext = Zeroizing::new(vec![0u8; bytes]);
             cryptocore::fill_random(&mut plaintext)
                 .map_err(|_| KmsError::internal("the system random source failed"))?;

@@ -2,6 +2,7 @@
 
 use crate::clock::format_time;
 use crate::kms::key::{KeyRecord, KeyState, Origin};
+use crate::kms::keyspec::{self, KeySpec, KeyUsage};
 use crate::kms::policy::Decision;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -22,7 +23,12 @@ pub struct KeyMetadata {
     pub deletion_date: Option<String>,
     pub origin: &'static str,
     pub key_manager: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub encryption_algorithms: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub signing_algorithms: Vec<&'static str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub mac_algorithms: Vec<&'static str>,
     /// kmsfs: the key-material version new encryptions use (0 before import).
     pub current_key_version: u32,
     pub key_rotation_enabled: bool,
@@ -44,13 +50,24 @@ impl KeyMetadata {
             creation_date: format_time(&r.created),
             enabled: r.state == KeyState::Enabled,
             description: r.description.clone(),
-            key_usage: "ENCRYPT_DECRYPT",
-            key_spec: "SYMMETRIC_DEFAULT",
+            key_usage: r.key_usage.as_str(),
+            key_spec: r.key_spec.as_str(),
             key_state: r.state.as_str(),
             deletion_date: r.deletion_date.as_ref().map(format_time),
             origin: r.origin.as_str(),
             key_manager: "CUSTOMER",
-            encryption_algorithms: vec!["SYMMETRIC_DEFAULT"],
+            encryption_algorithms: keyspec::encryption_algorithms(r.key_spec, r.key_usage)
+                .iter()
+                .map(|a| a.as_str())
+                .collect(),
+            signing_algorithms: keyspec::signing_algorithms(r.key_spec, r.key_usage)
+                .iter()
+                .map(|a| a.as_str())
+                .collect(),
+            mac_algorithms: keyspec::mac_algorithms(r.key_spec)
+                .iter()
+                .map(|a| a.as_str())
+                .collect(),
             current_key_version: r.current_version().map_or(0, |v| v.number),
             key_rotation_enabled: r.rotation.is_some(),
             rotation_period_in_days: r.rotation.as_ref().map(|s| s.period_days),
@@ -70,6 +87,10 @@ pub struct CreateKeyRequest {
     pub bypass_lockout_check: bool,
     pub origin: Option<Origin>,
     pub tags: BTreeMap<String, String>,
+    /// None: SYMMETRIC_DEFAULT.
+    pub key_spec: Option<KeySpec>,
+    /// None: the spec's default (ENCRYPT_DECRYPT for symmetric and RSA keys).
+    pub key_usage: Option<KeyUsage>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -135,6 +156,23 @@ pub struct Unwrapped {
     pub key_version: u32,
 }
 
+/// GetPublicKey's answer: the DER SubjectPublicKeyInfo and what the key may do.
+#[derive(Debug, Clone)]
+pub struct PublicKeyInfo {
+    pub key_id: uuid::Uuid,
+    pub public_key: Vec<u8>,
+    pub key_spec: KeySpec,
+    pub key_usage: KeyUsage,
+}
+
+/// GenerateDataKeyPair's answer; the private key is PKCS#8 DER, wiped when dropped.
+pub struct DataKeyPair {
+    pub private_plaintext: Option<Zeroizing<Vec<u8>>>,
+    pub private_wrapped: Wrapped,
+    pub public_key: Vec<u8>,
+    pub spec: keyspec::KeyPairSpec,
+}
+
 pub struct DataKey {
     /// None for GenerateDataKeyWithoutPlaintext.
     pub plaintext: Option<Zeroizing<Vec<u8>>>,
@@ -171,4 +209,15 @@ impl Explanation {
             statement,
         }
     }
+}
+
+/// ReEncrypt's inputs; the algorithms are None for ciphertext blobs (SYMMETRIC_DEFAULT).
+pub struct ReEncryptRequest<'a> {
+    pub data: &'a [u8],
+    pub source_ctx: &'a crate::kms::EncryptionContext,
+    pub source_key: Option<&'a str>,
+    pub source_alg: Option<keyspec::EncryptionAlgorithm>,
+    pub to: &'a str,
+    pub dest_ctx: &'a crate::kms::EncryptionContext,
+    pub dest_alg: Option<keyspec::EncryptionAlgorithm>,
 }
