@@ -33,6 +33,8 @@ pub enum ErrorKind {
     InvalidMac,
     /// A remote key service could not be reached, or kept failing after retries.
     Unavailable,
+    /// ImportKeyMaterial: the import token is past its 24 hours.
+    ExpiredImportToken,
     Internal,
 }
 
@@ -59,6 +61,7 @@ impl ErrorKind {
             ErrorKind::InvalidSignature => "KMSInvalidSignatureException",
             ErrorKind::InvalidMac => "KMSInvalidMacException",
             ErrorKind::Unavailable => "DependencyTimeoutException",
+            ErrorKind::ExpiredImportToken => "ExpiredImportTokenException",
             ErrorKind::Internal => "KMSInternalException",
         }
     }
@@ -85,12 +88,13 @@ impl ErrorKind {
             ErrorKind::InvalidSignature => 25,
             ErrorKind::InvalidMac => 26,
             ErrorKind::Unavailable => 27,
+            ErrorKind::ExpiredImportToken => 28,
             // The shell's code for a command ended by SIGINT.
             ErrorKind::Interrupted => 130,
         }
     }
 
-    pub const ALL: [ErrorKind; 20] = [
+    pub const ALL: [ErrorKind; 21] = [
         ErrorKind::NotFound,
         ErrorKind::Disabled,
         ErrorKind::KmsInvalidState,
@@ -110,6 +114,7 @@ impl ErrorKind {
         ErrorKind::InvalidSignature,
         ErrorKind::InvalidMac,
         ErrorKind::Unavailable,
+        ErrorKind::ExpiredImportToken,
         ErrorKind::Internal,
     ];
 }

@@ -148,6 +148,12 @@ pub enum Command {
     /// and the last audit events
     #[command(after_help = "Examples:\n  kmsfs status\n  kmsfs status --events 20 --output json")]
     Status(StatusArgs),
+    /// Serve the AWS KMS JSON API (for the aws CLI, boto3 and other SDKs) on TCP and/or a
+    /// Unix socket, until SIGINT/SIGTERM
+    #[command(
+        after_help = "Examples:\n  kmsfs serve --listen 127.0.0.1:4599 --credentials /etc/kmsfs/api-credentials.toml --verify-signatures\n  aws kms list-keys --endpoint-url http://127.0.0.1:4599\n\nThe credentials file maps access keys to local principals:\n  [[credential]]\n  access_key_id = \"AKIAKMSFSALICE\"\n  secret_access_key = \"...\"\n  principal = \"user:alice\"      # or uid:1000"
+    )]
+    Serve(ServeArgs),
     /// Print a shell completion script
     #[command(
         after_help = "Examples:\n  kmsfs completions bash > /etc/bash_completion.d/kmsfs\n  kmsfs completions zsh > \"${fpath[1]}/_kmsfs\"\n  kmsfs completions fish > ~/.config/fish/completions/kmsfs.fish"
@@ -161,6 +167,27 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TCP address to listen on, e.g. 127.0.0.1:4599 (repeatable; port 0 picks a free port)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Unix socket to listen on (also)
+    #[arg(long, value_name = "PATH")]
+    pub unix: Option<PathBuf>,
+    /// TOML file of access keys and the principals they act as (mode 600)
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/kmsfs/api-credentials.toml"
+    )]
+    pub credentials: PathBuf,
+    /// Check every request's SigV4 signature against the secret key (AccessDenied if wrong);
+    /// without it the access key id alone names the caller
+    #[arg(long)]
+    pub verify_signatures: bool,
 }
 
 #[derive(Args, Debug)]

@@ -37,6 +37,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Status(a) => crate::cli::status::status(g, &cfg, &a),
         Command::Completions { shell } => crate::cli::docs::completions(shell),
         Command::Man { dir } => crate::cli::docs::man_pages(&dir),
+        Command::Serve(a) => {
+            let credentials = crate::aws::credentials::CredentialMap::load(&a.credentials)?;
+            let kms = open_kms(g, &cfg)?;
+            crate::aws::server::serve(
+                kms,
+                crate::aws::server::ServeOptions {
+                    listen: a.listen,
+                    unix: a.unix,
+                    credentials,
+                    verify_signatures: a.verify_signatures,
+                },
+            )
+        }
         Command::Key(KeyCmd::VersionsInUse { cipherdir }) => {
             crate::cli::lifecycle::versions_in_use(g, &cfg, &cipherdir)
         }
@@ -76,6 +89,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 | Command::Status(_)
                 | Command::Completions { .. }
                 | Command::Man { .. }
+                | Command::Serve(_)
                 | Command::Reencrypt(_) => Err(KmsError::internal(
                     "dispatched before the key store is opened",
                 )),

@@ -399,6 +399,26 @@ impl KeyStore {
         })
     }
 
+    fn token_aad(key_id: &Uuid) -> Vec<u8> {
+        let mut aad = b"kmsfs import token v1".to_vec();
+        aad.extend_from_slice(key_id.as_bytes());
+        aad
+    }
+
+    /// Seals an import token (a wrapping private key) so only this store opens it, for this key.
+    pub fn seal_import_token(&self, key_id: &Uuid, token: &[u8]) -> Result<Vec<u8>> {
+        cryptocore::seal(&self.keys.material, &Self::token_aad(key_id), token)
+            .map_err(|_| KmsError::internal("the system random source failed"))
+    }
+
+    pub fn unseal_import_token(&self, key_id: &Uuid, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        cryptocore::open(&self.keys.material, &Self::token_aad(key_id), sealed).map_err(|_| {
+            KmsError::invalid_ciphertext(format!(
+                "the import token is not one this key store issued for key {key_id}"
+            ))
+        })
+    }
+
     /// Unseals 256-bit symmetric material.
     pub fn unseal_material(&self, key_id: &Uuid, version: u32, sealed: &[u8]) -> Result<SecretKey> {
         let plain = self.unseal_secret(key_id, version, sealed)?;

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod blob;
 pub mod caller;
 pub mod context;
+pub mod import;
 pub mod key;
 pub mod keypair;
 pub mod keyspec;

@@ -121,10 +121,10 @@ pub(super) struct Draft {
 
 /// One operation's view of the key database, under the store lock.
 pub(super) struct Txn<'a> {
-    store: &'a KeyStore,
+    pub(super) store: &'a KeyStore,
     caller: &'a Caller,
     db: KeyDb,
-    now: DateTime<Utc>,
+    pub(super) now: DateTime<Utc>,
     dirty: bool,
     /// Audit events of side effects (scheduled deletions, automatic rotations).
     events: Vec<AuditEvent>,
