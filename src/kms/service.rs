@@ -43,6 +43,22 @@ pub enum KeyRef {
 impl KeyRef {
     pub fn parse(s: &str) -> Result<KeyRef> {
         let s = s.trim();
+        // AWS-style ARNs (arn:aws:kms:REGION:ACCOUNT:key/ID or :alias/NAME) name keys too, so
+        // clients that build ARNs work against `kmsfs serve`.
+        if let Some(rest) = s.strip_prefix("arn:") {
+            let resource = rest.splitn(5, ':').nth(4).unwrap_or_default();
+            if let Some(id) = resource.strip_prefix("key/") {
+                return Uuid::parse_str(id)
+                    .map(KeyRef::Id)
+                    .map_err(|_| KmsError::not_found(format!("{s:?} is not a key ARN")));
+            }
+            if resource.starts_with("alias/") {
+                return Ok(KeyRef::Alias(resource.to_string()));
+            }
+            return Err(KmsError::not_found(format!(
+                "{s:?} is not a key or alias ARN"
+            )));
+        }
         if let Some(rest) = s.strip_prefix("kmsfs:key/") {
             return Uuid::parse_str(rest)
                 .map(KeyRef::Id)
@@ -1229,4 +1245,34 @@ fn check_lockout(p: &policy::Policy, caller: &Caller, bypass: bool, resource: &s
          fix it, or pass --bypass-lockout-check if that is intended",
         caller.uid
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_names_parse() {
+        let id = Uuid::new_v4();
+        assert_eq!(KeyRef::parse(&id.to_string()).unwrap(), KeyRef::Id(id));
+        assert_eq!(
+            KeyRef::parse(&format!("kmsfs:key/{id}")).unwrap(),
+            KeyRef::Id(id)
+        );
+        assert_eq!(
+            KeyRef::parse(&format!("arn:aws:kms:us-east-1:123456789012:key/{id}")).unwrap(),
+            KeyRef::Id(id)
+        );
+        assert_eq!(
+            KeyRef::parse("arn:aws:kms:us-east-1:123456789012:alias/app").unwrap(),
+            KeyRef::Alias("alias/app".into())
+        );
+        assert_eq!(
+            KeyRef::parse("kmsfs:alias/a").unwrap(),
+            KeyRef::Alias("alias/a".into())
+        );
+        assert!(KeyRef::parse("arn:aws:kms:us-east-1:1:key/nope").is_err());
+        assert!(KeyRef::parse("arn:aws:s3:::bucket").is_err());
+        assert!(KeyRef::parse("nonsense").is_err());
+    }
 }

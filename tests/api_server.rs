@@ -1,0 +1,419 @@
+//! `kmsfs serve` against real AWS clients from PyPI: the boto3 suite (tests/api/boto3_suite.py:
+//! every operation, its errors, a concurrency run) and the `aws` CLI. `.ci/run` installs boto3,
+//! awscli and cryptography; a missing client fails the test rather than skipping it.
+
+mod common;
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const ROOT_KEY: &str = "AKIAKMSFSROOT";
+const ROOT_SECRET: &str = "root-secret-for-tests";
+const USER_KEY: &str = "AKIAKMSFSUSER";
+const USER_SECRET: &str = "user-secret-for-tests";
+
+/// A running `kmsfs serve`, killed when dropped.
+struct Server {
+    child: Child,
+    endpoint: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_credentials(e: &Env) -> String {
+    let p = e.path("api-credentials.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "[[credential]]\naccess_key_id = \"{ROOT_KEY}\"\nsecret_access_key = \"{ROOT_SECRET}\"\nprincipal = \"uid:0\"\n\n\
+             [[credential]]\naccess_key_id = \"{USER_KEY}\"\nsecret_access_key = \"{USER_SECRET}\"\nprincipal = \"uid:4242\"\n"
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn serve(e: &Env, extra: &[&str]) -> Server {
+    let creds = write_credentials(e);
+    let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--credentials", &creds];
+    args.extend(extra);
+    let mut child = e
+        .command(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("kmsfs serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let endpoint = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Server { child, endpoint }
+}
+
+fn python_suite(server: &Server) -> std::process::Output {
+    Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/api/boto3_suite.py"
+        ))
+        .env("KMSFS_ENDPOINT", &server.endpoint)
+        .env("KMSFS_ROOT_KEY_ID", ROOT_KEY)
+        .env("KMSFS_ROOT_SECRET", ROOT_SECRET)
+        .env("KMSFS_USER_KEY_ID", USER_KEY)
+        .env("KMSFS_USER_SECRET", USER_SECRET)
+        .output()
+        .expect("python3 runs")
+}
+
+#[test]
+fn boto3_covers_every_operation_with_signatures_checked() {
+    let e = Env::new();
+    let server = serve(&e, &["--verify-signatures"]);
+    let out = python_suite(&server);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "boto3 suite failed:\n{err}");
+    // Every operation the server answers was called by the suite (so none goes untested).
+    let ops: std::collections::BTreeSet<String> = e
+        .audit_lines()
+        .iter()
+        .filter_map(|l| l["operation"].as_str().map(str::to_string))
+        .collect();
+    for op in kmsfs::aws::operations::OPERATIONS {
+        // ListKeyPolicies is answered from DescribeKey.
+        if *op == "ListKeyPolicies" {
+            continue;
+        }
+        assert!(ops.contains(*op), "no audit record of {op}: {ops:?}");
+    }
+    // API callers are audited as their principals: uid 4242's denied Decrypt is there.
+    let denied = e.audit_lines().into_iter().any(|l| {
+        l["operation"] == "Decrypt"
+            && l["caller"]["uid"] == 4242
+            && l["result"] == "AccessDeniedException"
+    });
+    assert!(denied, "the policy denial of uid 4242 was not audited");
+    e.ok(&["audit", "verify"]);
+}
+
+fn aws(server: &Server, args: &[&str]) -> std::process::Output {
+    Command::new("aws")
+        .args([
+            "--endpoint-url",
+            &server.endpoint,
+            "--output",
+            "json",
+            "kms",
+        ])
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", ROOT_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", ROOT_SECRET)
+        .env("AWS_DEFAULT_REGION", "eu-west-1")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env_remove("AWS_PROFILE")
+        .output()
+        .expect("the aws CLI runs")
+}
+
+fn aws_ok(server: &Server, args: &[&str]) -> serde_json::Value {
+    let out = aws(server, args);
+    assert!(
+        out.status.success(),
+        "aws kms {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).expect("aws prints JSON")
+}
+
+fn aws_fails(server: &Server, args: &[&str], code: &str) {
+    let out = aws(server, args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "aws kms {args:?} succeeded");
+    assert!(
+        err.contains(code),
+        "aws kms {args:?}: want {code}, got {err}"
+    );
+}
+
+#[test]
+fn the_aws_cli_works_against_kmsfs_serve() {
+    let e = Env::new();
+    let s = serve(&e, &["--verify-signatures"]);
+    let kid =
+        aws_ok(&s, &["create-key", "--description", "from the aws cli"])["KeyMetadata"]["KeyId"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    aws_ok(
+        &s,
+        &[
+            "create-alias",
+            "--alias-name",
+            "alias/cli",
+            "--target-key-id",
+            &kid,
+        ],
+    );
+    let listed = aws_ok(&s, &["list-aliases"]);
+    assert_eq!(listed["Aliases"][0]["AliasName"], "alias/cli");
+    let keys = aws_ok(&s, &["list-keys"]);
+    assert_eq!(keys["Keys"][0]["KeyId"], kid.as_str());
+    let plain = e.path("plain.txt");
+    std::fs::write(&plain, b"from the aws cli").unwrap();
+    let blob = aws_ok(
+        &s,
+        &[
+            "encrypt",
+            "--key-id",
+            "alias/cli",
+            "--plaintext",
+            &format!("fileb://{}", plain.display()),
+            "--encryption-context",
+            "purpose=test",
+        ],
+    )["CiphertextBlob"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let blobf = e.path("blob");
+    use base64::Engine;
+    std::fs::write(
+        &blobf,
+        base64::engine::general_purpose::STANDARD
+            .decode(&blob)
+            .unwrap(),
+    )
+    .unwrap();
+    let fileb = format!("fileb://{}", blobf.display());
+    let d = aws_ok(
+        &s,
+        &[
+            "decrypt",
+            "--ciphertext-blob",
+            &fileb,
+            "--encryption-context",
+            "purpose=test",
+        ],
+    );
+    let pt = base64::engine::general_purpose::STANDARD
+        .decode(d["Plaintext"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(pt, b"from the aws cli");
+    aws_fails(
+        &s,
+        &[
+            "decrypt",
+            "--ciphertext-blob",
+            &fileb,
+            "--encryption-context",
+            "purpose=other",
+        ],
+        "InvalidCiphertextException",
+    );
+    let dk = aws_ok(
+        &s,
+        &[
+            "generate-data-key",
+            "--key-id",
+            &kid,
+            "--key-spec",
+            "AES_256",
+        ],
+    );
+    assert!(dk["Plaintext"].is_string());
+    aws_ok(&s, &["generate-random", "--number-of-bytes", "16"]);
+    aws_ok(&s, &["enable-key-rotation", "--key-id", &kid]);
+    assert_eq!(
+        aws_ok(&s, &["get-key-rotation-status", "--key-id", &kid])["KeyRotationEnabled"],
+        true
+    );
+    aws_ok(&s, &["rotate-key-on-demand", "--key-id", &kid]);
+    aws_ok(
+        &s,
+        &[
+            "tag-resource",
+            "--key-id",
+            &kid,
+            "--tags",
+            "TagKey=env,TagValue=ci",
+        ],
+    );
+    assert_eq!(
+        aws_ok(&s, &["list-resource-tags", "--key-id", &kid])["Tags"][0]["TagValue"],
+        "ci"
+    );
+    let signer = aws_ok(
+        &s,
+        &[
+            "create-key",
+            "--key-spec",
+            "ECC_NIST_P256",
+            "--key-usage",
+            "SIGN_VERIFY",
+        ],
+    )["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sig = aws_ok(
+        &s,
+        &[
+            "sign",
+            "--key-id",
+            &signer,
+            "--message",
+            &format!("fileb://{}", plain.display()),
+            "--signing-algorithm",
+            "ECDSA_SHA_256",
+        ],
+    )["Signature"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sigf = e.path("sig");
+    std::fs::write(
+        &sigf,
+        base64::engine::general_purpose::STANDARD
+            .decode(&sig)
+            .unwrap(),
+    )
+    .unwrap();
+    let v = aws_ok(
+        &s,
+        &[
+            "verify",
+            "--key-id",
+            &signer,
+            "--message",
+            &format!("fileb://{}", plain.display()),
+            "--signature",
+            &format!("fileb://{}", sigf.display()),
+            "--signing-algorithm",
+            "ECDSA_SHA_256",
+        ],
+    );
+    assert_eq!(v["SignatureValid"], true);
+    assert!(aws_ok(&s, &["get-public-key", "--key-id", &signer])["PublicKey"].is_string());
+    aws_ok(&s, &["disable-key", "--key-id", &kid]);
+    aws_fails(
+        &s,
+        &[
+            "encrypt",
+            "--key-id",
+            &kid,
+            "--plaintext",
+            &format!("fileb://{}", plain.display()),
+        ],
+        "DisabledException",
+    );
+    aws_ok(&s, &["enable-key", "--key-id", &kid]);
+    aws_ok(
+        &s,
+        &[
+            "schedule-key-deletion",
+            "--key-id",
+            &kid,
+            "--pending-window-in-days",
+            "7",
+        ],
+    );
+    aws_fails(
+        &s,
+        &[
+            "encrypt",
+            "--key-id",
+            &kid,
+            "--plaintext",
+            &format!("fileb://{}", plain.display()),
+        ],
+        "KMSInvalidStateException",
+    );
+    aws_ok(&s, &["cancel-key-deletion", "--key-id", &kid]);
+    let policy = aws_ok(
+        &s,
+        &[
+            "get-key-policy",
+            "--key-id",
+            &kid,
+            "--policy-name",
+            "default",
+        ],
+    );
+    assert!(policy["Policy"].as_str().unwrap().contains("kms:*"));
+}
+
+#[test]
+fn unsigned_and_malformed_requests_get_aws_errors() {
+    let e = Env::new();
+    let s = serve(&e, &[]);
+    let url = s.endpoint.clone();
+    let post = |target: Option<&str>, auth: Option<&str>, body: &str| -> (u16, serde_json::Value) {
+        let mut r = ureq::post(&url).header("Content-Type", "application/x-amz-json-1.1");
+        if let Some(t) = target {
+            r = r.header("X-Amz-Target", t);
+        }
+        if let Some(a) = auth {
+            r = r.header("Authorization", a);
+        }
+        let resp = r
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(body)
+            .expect("the server answers");
+        let status = resp.status().as_u16();
+        let v = resp.into_body().read_json().expect("JSON body");
+        (status, v)
+    };
+    let auth = format!(
+        "AWS4-HMAC-SHA256 Credential={ROOT_KEY}/20261128/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=00"
+    );
+    // Without --verify-signatures the access key id alone names the caller.
+    let (st, v) = post(Some("TrentService.ListKeys"), Some(&auth), "{}");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["Truncated"], false);
+    let (st, v) = post(Some("TrentService.ListKeys"), None, "{}");
+    assert_eq!(
+        (st, v["__type"].as_str()),
+        (400, Some("MissingAuthenticationTokenException"))
+    );
+    let (st, v) = post(Some("TrentService.Frobnicate"), Some(&auth), "{}");
+    assert_eq!(
+        (st, v["__type"].as_str()),
+        (400, Some("UnknownOperationException"))
+    );
+    let (st, v) = post(Some("TrentService.Encrypt"), Some(&auth), "{not json");
+    assert_eq!(
+        (st, v["__type"].as_str()),
+        (400, Some("SerializationException"))
+    );
+    let (st, v) = post(
+        Some("TrentService.Encrypt"),
+        Some(&auth),
+        "{\"Plaintext\": \"eA==\"}",
+    );
+    assert_eq!(
+        (st, v["__type"].as_str()),
+        (400, Some("ValidationException"))
+    );
+    assert!(v["message"].as_str().unwrap().contains("KeyId"));
+    let (st, v) = post(Some("TrentService.ListKeys"), Some("Basic eDp5"), "{}");
+    assert_eq!(
+        (st, v["__type"].as_str()),
+        (400, Some("AccessDeniedException"))
+    );
+}
