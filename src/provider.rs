@@ -6,10 +6,29 @@ use crate::kms::types::Wrapped;
 use crate::kms::{Caller, EncryptionContext, Kms};
 use zeroize::Zeroizing;
 
+/// A wrapped data key as stored, with the key that wrapped it as the provider names keys (a
+/// local key id, or a remote service's key ARN) and the key version where the provider has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrappedKey {
+    pub blob: Vec<u8>,
+    pub key: String,
+    pub version: Option<u32>,
+}
+
+impl From<Wrapped> for WrappedKey {
+    fn from(w: Wrapped) -> WrappedKey {
+        WrappedKey {
+            blob: w.blob,
+            key: w.key_id.to_string(),
+            version: Some(w.key_version),
+        }
+    }
+}
+
 /// A data key: the plaintext for immediate use (wiped on drop) and its wrapped form to store.
 pub struct ProvidedKey {
     pub plaintext: Zeroizing<Vec<u8>>,
-    pub wrapped: Wrapped,
+    pub wrapped: WrappedKey,
 }
 
 pub trait KeyProvider: Send + Sync {
@@ -36,7 +55,7 @@ pub trait KeyProvider: Send + Sync {
         blob: &[u8],
         ctx: &EncryptionContext,
         to: Option<&str>,
-    ) -> Result<Wrapped>;
+    ) -> Result<WrappedKey>;
 
     /// Wraps a data key the caller already holds under `key` (for re-wrapping headers).
     fn wrap(
@@ -45,7 +64,22 @@ pub trait KeyProvider: Send + Sync {
         key: &str,
         data_key: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<Wrapped>;
+    ) -> Result<WrappedKey>;
+
+    /// Re-wraps a stored data key (`blob`, whose plaintext `data_key` the caller already
+    /// unwrapped to check the header) under `to`. Locally this is one Encrypt; a remote
+    /// provider uses ReEncrypt, so the service sees the move.
+    fn rewrap_key(
+        &self,
+        caller: &Caller,
+        blob: &[u8],
+        data_key: &[u8],
+        ctx: &EncryptionContext,
+        to: &str,
+    ) -> Result<WrappedKey> {
+        let _ = blob;
+        self.wrap(caller, to, data_key, ctx)
+    }
 
     /// May `caller` still use `key` for `action` under `ctx`? For data keys held already:
     /// checks the key's state and policy without unwrapping anything.
@@ -116,7 +150,7 @@ impl KeyProvider for LocalProvider {
         })?;
         Ok(ProvidedKey {
             plaintext,
-            wrapped: dk.wrapped,
+            wrapped: dk.wrapped.into(),
         })
     }
 
@@ -135,12 +169,12 @@ impl KeyProvider for LocalProvider {
         blob: &[u8],
         ctx: &EncryptionContext,
         to: Option<&str>,
-    ) -> Result<Wrapped> {
+    ) -> Result<WrappedKey> {
         let to = match to {
             Some(t) => t.to_string(),
             None => crate::kms::blob::parse(blob)?.0.key_id.to_string(),
         };
-        self.kms.re_encrypt(caller, blob, ctx, &to, ctx)
+        Ok(self.kms.re_encrypt(caller, blob, ctx, &to, ctx)?.into())
     }
 
     fn wrap(
@@ -149,8 +183,8 @@ impl KeyProvider for LocalProvider {
         key: &str,
         data_key: &[u8],
         ctx: &EncryptionContext,
-    ) -> Result<Wrapped> {
-        self.kms.encrypt(caller, key, data_key, ctx)
+    ) -> Result<WrappedKey> {
+        Ok(self.kms.encrypt(caller, key, data_key, ctx)?.into())
     }
 
     fn authorize(

@@ -115,7 +115,9 @@ pub enum Command {
     #[command(subcommand)]
     Audit(AuditCmd),
     /// Prepare an empty directory to hold an encrypted filesystem
-    #[command(after_help = "Example:\n  kmsfs init ~/secret.enc --key alias/home")]
+    #[command(
+        after_help = "Examples:\n  kmsfs init ~/secret.enc --key alias/home\n  kmsfs init /srv/data.enc --provider aws-kms --endpoint https://kms.eu-west-1.amazonaws.com \\\n      --region eu-west-1 --key arn:aws:kms:eu-west-1:111122223333:key/1234abcd-...\n  (credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)"
+    )]
     Init(InitFsArgs),
     /// Mount a cipher directory: plaintext at MOUNTPOINT, ciphertext in CIPHERDIR
     #[command(
@@ -242,9 +244,31 @@ pub struct RewrapArgs {
 #[derive(Args, Debug)]
 pub struct InitFsArgs {
     pub cipherdir: PathBuf,
-    /// CMK that wraps the data keys of new files
+    /// CMK that wraps the data keys of new files (with aws-kms: the service's key id, ARN or
+    /// alias)
     #[arg(long)]
     pub key: String,
+    /// Where the CMKs live: this host's key store, or an AWS-KMS-compatible service
+    #[arg(long, value_enum, default_value_t = ProviderArg::Local)]
+    pub provider: ProviderArg,
+    /// The service's URL, e.g. https://kms.eu-west-1.amazonaws.com (aws-kms only)
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+    /// The service's region [default: $AWS_REGION or $AWS_DEFAULT_REGION] (aws-kms only)
+    #[arg(long)]
+    pub region: Option<String>,
+    /// How long a key's state is trusted before the service is asked again: a key disabled at
+    /// the service stops the mount within this many seconds (aws-kms only)
+    #[arg(long, default_value_t = crate::aws::remote::DEFAULT_KEY_CACHE_SECONDS, value_name = "N")]
+    pub key_cache_seconds: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderArg {
+    #[value(name = "local")]
+    Local,
+    #[value(name = "aws-kms", alias = "aws_kms")]
+    AwsKms,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -163,19 +163,17 @@ fn rewrap_offline(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
             mp.display()
         )));
     }
-    let kms = open_kms(g, cfg)?;
+    let provider = crate::cli::providers::for_cipherdir(g, cfg, &a.path)?;
+    let caller = Caller::current();
     let only = a
         .key
         .as_deref()
-        .map(|k| kms.resolve_quiet(k))
-        .transpose()?
-        .map(|u| u.to_string());
-    let provider = LocalProvider::new(kms);
-    let caller = Caller::current();
+        .map(|k| provider.key_of_name(&caller, k))
+        .transpose()?;
     let mut progress: Option<Progress> = None;
     let s = rewrap::rewrap_offline(
         &a.path,
-        &provider,
+        provider.as_ref(),
         &caller,
         a.to.as_deref(),
         only.as_deref(),
@@ -201,8 +199,8 @@ fn rewrap_offline(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
 }
 
 pub fn versions_in_use(g: &Global, cfg: &Config, cipherdir: &Path) -> Result<()> {
-    let provider = LocalProvider::new(open_kms(g, cfg)?);
-    let inv = rewrap::inventory(cipherdir, &provider)?;
+    let provider = crate::cli::providers::for_cipherdir(g, cfg, cipherdir)?;
+    let inv = rewrap::inventory(cipherdir, provider.as_ref())?;
     let mut rows: std::collections::BTreeMap<(String, Option<u32>), (u64, u64)> =
         Default::default();
     for (k, n) in &inv.files {
@@ -251,17 +249,17 @@ pub fn fsck(g: &Global, cfg: &Config, a: &crate::cli::args::FsckArgs) -> Result<
             mp.display()
         )));
     }
-    let provider = LocalProvider::new(open_kms(g, cfg)?);
+    let provider = crate::cli::providers::for_cipherdir(g, cfg, &a.cipherdir)?;
+    let provider = provider.as_ref();
     let mut progress = Progress::counter("fsck", a.quiet);
     let caller = Caller::current();
-    let mut report = crate::fs::fsck::fsck(&a.cipherdir, &provider, &caller, &mut |n| {
-        progress.update(n)
-    })?;
+    let mut report =
+        crate::fs::fsck::fsck(&a.cipherdir, provider, &caller, &mut |n| progress.update(n))?;
     progress.finish();
     if a.repair_names {
         let cfg = crate::fs::cipherdir::read_config(&a.cipherdir)?;
-        crate::fs::fsck::repair_names(&a.cipherdir, &mut report, &provider, &caller, &cfg.key)?;
-        let left = crate::fs::fsck::fsck(&a.cipherdir, &provider, &caller, &mut |_| {})?;
+        crate::fs::fsck::repair_names(&a.cipherdir, &mut report, provider, &caller, &cfg.key)?;
+        let left = crate::fs::fsck::fsck(&a.cipherdir, provider, &caller, &mut |_| {})?;
         let repairs = std::mem::take(&mut report.repairs);
         report = left;
         report.repairs = repairs;

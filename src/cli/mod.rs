@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod mountcmd;
 pub mod output;
 pub mod progress;
+pub mod providers;
 pub mod status;
 pub mod unlock;
 

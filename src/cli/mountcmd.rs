@@ -1,6 +1,7 @@
 //! `kmsfs init`, `kmsfs mount` and `kmsfs umount`.
 
-use crate::cli::args::{Global, InitFsArgs, MountArgs, UmountArgs};
+use crate::aws::remote::{PROVIDER_KIND, RemoteConfig};
+use crate::cli::args::{Global, InitFsArgs, MountArgs, ProviderArg, UmountArgs};
 use crate::cli::commands::open_kms;
 use crate::cli::unlock;
 use crate::clock::format_time;
@@ -17,13 +18,49 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub fn init(g: &Global, cfg: &Config, a: &InitFsArgs) -> Result<()> {
-    let kms = open_kms(g, cfg)?;
-    let now = format_time(&kms.now());
-    let provider = LocalProvider::new(kms);
-    let v = cipherdir::init(&a.cipherdir, &provider, &Caller::current(), &a.key, &now)?;
-    if let Ok(c) = a.cipherdir.canonicalize() {
-        provider.kms().register_cipherdir(&c)?;
-    }
+    let caller = Caller::current();
+    let v = match a.provider {
+        ProviderArg::Local => {
+            if a.endpoint.is_some() {
+                return Err(KmsError::validation("--endpoint is for --provider aws-kms"));
+            }
+            let kms = open_kms(g, cfg)?;
+            let now = format_time(&kms.now());
+            let provider = LocalProvider::new(kms);
+            let v = cipherdir::init(&a.cipherdir, &provider, &caller, &a.key, &now, None)?;
+            if let Ok(c) = a.cipherdir.canonicalize() {
+                provider.kms().register_cipherdir(&c)?;
+            }
+            v
+        }
+        ProviderArg::AwsKms => {
+            let remote = RemoteConfig {
+                kind: PROVIDER_KIND.to_string(),
+                endpoint: a.endpoint.clone().ok_or_else(|| {
+                    KmsError::validation("--provider aws-kms needs --endpoint URL")
+                })?,
+                region: a
+                    .region
+                    .clone()
+                    .or_else(|| std::env::var("AWS_REGION").ok())
+                    .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+                    .ok_or_else(|| {
+                        KmsError::validation("--provider aws-kms needs --region (or AWS_REGION)")
+                    })?,
+                key_cache_seconds: a.key_cache_seconds,
+            };
+            let provider = crate::cli::providers::remote(&remote)?;
+            let now = format_time(&chrono::Utc::now());
+            cipherdir::init(
+                &a.cipherdir,
+                provider.as_ref(),
+                &caller,
+                &a.key,
+                &now,
+                Some(remote),
+            )?
+        }
+    };
     println!(
         "prepared {} (volume {}, key {}); mount it with `kmsfs mount {} MOUNTPOINT`",
         a.cipherdir.display(),
@@ -94,14 +131,8 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
             );
         }
     }
-    let kms = open_kms(g, cfg)?;
-    if let Ok(c) = a.cipherdir.canonicalize() {
-        // Best effort: the inventory of retire-version looks here.
-        if let Err(e) = kms.register_cipherdir(&c) {
-            log::warn!("could not register {} with the key store: {e}", c.display());
-        }
-    }
-    let provider: Arc<dyn KeyProvider> = Arc::new(LocalProvider::new(kms));
+    let provider: Arc<dyn KeyProvider> =
+        crate::cli::providers::for_cipherdir(g, cfg, &a.cipherdir)?;
     let caller = Caller::current();
     let volume = cipherdir::open(&a.cipherdir, provider.as_ref(), &caller)?;
     let root = a

@@ -30,6 +30,9 @@ pub struct VolumeConfig {
     /// The volume key, wrapped by the CMK under context {"kmsfs:volume-id": hex(volume_id)}.
     #[serde(with = "crate::encoding::b64")]
     pub volume_key: Vec<u8>,
+    /// A remote key service holding the CMKs; absent: this host's key store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<crate::aws::remote::RemoteConfig>,
     pub mac: String,
 }
 
@@ -93,6 +96,7 @@ pub fn init(
     caller: &Caller,
     key: &str,
     now: &str,
+    remote: Option<crate::aws::remote::RemoteConfig>,
 ) -> Result<Volume> {
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir)
@@ -113,10 +117,11 @@ pub fn init(
         format: FORMAT.into(),
         version: VERSION,
         volume_id,
-        key: vk.wrapped.key_id.to_string(),
+        key: vk.wrapped.key.clone(),
         created: now.into(),
         block_size: crate::fs::contentenc::BLOCK as u32,
         volume_key: vk.wrapped.blob.clone(),
+        provider: remote,
         mac: String::new(),
     };
     let keys = VolumeKeys::derive(&vk.plaintext, &volume_id);

@@ -61,7 +61,7 @@ pub fn rewrap_file(
         return Ok(Outcome::Current);
     }
     let ctx = kind.context(&u.id);
-    let w = provider.wrap(caller, &target, &u.data_key, &ctx)?;
+    let w = provider.rewrap_key(caller, &u.blob, &u.data_key, &ctx, &target)?;
     let slot = header::encode_slot(kind, &u.id, u.generation + 1, &w.blob, &u.data_key)
         .map_err(|e| KmsError::internal(format!("header slot: {e:?}")))?;
     let other = 1 - u.slot;
@@ -75,7 +75,7 @@ pub fn rewrap_file(
         .map_err(|e| KmsError::io("clearing the old header slot", e))?;
     Ok(Outcome::Rewrapped {
         from,
-        to: (w.key_id.to_string(), Some(w.key_version)),
+        to: (w.key.clone(), w.version),
     })
 }
 
@@ -188,17 +188,17 @@ pub fn rewrap_volume(
         return Ok(Outcome::Current);
     }
     let vk = provider.decrypt_data_key(caller, &cfg.volume_key, &ctx)?;
-    let w = provider.wrap(caller, &target, &vk, &ctx)?;
+    let w = provider.rewrap_key(caller, &cfg.volume_key, &vk, &ctx, &target)?;
     cfg.volume_key = w.blob.clone();
     if to.is_some() {
-        cfg.key = w.key_id.to_string();
+        cfg.key = w.key.clone();
     }
     cfg.mac = cipherdir::config_mac(&cfg, &vk)?;
     let json = serde_json::to_vec_pretty(&cfg).map_err(|e| KmsError::internal(e.to_string()))?;
     atomic::write_atomic(&path, &json).map_err(|e| KmsError::io(path.display(), e))?;
     Ok(Outcome::Rewrapped {
         from,
-        to: (w.key_id.to_string(), Some(w.key_version)),
+        to: (w.key.clone(), w.version),
     })
 }
 
