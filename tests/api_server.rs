@@ -417,3 +417,76 @@ fn unsigned_and_malformed_requests_get_aws_errors() {
         (400, Some("AccessDeniedException"))
     );
 }
+
+/// The ExecStart line of config/systemd/kmsfs-serve.service, run as systemd would: READY=1
+/// once both listeners are up, the Unix socket answers the protocol, SIGTERM stops it cleanly
+/// (STOPPING=1) and removes the socket.
+#[test]
+fn the_serve_unit_command_signals_readiness_and_serves_its_unix_socket() {
+    use std::io::Write;
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let e = Env::new();
+    let creds = write_credentials(&e);
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/systemd/kmsfs-serve.service"
+    ))
+    .unwrap();
+    assert!(unit.contains("Type=notify"));
+    let sock = e.path("kms.sock");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap()
+        .replace("127.0.0.1:4599", "127.0.0.1:0")
+        .replace("/run/kmsfs/kms.sock", sock.to_str().unwrap())
+        .replace("/etc/kmsfs/api-credentials.toml", &creds);
+    let mut words = line.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/kmsfs"));
+    let notify = e.path("notify.sock");
+    let n_sock = UnixDatagram::bind(&notify).unwrap();
+    n_sock
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let child = e
+        .command(&words.collect::<Vec<_>>())
+        .env("NOTIFY_SOCKET", &notify)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed by the guard if an assertion below fails.
+    let mut server = Server {
+        child,
+        endpoint: String::new(),
+    };
+    let mut buf = [0u8; 256];
+    let n = n_sock.recv(&mut buf).expect("READY=1 within 20 s");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    // The unit verifies signatures; an unsigned request is refused, which still shows the
+    // protocol answering on the socket.
+    let mut s = UnixStream::connect(&sock).expect("the unit's Unix socket is listening");
+    let body = "{}";
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-amz-json-1.1\r\n\
+         X-Amz-Target: TrentService.ListKeys\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("MissingAuthenticationTokenException"),
+        "{answer}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = n_sock.recv(&mut buf).expect("STOPPING=1");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(server.child.wait().unwrap().success());
+    assert!(!sock.exists(), "the socket is removed on exit");
+}

@@ -135,6 +135,8 @@ struct RemoteMount {
     env: Env,
     cipher: PathBuf,
     mnt: PathBuf,
+    /// Credentials from a profile of a shared credentials file instead of AWS_ACCESS_KEY_ID.
+    profile: bool,
 }
 
 impl Drop for RemoteMount {
@@ -151,9 +153,23 @@ impl RemoteMount {
         let mut c = self.env.command(args);
         c.env_remove("KMSFS_KEYSTORE")
             .env_remove("KMSFS_ROOT_KEY_FILE")
-            .env("KMSFS_KEYSTORE", self.env.path("no-such-store"))
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET);
+            .env("KMSFS_KEYSTORE", self.env.path("no-such-store"));
+        if self.profile {
+            let file = self.env.path("aws-credentials");
+            std::fs::write(
+                &file,
+                format!(
+                    "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n\
+                     [kmsfs-test]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET}\n"
+                ),
+            )
+            .unwrap();
+            c.env("AWS_SHARED_CREDENTIALS_FILE", file)
+                .env("AWS_PROFILE", "kmsfs-test");
+        } else {
+            c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", SECRET);
+        }
         c.output().unwrap()
     }
 
@@ -167,12 +183,17 @@ impl RemoteMount {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
-    fn new(s: &Service, key: &str) -> RemoteMount {
+    fn new(s: &Service, key: &str, profile: bool) -> RemoteMount {
         let env = Env::bare();
         let cipher = env.path("cipher");
         let mnt = env.path("mnt");
         std::fs::create_dir(&mnt).unwrap();
-        let m = RemoteMount { env, cipher, mnt };
+        let m = RemoteMount {
+            env,
+            cipher,
+            mnt,
+            profile,
+        };
         m.ok(&[
             "init",
             m.cipher.to_str().unwrap(),
@@ -228,10 +249,10 @@ fn until_read_fails(p: &std::path::Path, errno: i32) {
     }
 }
 
-fn lifecycle(s: &Service) {
+fn lifecycle(s: &Service, profile: bool) {
     let key = s.create_key();
     let other = s.create_key();
-    let m = RemoteMount::new(s, &key);
+    let m = RemoteMount::new(s, &key, profile);
     let conf = std::fs::read_to_string(m.cipher.join("kmsfs.conf")).unwrap();
     assert!(
         conf.contains("aws-kms") && conf.contains(&s.endpoint),
@@ -293,20 +314,22 @@ fn lifecycle(s: &Service) {
 #[test]
 fn remote_provider_against_kmsfs_serve() {
     let s = kmsfs_serve();
-    lifecycle(&s);
+    // Credentials from a named profile of a shared credentials file, as the AWS SDKs read them
+    // (its [default] profile is wrong, and this server checks signatures).
+    lifecycle(&s, true);
 }
 
 #[test]
 fn remote_provider_against_moto() {
     let s = moto();
-    lifecycle(&s);
+    lifecycle(&s, false);
 }
 
 #[test]
 fn an_unreachable_service_is_a_clear_error() {
     let s = kmsfs_serve();
     let key = s.create_key();
-    let m = RemoteMount::new(&s, &key);
+    let m = RemoteMount::new(&s, &key, false);
     m.unmount();
     drop(s);
     let out = m.kmsfs(&["mount", m.cipher.to_str().unwrap(), m.mnt.to_str().unwrap()]);

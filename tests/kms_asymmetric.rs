@@ -43,13 +43,16 @@ fn export_pem(e: &Env, key: &str, name: &str) -> String {
     pem
 }
 
+/// A signing algorithm, openssl's digest name for it, and openssl's extra verify options.
+type SigCase<'a> = (&'a str, &'a str, &'a [&'a str]);
+
 #[test]
 fn signatures_verify_with_openssl_for_every_algorithm() {
     let e = Env::new();
     let msg = e.path("msg");
     std::fs::write(&msg, b"release 1.2.3\n").unwrap();
     let msg = msg.to_str().unwrap();
-    let cases: &[(&str, &[(&str, &str, &[&str])])] = &[
+    let cases: &[(&str, &[SigCase])] = &[
         (
             "RSA_2048",
             &[

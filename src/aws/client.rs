@@ -232,6 +232,98 @@ mod tests {
         assert!(host_of("http:///").is_err());
     }
 
+    /// A one-shot HTTP server on loopback answering each connection with the next of `answers`
+    /// (status, body); returns its URL and a counter of requests served.
+    fn scripted(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        std::thread::spawn(move || {
+            for (status, body) in answers {
+                let Ok((mut c, _)) = l.accept() else { return };
+                let mut buf = [0u8; 8192];
+                let mut req = Vec::new();
+                // Headers, then the body its Content-Length announces.
+                loop {
+                    let n = c.read(&mut buf).unwrap_or(0);
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len || n == 0 {
+                            break;
+                        }
+                    }
+                    if n == 0 {
+                        break;
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (url, served)
+    }
+
+    fn client(url: &str) -> KmsClient {
+        KmsClient::new(
+            url,
+            "us-east-1",
+            Credentials {
+                access_key_id: "AK".into(),
+                secret_access_key: "s".into(),
+                session_token: None,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn throttling_and_5xx_are_retried_then_succeed() {
+        let (url, served) = scripted(vec![
+            (
+                400,
+                r#"{"__type":"ThrottlingException","message":"slow down"}"#,
+            ),
+            (503, r#"{"__type":"ServiceUnavailable"}"#),
+            (200, r#"{"Keys":[],"Truncated":false}"#),
+        ]);
+        let v = client(&url)
+            .call("ListKeys", &serde_json::json!({}))
+            .unwrap();
+        assert_eq!(v["Truncated"], false);
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn client_errors_are_not_retried() {
+        let (url, served) = scripted(vec![
+            (
+                400,
+                r#"{"__type":"DisabledException","message":"key is disabled"}"#,
+            ),
+            (200, r#"{}"#),
+        ]);
+        let e = client(&url)
+            .call("Decrypt", &serde_json::json!({}))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Disabled);
+        assert!(e.message.contains("key is disabled"), "{}", e.message);
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
     #[test]
     fn an_unreachable_endpoint_is_unavailable_after_bounded_retries() {
         // Port 9 on loopback: nothing listens, the connection is refused at once.

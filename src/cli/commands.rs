@@ -198,7 +198,7 @@ pub(super) fn read_raw_or_base64(input: Option<&Path>, limit: usize) -> Result<V
 }
 
 fn decode_text(data: &[u8]) -> Result<Vec<u8>> {
-    let text = std::str::from_utf8(&data).map_err(|_| {
+    let text = std::str::from_utf8(data).map_err(|_| {
         KmsError::invalid_ciphertext("input is neither a ciphertext blob nor base64")
     })?;
     b64_decode(text)
@@ -671,6 +671,18 @@ fn print_metadata(m: &KeyMetadata) {
         ("description", m.description.clone()),
         ("origin", m.origin.to_string()),
         ("spec", format!("{} ({})", m.key_spec, m.key_usage)),
+        (
+            "algorithms",
+            [
+                &m.encryption_algorithms,
+                &m.signing_algorithms,
+                &m.mac_algorithms,
+            ]
+            .iter()
+            .flat_map(|l| l.iter().copied())
+            .collect::<Vec<_>>()
+            .join(", "),
+        ),
         ("created", m.creation_date.clone()),
         ("current version", m.current_key_version.to_string()),
         (

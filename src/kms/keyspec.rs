@@ -5,10 +5,12 @@ use serde::{Deserialize, Serialize};
 
 /// Declares an enum whose variants serialize and parse as AWS's names.
 macro_rules! aws_names {
-    ($(#[$m:meta])* $name:ident, $what:literal { $($v:ident = $s:literal),+ $(,)? }) => {
+    ($(#[$m:meta])* $name:ident, $what:literal {
+        $($(#[$vm:meta])* $v:ident = $s:literal),+ $(,)?
+    }) => {
         $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum $name { $(#[serde(rename = $s)] $v),+ }
+        pub enum $name { $($(#[$vm])* #[serde(rename = $s)] $v),+ }
 
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$v),+];
@@ -33,7 +35,9 @@ macro_rules! aws_names {
 
 aws_names!(
     /// What a key is: its material and the algorithms it can serve.
+    #[derive(Default)]
     KeySpec, "key spec" {
+        #[default]
         SymmetricDefault = "SYMMETRIC_DEFAULT",
         Rsa2048 = "RSA_2048",
         Rsa3072 = "RSA_3072",
@@ -49,7 +53,9 @@ aws_names!(
 
 aws_names!(
     /// What a key may be used for; fixed when the key is created.
+    #[derive(Default)]
     KeyUsage, "key usage" {
+        #[default]
         EncryptDecrypt = "ENCRYPT_DECRYPT",
         SignVerify = "SIGN_VERIFY",
         GenerateVerifyMac = "GENERATE_VERIFY_MAC",
@@ -98,18 +104,6 @@ aws_names!(
         EccNistP384 = "ECC_NIST_P384",
     }
 );
-
-impl Default for KeySpec {
-    fn default() -> Self {
-        KeySpec::SymmetricDefault
-    }
-}
-
-impl Default for KeyUsage {
-    fn default() -> Self {
-        KeyUsage::EncryptDecrypt
-    }
-}
 
 /// The most bytes a RAW message to Sign or Verify may have (AWS's limit).
 pub const MAX_SIGN_MESSAGE: usize = 4096;
