@@ -15,6 +15,18 @@ pub struct Config {
     pub keystore: KeystoreConfig,
     #[serde(default)]
     pub mount: MountConfig,
+    #[serde(default)]
+    pub remote: RemoteSection,
+}
+
+/// Remote key services.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteSection {
+    /// Key service endpoints that cipher directories may name (besides the ones this user
+    /// trusted by running `kmsfs init --provider aws-kms` with them).
+    #[serde(default)]
+    pub trusted_endpoints: Vec<String>,
 }
 
 /// Defaults for `kmsfs mount`; flags override them.

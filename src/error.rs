@@ -35,6 +35,8 @@ pub enum ErrorKind {
     Unavailable,
     /// ImportKeyMaterial: the import token is past its 24 hours.
     ExpiredImportToken,
+    /// ImportKeyMaterial: the import token is not one issued for this key.
+    InvalidImportToken,
     Internal,
 }
 
@@ -62,6 +64,7 @@ impl ErrorKind {
             ErrorKind::InvalidMac => "KMSInvalidMacException",
             ErrorKind::Unavailable => "DependencyTimeoutException",
             ErrorKind::ExpiredImportToken => "ExpiredImportTokenException",
+            ErrorKind::InvalidImportToken => "InvalidImportTokenException",
             ErrorKind::Internal => "KMSInternalException",
         }
     }
@@ -89,12 +92,13 @@ impl ErrorKind {
             ErrorKind::InvalidMac => 26,
             ErrorKind::Unavailable => 27,
             ErrorKind::ExpiredImportToken => 28,
+            ErrorKind::InvalidImportToken => 29,
             // The shell's code for a command ended by SIGINT.
             ErrorKind::Interrupted => 130,
         }
     }
 
-    pub const ALL: [ErrorKind; 21] = [
+    pub const ALL: [ErrorKind; 22] = [
         ErrorKind::NotFound,
         ErrorKind::Disabled,
         ErrorKind::KmsInvalidState,
@@ -115,6 +119,7 @@ impl ErrorKind {
         ErrorKind::InvalidMac,
         ErrorKind::Unavailable,
         ErrorKind::ExpiredImportToken,
+        ErrorKind::InvalidImportToken,
         ErrorKind::Internal,
     ];
 }

@@ -325,6 +325,28 @@ fn remote_provider_against_moto() {
     lifecycle(&s, false);
 }
 
+/// kmsfs.conf is authenticated only with a key the service returns, so an endpoint rewritten
+/// in it must not be trusted: the mount refuses a service nobody on this host chose.
+#[test]
+fn a_rewritten_endpoint_is_refused() {
+    let s = kmsfs_serve();
+    let key = s.create_key();
+    let m = RemoteMount::new(&s, &key, false);
+    m.unmount();
+    let conf_path = m.cipher.join("kmsfs.conf");
+    let conf = std::fs::read_to_string(&conf_path).unwrap();
+    let other = kmsfs_serve();
+    std::fs::write(&conf_path, conf.replace(&s.endpoint, &other.endpoint)).unwrap();
+    let out = m.kmsfs(&["mount", m.cipher.to_str().unwrap(), m.mnt.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mounted with a rewritten endpoint");
+    assert!(err.contains("nobody on this host chose"), "{err}");
+    assert!(!is_mounted(&m.mnt));
+    // The original endpoint still mounts.
+    std::fs::write(&conf_path, &conf).unwrap();
+    m.mount();
+}
+
 #[test]
 fn an_unreachable_service_is_a_clear_error() {
     let s = kmsfs_serve();

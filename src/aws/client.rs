@@ -60,10 +60,16 @@ fn host_of(endpoint: &str) -> Result<String> {
                 "endpoint {endpoint:?} is not http(s)://HOST[:PORT]"
             ))
         })?;
-    let host = rest.split('/').next().unwrap_or_default();
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     if host.is_empty() {
         return Err(KmsError::validation(format!(
             "endpoint {endpoint:?} has no host"
+        )));
+    }
+    // Requests are signed and sent for path "/": a service under a path is not supported.
+    if !path.is_empty() {
+        return Err(KmsError::validation(format!(
+            "endpoint {endpoint:?}: give scheme, host and port only (no path)"
         )));
     }
     Ok(host.to_string())
@@ -230,6 +236,7 @@ mod tests {
         );
         assert!(host_of("kms.example.com").is_err());
         assert!(host_of("http:///").is_err());
+        assert!(host_of("https://proxy.example/kms").is_err());
     }
 
     /// A one-shot HTTP server on loopback answering each connection with the next of `answers`

@@ -355,10 +355,8 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
             Ok(v)
         }
         "RotateKeyOnDemand" => {
-            let key = p.str("KeyId")?;
-            kms.rotate_key_on_demand(c, key)?;
-            let id = kms.describe_key(c, key)?.key_id;
-            Ok(json!({ "KeyId": id }))
+            let (id, _) = kms.rotate_key_on_demand(c, p.str("KeyId")?)?;
+            Ok(json!({ "KeyId": id.to_string() }))
         }
         "ListKeyRotations" => {
             let page = p.page()?;
@@ -389,10 +387,8 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
             }))
         }
         "CancelKeyDeletion" => {
-            let key = p.str("KeyId")?;
-            kms.cancel_key_deletion(c, key)?;
-            let id = kms.describe_key(c, key)?.key_id;
-            Ok(json!({ "KeyId": arn_of(&id) }))
+            let id = kms.cancel_key_deletion(c, p.str("KeyId")?)?;
+            Ok(json!({ "KeyId": arn(&id) }))
         }
         "GetKeyPolicy" => {
             check_policy_name(&p)?;
@@ -400,8 +396,8 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
             Ok(json!({ "Policy": policy, "PolicyName": "default" }))
         }
         "ListKeyPolicies" => {
-            kms.describe_key(c, p.str("KeyId")?)?;
-            Ok(json!({ "PolicyNames": ["default"], "Truncated": false }))
+            let names = kms.list_key_policies(c, p.str("KeyId")?)?;
+            Ok(json!({ "PolicyNames": names, "Truncated": false }))
         }
         "PutKeyPolicy" => {
             check_policy_name(&p)?;
@@ -472,11 +468,7 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
                 p.parsed("DestinationEncryptionAlgorithm", EncryptionAlgorithm::parse)?;
             let source_alg = source_alg.filter(|a| *a != EncryptionAlgorithm::SymmetricDefault);
             let source_key = p.opt_str("SourceKeyId")?;
-            let from = match source_alg {
-                Some(_) => None,
-                None => crate::kms::blob::parse(&data).ok().map(|(h, _)| h.key_id),
-            };
-            let w = kms.re_encrypt_with(
+            let (w, source_id) = kms.re_encrypt_with(
                 c,
                 &ReEncryptRequest {
                     data: &data,
@@ -489,14 +481,9 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
                     dest_alg,
                 },
             )?;
-            let source_id = match (from, source_key) {
-                (Some(id), _) => arn(&id),
-                (None, Some(k)) => arn_of(&kms.describe_key(c, k)?.key_id),
-                (None, None) => String::new(),
-            };
             Ok(json!({
                 "CiphertextBlob": b64_encode(&w.blob),
-                "SourceKeyId": source_id,
+                "SourceKeyId": arn(&source_id),
                 "KeyId": arn(&w.key_id),
                 "SourceEncryptionAlgorithm": source_alg.unwrap_or(EncryptionAlgorithm::SymmetricDefault).as_str(),
                 "DestinationEncryptionAlgorithm": dest_alg.unwrap_or(EncryptionAlgorithm::SymmetricDefault).as_str(),

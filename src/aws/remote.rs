@@ -75,7 +75,7 @@ pub struct RemoteProvider {
     client: KmsClient,
     cache_seconds: u64,
     described: Mutex<HashMap<String, Described>>,
-    /// For key_cache_seconds = 0: every poll is a new period.
+    /// For key_cache_seconds = 0: each poll of `change_stamp` is a change.
     polls: AtomicU64,
 }
 
@@ -110,21 +110,20 @@ impl RemoteProvider {
     }
 
     fn period(&self) -> u64 {
-        if self.cache_seconds == 0 {
-            return self.polls.load(Ordering::SeqCst);
-        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        now / self.cache_seconds
+        now / self.cache_seconds.max(1)
     }
 
-    /// DescribeKey, answered from the cache within the current period.
+    /// DescribeKey, answered from the cache within the current period (never with 0 seconds).
     fn describe(&self, key: &str) -> Result<(String, String)> {
         let period = self.period();
-        if let Some(d) = self.cache().get(key) {
-            if d.period == period {
-                return Ok((d.arn.clone(), d.state.clone()));
+        if self.cache_seconds > 0 {
+            if let Some(d) = self.cache().get(key) {
+                if d.period == period {
+                    return Ok((d.arn.clone(), d.state.clone()));
+                }
             }
         }
         let v = self.client.call("DescribeKey", &json!({ "KeyId": key }))?;

@@ -29,6 +29,8 @@ pub struct ServeOptions {
     pub unix: Option<PathBuf>,
     pub credentials: CredentialMap,
     pub verify_signatures: bool,
+    /// Host header values accepted besides the listeners' own addresses (for a proxy's name).
+    pub hosts: Vec<String>,
 }
 
 struct AppState {
@@ -36,6 +38,9 @@ struct AppState {
     credentials: CredentialMap,
     verify_signatures: bool,
     clock: Clock,
+    /// Accepted Host header values, lower case: a request signed for another server is not
+    /// accepted here.
+    hosts: std::sync::RwLock<Vec<String>>,
 }
 
 /// An error the protocol layer answers before any KMS operation runs.
@@ -103,6 +108,17 @@ fn authenticate(
         ));
     };
     if st.verify_signatures {
+        let host = header_str(h, "host")
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let known = st.hosts.read().map(|l| l.contains(&host)).unwrap_or(false);
+        if !known {
+            return Err(WireError::new(
+                400,
+                "AccessDeniedException",
+                format!("Host {host:?} is not this server's name (see kmsfs serve --host)"),
+            ));
+        }
         let headers: Vec<(String, String)> = h
             .iter()
             .filter_map(|(n, v)| {
@@ -246,11 +262,14 @@ pub fn serve(kms: Kms, opts: ServeOptions) -> Result<()> {
             "the credentials file lists no access keys: nobody could call the API",
         ));
     }
+    let mut hosts: Vec<String> = opts.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+    hosts.push("localhost".to_string());
     let st = Arc::new(AppState {
         kms,
         credentials: opts.credentials,
         verify_signatures: opts.verify_signatures,
         clock: Clock::from_env()?,
+        hosts: std::sync::RwLock::new(hosts),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -268,6 +287,12 @@ pub fn serve(kms: Kms, opts: ServeOptions) -> Result<()> {
                 .local_addr()
                 .map_err(|e| KmsError::internal(e.to_string()))?;
             println!("listening on http://{local}");
+            if let Ok(mut hosts) = st.hosts.write() {
+                hosts.push(local.to_string());
+                if local.ip().is_loopback() {
+                    hosts.push(format!("localhost:{}", local.port()));
+                }
+            }
             let mut stop = stop_tx.subscribe();
             let app = router(st.clone());
             tasks.spawn(async move {

@@ -156,8 +156,9 @@ pub fn canonical_request(r: &Request, signed: &[String]) -> Result<String> {
             .ok_or_else(|| denied(format!("signed header {h:?} is missing from the request")))?;
         lines.push_str(&format!("{h}:{v}\n"));
     }
-    let payload = header_value(r.headers, "x-amz-content-sha256")
-        .unwrap_or_else(|| hex::encode(cryptocore::sha256(r.body)));
+    // The body's hash, computed here: a client's x-amz-content-sha256 header is only accepted
+    // when it says the same (see `verify`), never trusted in place of the body.
+    let payload = hex::encode(cryptocore::sha256(r.body));
     let path = if r.path.is_empty() { "/" } else { r.path };
     Ok(format!(
         "{}\n{}\n{}\n{}\n{}\n{}",
@@ -211,9 +212,20 @@ pub fn verify(r: &Request, auth: &Authorization, secret: &str, now: DateTime<Utc
             "the credential scope's date is not the request's date",
         ));
     }
-    for required in ["host", "x-amz-date"] {
+    for required in ["host", "x-amz-date", "x-amz-target"] {
         if !auth.signed_headers.iter().any(|h| h == required) {
             return Err(denied(format!("the {required} header must be signed")));
+        }
+    }
+    if auth.service != "kms" {
+        return Err(denied(format!(
+            "the request is signed for service {:?}, not kms",
+            auth.service
+        )));
+    }
+    if let Some(claimed) = header_value(r.headers, "x-amz-content-sha256") {
+        if claimed != hex::encode(cryptocore::sha256(r.body)) {
+            return Err(denied("x-amz-content-sha256 is not the hash of the body"));
         }
     }
     let canonical = canonical_request(r, &auth.signed_headers)?;
@@ -384,6 +396,18 @@ mod tests {
         assert!(verify(&r2, &auth, SECRET, now).is_err());
         let later = now + chrono::Duration::minutes(16);
         assert!(verify(&r, &auth, SECRET, later).is_err());
+        // A payload-hash header cannot stand in for another body.
+        let mut forged = headers.clone();
+        forged.push((
+            "x-amz-content-sha256".to_string(),
+            hex::encode(cryptocore::sha256(br#"{"KeyId":"alias/a"}"#)),
+        ));
+        let r3 = Request {
+            headers: &forged,
+            body: br#"{"KeyId":"alias/b"}"#,
+            ..r
+        };
+        assert!(verify(&r3, &auth, SECRET, now).is_err());
     }
 
     #[test]

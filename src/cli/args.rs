@@ -186,10 +186,18 @@ pub struct ServeArgs {
         default_value = "/etc/kmsfs/api-credentials.toml"
     )]
     pub credentials: PathBuf,
-    /// Check every request's SigV4 signature against the secret key (AccessDenied if wrong);
-    /// without it the access key id alone names the caller
-    #[arg(long)]
+    /// Check every request's SigV4 signature against the secret key (AccessDenied if wrong).
+    /// This is the default; the flag says so explicitly
+    #[arg(long, conflicts_with = "no_verify_signatures")]
     pub verify_signatures: bool,
+    /// Trust the access key id of each request without checking its signature (tests only:
+    /// anyone who reaches the listener can then act as any listed principal)
+    #[arg(long)]
+    pub no_verify_signatures: bool,
+    /// A Host header value to accept besides the listeners' addresses, e.g. the name a TLS
+    /// proxy forwards as (repeatable)
+    #[arg(long = "host", value_name = "NAME[:PORT]")]
+    pub hosts: Vec<String>,
 }
 
 #[derive(Args, Debug)]

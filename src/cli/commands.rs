@@ -46,7 +46,8 @@ pub fn run(cli: Cli) -> Result<()> {
                     listen: a.listen,
                     unix: a.unix,
                     credentials,
-                    verify_signatures: a.verify_signatures,
+                    verify_signatures: !a.no_verify_signatures,
+                    hosts: a.hosts,
                 },
             )
         }
@@ -282,7 +283,7 @@ impl Ctx<'_> {
             KeyCmd::Enable(k) => self.done(kms.enable_key(c, &k.key), &k.key, "enabled"),
             KeyCmd::Disable(k) => self.done(kms.disable_key(c, &k.key), &k.key, "disabled"),
             KeyCmd::Rotate(k) => {
-                let v = kms.rotate_key_on_demand(c, &k.key)?;
+                let (_, v) = kms.rotate_key_on_demand(c, &k.key)?;
                 if self.json {
                     return output::json(&json!({ "KeyId": k.key, "KeyVersion": v }));
                 }
@@ -343,7 +344,7 @@ impl Ctx<'_> {
                 Ok(())
             }
             KeyCmd::CancelDeletion(k) => self.done(
-                kms.cancel_key_deletion(c, &k.key),
+                kms.cancel_key_deletion(c, &k.key).map(|_| ()),
                 &k.key,
                 "is no longer pending deletion (it is Disabled: `kmsfs key enable` it)",
             ),
@@ -530,7 +531,7 @@ impl Ctx<'_> {
             None => read_blob(a.io.input.as_deref())?,
         };
         let source = blob::parse(&data).ok().map(|(h, _)| h);
-        let w = self.kms.re_encrypt_with(
+        let (w, _) = self.kms.re_encrypt_with(
             self.caller,
             &ReEncryptRequest {
                 data: &data,

@@ -51,14 +51,18 @@ pub fn init(g: &Global, cfg: &Config, a: &InitFsArgs) -> Result<()> {
             };
             let provider = crate::cli::providers::remote(&remote)?;
             let now = format_time(&chrono::Utc::now());
-            cipherdir::init(
+            let endpoint = remote.endpoint.clone();
+            let v = cipherdir::init(
                 &a.cipherdir,
                 provider.as_ref(),
                 &caller,
                 &a.key,
                 &now,
                 Some(remote),
-            )?
+            )?;
+            // The user chose this endpoint: later mounts may trust it (see cli/providers.rs).
+            crate::cli::providers::trust(&endpoint)?;
+            v
         }
     };
     println!(

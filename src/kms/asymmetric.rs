@@ -161,7 +161,9 @@ impl Kms {
         } else {
             "GenerateDataKeyPairWithoutPlaintext"
         };
-        // Generate before taking the store lock: an RSA_4096 pair can take a second.
+        // Generate outside the store lock (an RSA_4096 pair can take a second), and only for a
+        // caller the policy allows.
+        self.precheck(caller, key, &format!("kms:{op}"), ctx)?;
         let private = keypair::generate(KeySpec::from(spec))?;
         let public_key = keypair::public_key_der(KeySpec::from(spec), &private)?;
         self.run(caller, op, |t, d| {

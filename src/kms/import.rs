@@ -6,7 +6,7 @@
 use crate::error::{ErrorKind, KmsError, Result};
 use crate::kms::caller::Caller;
 use crate::kms::context::EncryptionContext;
-use crate::kms::key::Origin;
+use crate::kms::key::{KeyState, Origin};
 use crate::kms::keypair;
 use crate::kms::keyspec::{EncryptionAlgorithm, KeySpec};
 use crate::kms::service::Kms;
@@ -43,7 +43,14 @@ impl Kms {
                 "wrapping: RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256 with RSA_2048, RSA_3072 or RSA_4096",
             ));
         }
-        // Key generation before the store lock: RSA_4096 takes a while.
+        // Key generation outside the store lock (RSA_4096 takes a while), and only for a caller
+        // the policy allows.
+        self.precheck(
+            caller,
+            key,
+            "kms:GetParametersForImport",
+            &EncryptionContext::default(),
+        )?;
         let private = keypair::generate(wrapping_spec)?;
         let public_key = keypair::public_key_der(wrapping_spec, &private)?;
         self.run(caller, "GetParametersForImport", |t, d| {
@@ -59,6 +66,11 @@ impl Kms {
                     ErrorKind::UnsupportedOperation,
                     format!("key {id} was not created with origin EXTERNAL"),
                 ));
+            }
+            if k.state == KeyState::PendingDeletion {
+                return Err(KmsError::invalid_state(format!(
+                    "key {id} is pending deletion"
+                )));
             }
             let valid_to = t.now + Duration::hours(IMPORT_TOKEN_HOURS);
             let mut plain = Zeroizing::new(Vec::with_capacity(private.len() + 10));
@@ -79,7 +91,8 @@ impl Kms {
         })
     }
 
-    /// Opens an import token, decrypts the wrapped material with it and imports the material.
+    /// Opens an import token, decrypts the wrapped material with it and imports the material:
+    /// one audited transaction, authorized before the token is even opened.
     pub fn import_wrapped_key_material(
         &self,
         caller: &Caller,
@@ -87,26 +100,38 @@ impl Kms {
         import_token: &[u8],
         encrypted_material: &[u8],
     ) -> Result<()> {
-        let id = self.resolve_quiet(key)?;
-        let plain = self.store().unseal_import_token(&id, import_token)?;
-        if plain.len() < 10 {
-            return Err(KmsError::invalid_ciphertext("the import token is damaged"));
-        }
-        let mut ts = [0u8; 8];
-        ts.copy_from_slice(&plain[..8]);
-        let valid_to = DateTime::from_timestamp(i64::from_be_bytes(ts), 0).unwrap_or_default();
-        if self.now() > valid_to {
-            return Err(KmsError::new(
-                ErrorKind::ExpiredImportToken,
-                "the import token has expired: call GetParametersForImport again",
-            ));
-        }
-        let alg = if plain[8] == 1 {
-            EncryptionAlgorithm::RsaesOaepSha1
-        } else {
-            EncryptionAlgorithm::RsaesOaepSha256
-        };
-        let material = keypair::rsa_decrypt(&plain[10..], alg, encrypted_material)?;
-        self.import_key_material(caller, key, &material)
+        self.run(caller, "ImportKeyMaterial", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:ImportKeyMaterial", &EncryptionContext::default())?;
+            let bad_token = |why: &str| {
+                KmsError::new(
+                    ErrorKind::InvalidImportToken,
+                    format!("the import token {why}: call GetParametersForImport for key {id}"),
+                )
+            };
+            let plain = t
+                .store
+                .unseal_import_token(&id, import_token)
+                .map_err(|_| bad_token("was not issued for this key by this key store"))?;
+            if plain.len() < 10 {
+                return Err(bad_token("is damaged"));
+            }
+            let mut ts = [0u8; 8];
+            ts.copy_from_slice(&plain[..8]);
+            let valid_to = DateTime::from_timestamp(i64::from_be_bytes(ts), 0).unwrap_or_default();
+            if t.now > valid_to {
+                return Err(KmsError::new(
+                    ErrorKind::ExpiredImportToken,
+                    "the import token has expired: call GetParametersForImport again",
+                ));
+            }
+            let alg = if plain[8] == 1 {
+                EncryptionAlgorithm::RsaesOaepSha1
+            } else {
+                EncryptionAlgorithm::RsaesOaepSha256
+            };
+            let material = keypair::rsa_decrypt(&plain[10..], alg, encrypted_material)?;
+            t.import_material(id, &material, d)
+        })
     }
 }

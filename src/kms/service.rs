@@ -362,6 +362,53 @@ impl Txn<'_> {
         Ok(KeyMetadata::from_record(self.key(id)?, self.aliases_of(id)))
     }
 
+    /// Imports 256-bit material into an EXTERNAL key (the caller was authorized). Importing the
+    /// same material again is a no-op (it re-enables a key that was waiting for it); different
+    /// material is refused.
+    pub(super) fn import_material(
+        &mut self,
+        id: Uuid,
+        material: &[u8],
+        d: &mut Draft,
+    ) -> Result<()> {
+        if material.len() != cryptocore::KEY_LEN {
+            return Err(KmsError::validation(format!(
+                "key material must be exactly 256 bits (32 bytes); got {} bytes",
+                material.len()
+            )));
+        }
+        let k = self.key(id)?;
+        if k.origin != Origin::External {
+            return Err(KmsError::new(
+                ErrorKind::UnsupportedOperation,
+                format!("key {id} was not created with --origin external"),
+            ));
+        }
+        if k.state == KeyState::PendingDeletion {
+            return Err(KmsError::invalid_state(format!(
+                "key {id} is pending deletion"
+            )));
+        }
+        let mut m = Zeroizing::new([0u8; cryptocore::KEY_LEN]);
+        m.copy_from_slice(material);
+        if let Some(v) = k.current_version().map(|v| v.number) {
+            d.key_version = Some(v);
+            if !cryptocore::ct_eq(self.material(id, v)?.as_ref(), m.as_ref()) {
+                return Err(KmsError::new(
+                    ErrorKind::IncorrectKeyMaterial,
+                    format!("key {id} already has different key material"),
+                ));
+            }
+        } else {
+            d.key_version = Some(self.add_sealed(id, VersionSource::Imported, &m[..])?);
+        }
+        let k = self.key_mut(id)?;
+        if k.state == KeyState::PendingImport {
+            k.state = KeyState::Enabled;
+        }
+        Ok(())
+    }
+
     /// Encrypts under the key's current version with `alg` (None: SYMMETRIC_DEFAULT, which
     /// makes a ciphertext blob; RSA algorithms make raw RSA-OAEP ciphertext, as AWS). The key
     /// must be Enabled.
@@ -643,6 +690,16 @@ impl Kms {
     }
 
     pub fn create_key(&self, caller: &Caller, req: CreateKeyRequest) -> Result<KeyMetadata> {
+        // Key pairs are generated before the store lock is taken: an RSA_4096 pair can take
+        // seconds, and the lock serves every other caller (mounts included).
+        let spec = req.key_spec.unwrap_or_default();
+        let pregenerated = match (spec, req.origin.unwrap_or(Origin::AwsKms)) {
+            (KeySpec::SymmetricDefault, _) | (_, Origin::External) => None,
+            (s, Origin::AwsKms) => {
+                s.check_usage(req.key_usage.unwrap_or(s.default_usage()))?;
+                Some(keypair::generate(s)?)
+            }
+        };
         self.run(caller, "CreateKey", |t, d| {
             if req.description.len() > MAX_DESCRIPTION {
                 return Err(KmsError::validation(format!(
@@ -703,7 +760,10 @@ impl Kms {
             );
             t.dirty = true;
             if origin == Origin::AwsKms {
-                d.key_version = Some(t.add_material(id, VersionSource::Initial)?);
+                d.key_version = Some(match &pregenerated {
+                    Some(m) => t.add_sealed(id, VersionSource::Initial, m)?,
+                    None => t.add_material(id, VersionSource::Initial)?,
+                });
             }
             if let Some(a) = alias {
                 t.db.aliases.insert(a, id);
@@ -851,18 +911,48 @@ impl Kms {
         })
     }
 
-    pub fn cancel_key_deletion(&self, caller: &Caller, key: &str) -> Result<()> {
-        self.modify(caller, "CancelKeyDeletion", key, |k, _| k.cancel_deletion())
+    /// Returns the key's id.
+    pub fn cancel_key_deletion(&self, caller: &Caller, key: &str) -> Result<Uuid> {
+        self.modify(caller, "CancelKeyDeletion", key, |k, _| {
+            k.cancel_deletion().map(|_| k.id)
+        })
     }
 
-    pub fn rotate_key_on_demand(&self, caller: &Caller, key: &str) -> Result<u32> {
+    /// The names of a key's policies: always just "default", as AWS.
+    pub fn list_key_policies(&self, caller: &Caller, key: &str) -> Result<Vec<String>> {
+        self.run(caller, "ListKeyPolicies", |t, d| {
+            let id = t.resolve(key, d)?;
+            t.authorize(id, "kms:ListKeyPolicies", &EncryptionContext::default())?;
+            Ok(vec!["default".to_string()])
+        })
+    }
+
+    /// Checks `action` on `key` for `caller` before expensive work (key-pair generation), so a
+    /// denied caller costs nothing; a denial is audited, a pass is not (the operation is).
+    pub fn precheck(
+        &self,
+        caller: &Caller,
+        key: &str,
+        action: &str,
+        ctx: &EncryptionContext,
+    ) -> Result<()> {
+        let op = action.strip_prefix("kms:").unwrap_or(action);
+        self.run_audited(caller, op, AuditWhen::Failure, |t, d| {
+            d.context = ctx.clone();
+            let id = t.resolve(key, d)?;
+            t.authorize(id, action, ctx)
+        })
+    }
+
+    /// Returns the key's id and its new current version.
+    pub fn rotate_key_on_demand(&self, caller: &Caller, key: &str) -> Result<(Uuid, u32)> {
         self.run(caller, "RotateKeyOnDemand", |t, d| {
             let id = t.resolve(key, d)?;
             t.authorize(id, "kms:RotateKeyOnDemand", &EncryptionContext::default())?;
             t.key(id)?.check_rotate()?;
             let v = t.add_material(id, VersionSource::OnDemandRotation)?;
             d.key_version = Some(v);
-            Ok(v)
+            Ok((id, v))
         })
     }
 
@@ -912,42 +1002,7 @@ impl Kms {
         self.run(caller, "ImportKeyMaterial", |t, d| {
             let id = t.resolve(key, d)?;
             t.authorize(id, "kms:ImportKeyMaterial", &EncryptionContext::default())?;
-            if material.len() != cryptocore::KEY_LEN {
-                return Err(KmsError::validation(format!(
-                    "key material must be exactly 256 bits (32 bytes); got {} bytes",
-                    material.len()
-                )));
-            }
-            let k = t.key(id)?;
-            if k.origin != Origin::External {
-                return Err(KmsError::new(
-                    ErrorKind::UnsupportedOperation,
-                    format!("key {id} was not created with --origin external"),
-                ));
-            }
-            if k.state == KeyState::PendingDeletion {
-                return Err(KmsError::invalid_state(format!(
-                    "key {id} is pending deletion"
-                )));
-            }
-            let mut m = Zeroizing::new([0u8; cryptocore::KEY_LEN]);
-            m.copy_from_slice(material);
-            if let Some(v) = k.current_version().map(|v| v.number) {
-                d.key_version = Some(v);
-                if !cryptocore::ct_eq(t.material(id, v)?.as_ref(), m.as_ref()) {
-                    return Err(KmsError::new(
-                        ErrorKind::IncorrectKeyMaterial,
-                        format!("key {id} already has different key material"),
-                    ));
-                }
-            } else {
-                d.key_version = Some(t.add_sealed(id, VersionSource::Imported, &m[..])?);
-            }
-            let k = t.key_mut(id)?;
-            if k.state == KeyState::PendingImport {
-                k.state = KeyState::Enabled;
-            }
-            Ok(())
+            t.import_material(id, material, d)
         })
     }
 
@@ -1116,11 +1171,16 @@ impl Kms {
             dest_ctx,
             dest_alg: None,
         };
-        self.re_encrypt_with(caller, &req)
+        self.re_encrypt_with(caller, &req).map(|(w, _)| w)
     }
 
-    /// ReEncrypt with algorithms on either side (RSA sources need `source_key`).
-    pub fn re_encrypt_with(&self, caller: &Caller, r: &ReEncryptRequest) -> Result<Wrapped> {
+    /// ReEncrypt with algorithms on either side (RSA sources need `source_key`). Returns the
+    /// new ciphertext and the source key's id.
+    pub fn re_encrypt_with(
+        &self,
+        caller: &Caller,
+        r: &ReEncryptRequest,
+    ) -> Result<(Wrapped, Uuid)> {
         self.run(caller, "ReEncrypt", |t, d| {
             d.context = r.source_ctx.clone();
             let inner = t.open_with(
@@ -1146,7 +1206,7 @@ impl Kms {
                 "re-encrypted to key {} version {}",
                 out.key_id, out.key_version
             ));
-            Ok(out)
+            Ok((out, inner.key_id))
         })
     }
 

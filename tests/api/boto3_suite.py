@@ -249,7 +249,7 @@ class Crypto(KmsTest):
         wrapped = pub.encrypt(material, padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None))
         # A token for another key is refused.
         other = self.new_key(Origin="EXTERNAL")
-        self.fails("InvalidCiphertextException", ROOT.import_key_material, KeyId=other,
+        self.fails("InvalidImportTokenException", ROOT.import_key_material, KeyId=other,
                    ImportToken=p["ImportToken"], EncryptedKeyMaterial=wrapped,
                    ExpirationModel="KEY_MATERIAL_DOES_NOT_EXPIRE")
         ROOT.import_key_material(KeyId=kid, ImportToken=p["ImportToken"], EncryptedKeyMaterial=wrapped,
