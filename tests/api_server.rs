@@ -352,6 +352,265 @@ fn the_aws_cli_works_against_kmsfs_serve() {
     assert!(policy["Policy"].as_str().unwrap().contains("kms:*"));
 }
 
+/// Base64 text from an aws CLI answer, decoded and written to a file; returns `fileb://PATH`.
+fn to_file(e: &Env, name: &str, b64: &serde_json::Value) -> String {
+    use base64::Engine;
+    let p = e.path(name);
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64.as_str().expect("a base64 field"))
+        .unwrap();
+    std::fs::write(&p, bytes).unwrap();
+    format!("fileb://{}", p.display())
+}
+
+fn key_id(v: &serde_json::Value) -> String {
+    v["KeyMetadata"]["KeyId"].as_str().unwrap().to_string()
+}
+
+/// The operations the first aws CLI test does not call, so that the aws CLI covers them all.
+#[test]
+fn the_aws_cli_covers_the_remaining_operations() {
+    let e = Env::new();
+    let s = serve(&e, &[]);
+    let kid = key_id(&aws_ok(&s, &["create-key"]));
+    let other = key_id(&aws_ok(&s, &["create-key"]));
+    assert_eq!(
+        key_id(&aws_ok(&s, &["describe-key", "--key-id", &kid])),
+        kid
+    );
+    aws_ok(
+        &s,
+        &[
+            "create-alias",
+            "--alias-name",
+            "alias/gone",
+            "--target-key-id",
+            &kid,
+        ],
+    );
+    aws_ok(&s, &["delete-alias", "--alias-name", "alias/gone"]);
+    aws_fails(
+        &s,
+        &["describe-key", "--key-id", "alias/gone"],
+        "NotFoundException",
+    );
+    // ReEncrypt between keys, from a data key made without plaintext.
+    let dk = aws_ok(
+        &s,
+        &[
+            "generate-data-key-without-plaintext",
+            "--key-id",
+            &kid,
+            "--number-of-bytes",
+            "32",
+        ],
+    );
+    assert!(dk.get("Plaintext").is_none());
+    let blob = to_file(&e, "dk.blob", &dk["CiphertextBlob"]);
+    let re = aws_ok(
+        &s,
+        &[
+            "re-encrypt",
+            "--ciphertext-blob",
+            &blob,
+            "--destination-key-id",
+            &other,
+        ],
+    );
+    assert!(re["KeyId"].as_str().unwrap().ends_with(&other));
+    assert!(re["SourceKeyId"].as_str().unwrap().ends_with(&kid));
+    let moved = to_file(&e, "moved.blob", &re["CiphertextBlob"]);
+    let d = aws_ok(&s, &["decrypt", "--ciphertext-blob", &moved]);
+    assert!(d["KeyId"].as_str().unwrap().ends_with(&other));
+    let kp = aws_ok(
+        &s,
+        &[
+            "generate-data-key-pair",
+            "--key-id",
+            &kid,
+            "--key-pair-spec",
+            "ECC_NIST_P384",
+        ],
+    );
+    assert!(kp["PrivateKeyPlaintext"].is_string() && kp["PublicKey"].is_string());
+    let kpw = aws_ok(
+        &s,
+        &[
+            "generate-data-key-pair-without-plaintext",
+            "--key-id",
+            &kid,
+            "--key-pair-spec",
+            "RSA_2048",
+        ],
+    );
+    assert!(kpw.get("PrivateKeyPlaintext").is_none());
+    // Rotation settings and history.
+    aws_ok(
+        &s,
+        &[
+            "enable-key-rotation",
+            "--key-id",
+            &kid,
+            "--rotation-period-in-days",
+            "100",
+        ],
+    );
+    aws_ok(&s, &["disable-key-rotation", "--key-id", &kid]);
+    assert_eq!(
+        aws_ok(&s, &["get-key-rotation-status", "--key-id", &kid])["KeyRotationEnabled"],
+        false
+    );
+    aws_ok(&s, &["rotate-key-on-demand", "--key-id", &kid]);
+    let rot = aws_ok(&s, &["list-key-rotations", "--key-id", &kid]);
+    assert_eq!(rot["Rotations"][0]["RotationType"], "ON_DEMAND");
+    // Policies: names, and a put that denies root encryption (but keeps PutKeyPolicy).
+    let names = aws_ok(&s, &["list-key-policies", "--key-id", &kid]);
+    assert_eq!(names["PolicyNames"], serde_json::json!(["default"]));
+    let policy = r#"{"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Principal": {"Local": "uid:0"}, "Action": "kms:*", "Resource": "*"},
+        {"Sid": "no-encrypt", "Effect": "Deny", "Principal": {"Local": "uid:0"}, "Action": "kms:Encrypt", "Resource": "*"}]}"#;
+    aws_ok(
+        &s,
+        &[
+            "put-key-policy",
+            "--key-id",
+            &kid,
+            "--policy-name",
+            "default",
+            "--policy",
+            policy,
+        ],
+    );
+    let plain = e.path("plain");
+    std::fs::write(&plain, b"x").unwrap();
+    let plainf = format!("fileb://{}", plain.display());
+    aws_fails(
+        &s,
+        &["encrypt", "--key-id", &kid, "--plaintext", &plainf],
+        "AccessDeniedException",
+    );
+    // Tags off again.
+    aws_ok(
+        &s,
+        &[
+            "tag-resource",
+            "--key-id",
+            &other,
+            "--tags",
+            "TagKey=a,TagValue=1",
+            "TagKey=b,TagValue=2",
+        ],
+    );
+    aws_ok(
+        &s,
+        &["untag-resource", "--key-id", &other, "--tag-keys", "a"],
+    );
+    let tags = aws_ok(&s, &["list-resource-tags", "--key-id", &other]);
+    assert_eq!(
+        tags["Tags"],
+        serde_json::json!([{"TagKey": "b", "TagValue": "2"}])
+    );
+    // MACs.
+    let hmac = key_id(&aws_ok(
+        &s,
+        &[
+            "create-key",
+            "--key-spec",
+            "HMAC_384",
+            "--key-usage",
+            "GENERATE_VERIFY_MAC",
+        ],
+    ));
+    let msg = e.path("msg");
+    std::fs::write(&msg, b"message").unwrap();
+    let msgf = format!("fileb://{}", msg.display());
+    let mac = aws_ok(
+        &s,
+        &[
+            "generate-mac",
+            "--key-id",
+            &hmac,
+            "--mac-algorithm",
+            "HMAC_SHA_384",
+            "--message",
+            &msgf,
+        ],
+    );
+    let macf = to_file(&e, "mac", &mac["Mac"]);
+    let v = aws_ok(
+        &s,
+        &[
+            "verify-mac",
+            "--key-id",
+            &hmac,
+            "--mac-algorithm",
+            "HMAC_SHA_384",
+            "--message",
+            &msgf,
+            "--mac",
+            &macf,
+        ],
+    );
+    assert_eq!(v["MacValid"], true);
+    // Import: wrap 32 bytes with openssl to the public key GetParametersForImport returns.
+    let ext = key_id(&aws_ok(&s, &["create-key", "--origin", "EXTERNAL"]));
+    let p = aws_ok(
+        &s,
+        &[
+            "get-parameters-for-import",
+            "--key-id",
+            &ext,
+            "--wrapping-algorithm",
+            "RSAES_OAEP_SHA_256",
+            "--wrapping-key-spec",
+            "RSA_2048",
+        ],
+    );
+    let public = to_file(&e, "wrap.der", &p["PublicKey"]);
+    let token = to_file(&e, "token", &p["ImportToken"]);
+    let material = e.path("material");
+    std::fs::write(&material, [7u8; 32]).unwrap();
+    let wrapped = e.path("wrapped");
+    let out = Command::new("openssl")
+        .args(["pkeyutl", "-encrypt", "-pubin", "-keyform", "DER", "-inkey"])
+        .arg(public.strip_prefix("fileb://").unwrap())
+        .arg("-in")
+        .arg(&material)
+        .arg("-out")
+        .arg(&wrapped)
+        .args([
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-pkeyopt",
+            "rsa_oaep_md:sha256",
+            "-pkeyopt",
+            "rsa_mgf1_md:sha256",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    aws_ok(
+        &s,
+        &[
+            "import-key-material",
+            "--key-id",
+            &ext,
+            "--import-token",
+            &token,
+            "--encrypted-key-material",
+            &format!("fileb://{}", wrapped.display()),
+            "--expiration-model",
+            "KEY_MATERIAL_DOES_NOT_EXPIRE",
+        ],
+    );
+    let st = aws_ok(&s, &["describe-key", "--key-id", &ext]);
+    assert_eq!(st["KeyMetadata"]["KeyState"], "Enabled");
+}
+
 #[test]
 fn unsigned_and_malformed_requests_get_aws_errors() {
     let e = Env::new();
