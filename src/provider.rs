@@ -4,6 +4,8 @@
 use crate::error::Result;
 use crate::kms::types::Wrapped;
 use crate::kms::{Caller, EncryptionContext, Kms};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use zeroize::Zeroizing;
 
 /// A wrapped data key as stored, with the key that wrapped it as the provider names keys (a
@@ -117,18 +119,53 @@ pub struct KeyStatus {
     pub current_version: Option<u32>,
 }
 
+/// (caller uid, caller gids, key name) -> (key store stamp, key id, current version).
+type DescribeCache = HashMap<(u32, Vec<u32>, String), (u64, String, u32)>;
+
+/// Described keys kept at most (a rewrap asks about one or two names; the bound is for safety).
+const DESCRIBE_CACHE_MAX: usize = 1024;
+
 /// The local KMS behind the seam.
 pub struct LocalProvider {
     kms: Kms,
+    /// Rewrap asks for each header which key and version are current; the answer only changes
+    /// when keys.db does, so it is reused while the store's change stamp is the same. Keyed by
+    /// caller too: the first answer was the caller's own, policy-checked and audited.
+    described: Mutex<DescribeCache>,
 }
 
 impl LocalProvider {
     pub fn new(kms: Kms) -> Self {
-        LocalProvider { kms }
+        LocalProvider {
+            kms,
+            described: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn kms(&self) -> &Kms {
         &self.kms
+    }
+
+    /// The id and current version of `key`, as DescribeKey for `caller` answered it since the
+    /// key store last changed.
+    fn describe(&self, caller: &Caller, key: &str) -> Result<(String, u32)> {
+        let k = (caller.uid, caller.gids.clone(), key.to_string());
+        let stamp = self.kms.change_stamp();
+        let mut cache = self.described.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((s, id, v)) = cache.get(&k) {
+            if *s == stamp {
+                return Ok((id.clone(), *v));
+            }
+        }
+        drop(cache);
+        // The stamp was read first: if keys.db changes meanwhile, the entry is stale at once.
+        let m = self.kms.describe_key(caller, key)?;
+        cache = self.described.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= DESCRIBE_CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(k, (stamp, m.key_id.clone(), m.current_key_version));
+        Ok((m.key_id, m.current_key_version))
     }
 }
 
@@ -204,13 +241,11 @@ impl KeyProvider for LocalProvider {
     }
 
     fn key_of_name(&self, caller: &Caller, key: &str) -> Result<String> {
-        Ok(self.kms.describe_key(caller, key)?.key_id)
+        Ok(self.describe(caller, key)?.0)
     }
 
     fn current_version(&self, caller: &Caller, key: &str) -> Result<Option<u32>> {
-        Ok(Some(
-            self.kms.describe_key(caller, key)?.current_key_version,
-        ))
+        Ok(Some(self.describe(caller, key)?.1))
     }
 
     fn key_status(&self, caller: &Caller, key: &str) -> Result<KeyStatus> {
@@ -227,5 +262,60 @@ impl KeyProvider for LocalProvider {
 
     fn maintain(&self, caller: &Caller) -> Result<usize> {
         self.kms.maintain(caller)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Clock;
+    use crate::keystore::KeyStore;
+    use crate::keystore::rootkey::{KdfParams, MIN_MEMORY_KIB, RootSecret};
+    use crate::kms::types::CreateKeyRequest;
+
+    fn provider() -> (tempfile::TempDir, LocalProvider) {
+        let d = tempfile::tempdir().unwrap();
+        let secret = RootSecret::passphrase(b"p".to_vec()).unwrap();
+        let kdf = KdfParams {
+            memory_kib: MIN_MEMORY_KIB,
+            iterations: 1,
+            parallelism: 1,
+        };
+        let store = KeyStore::init(&d.path().join("ks"), &secret, kdf, chrono::Utc::now()).unwrap();
+        let kms = Kms::new(store, Clock::from_env().unwrap());
+        (d, LocalProvider::new(kms))
+    }
+
+    #[test]
+    fn described_keys_are_reused_only_until_the_store_changes_and_per_caller() {
+        let (_d, p) = provider();
+        let root = Caller::from_ids(0, vec![0], 1);
+        let id = p
+            .kms()
+            .create_key(&root, CreateKeyRequest::default())
+            .unwrap()
+            .key_id;
+        let audited = |p: &LocalProvider| {
+            let records = p.kms().audit_records().unwrap();
+            records
+                .iter()
+                .filter(|r| r.operation == "DescribeKey")
+                .count()
+        };
+        assert_eq!(p.current_version(&root, &id).unwrap(), Some(1));
+        assert_eq!(p.key_of_name(&root, &id).unwrap(), id);
+        assert_eq!(
+            audited(&p),
+            1,
+            "the second question was answered from the cache"
+        );
+        // A rotation rewrites keys.db: the next answer is the new version.
+        p.kms().rotate_key_on_demand(&root, &id).unwrap();
+        assert_eq!(p.current_version(&root, &id).unwrap(), Some(2));
+        assert_eq!(audited(&p), 2);
+        // Another caller is not answered from root's entry: the default policy denies uid 4242.
+        let other = Caller::from_ids(4242, vec![4242], 2);
+        let e = p.current_version(&other, &id).unwrap_err();
+        assert_eq!(e.kind, crate::error::ErrorKind::AccessDenied);
     }
 }
