@@ -161,8 +161,9 @@ impl KmsFs {
         let outcome = if kind == Kind::File {
             // Never beside a truncate that gives the file a new header: an open file is
             // re-wrapped under its write lock; a closed one under the `files` lock, which any
-            // truncate needs first (to open it). Closed files are not opened for this, so a
-            // rewrap costs one ReEncrypt and no Decrypt.
+            // truncate needs first (to open it). Closed files are not opened through the mount
+            // for this: a rewrap costs one Decrypt (the new slot's MAC needs the data key) and
+            // one Encrypt (ReEncrypt with a remote provider).
             // By what was opened, not by `ino`: a reencrypt may have moved the name meanwhile.
             let node = lock(&self.inodes).node_id(nix::sys::stat::fstat(&file)?.st_ino);
             let files = lock(&self.files);
