@@ -14,9 +14,12 @@ pub enum Target<'a> {
 fn builder(default: &str) -> env_logger::Builder {
     let mut b =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
-    // fuser logs each request's plaintext names at debug level: never below info, whatever
-    // RUST_LOG asks.
-    b.filter_module("fuser", log::LevelFilter::Info);
+    // fuser logs each request's plaintext names at debug level, and ureq's protocol layer
+    // dumps request and response bytes (data keys from a remote key service) at trace: never
+    // below info, whatever RUST_LOG asks.
+    for noisy in ["fuser", "ureq", "ureq_proto", "rustls"] {
+        b.filter_module(noisy, log::LevelFilter::Info);
+    }
     b
 }
 

@@ -70,6 +70,8 @@ fn kmsfs_serve() -> Service {
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Everything the server logs, at the most verbose level, for the secrets test.
+    let log = std::fs::File::create(e.path("serve.log")).unwrap();
     let mut child = e
         .command(&[
             "serve",
@@ -79,7 +81,9 @@ fn kmsfs_serve() -> Service {
             creds.to_str().unwrap(),
             "--verify-signatures",
         ])
+        .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
+        .stderr(log)
         .spawn()
         .unwrap();
     let mut line = String::new();
@@ -149,8 +153,13 @@ impl Drop for RemoteMount {
 
 impl RemoteMount {
     fn kmsfs(&self, args: &[&str]) -> std::process::Output {
+        self.kmsfs_env(args, &[])
+    }
+
+    fn kmsfs_env(&self, args: &[&str], vars: &[(&str, &str)]) -> std::process::Output {
         // No key store at all: a remote cipher directory needs none.
         let mut c = self.env.command(args);
+        c.envs(vars.iter().copied());
         c.env_remove("KMSFS_KEYSTORE")
             .env_remove("KMSFS_ROOT_KEY_FILE")
             .env("KMSFS_KEYSTORE", self.env.path("no-such-store"));
@@ -323,6 +332,56 @@ fn remote_provider_against_kmsfs_serve() {
 fn remote_provider_against_moto() {
     let s = moto();
     lifecycle(&s, false);
+}
+
+/// At RUST_LOG=trace, neither the mount's log nor the server's holds file names, contents, or
+/// the wire format's plaintext-bearing fields (ureq dumps bodies at trace; it is capped).
+#[test]
+fn nothing_secret_reaches_the_logs_at_trace() {
+    let s = kmsfs_serve();
+    let key = s.create_key();
+    let m = RemoteMount::new(&s, &key, false);
+    m.unmount();
+    let log = m.env.path("mount.log");
+    let out = m.kmsfs_env(
+        &[
+            "mount",
+            m.cipher.to_str().unwrap(),
+            m.mnt.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+        &[("RUST_LOG", "trace")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let marker = "SECRET-MARKER-7f3a";
+    std::fs::write(m.p(&format!("{marker}.txt")), marker.repeat(10)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(m.p(&format!("{marker}.txt"))).unwrap(),
+        marker.repeat(10)
+    );
+    m.unmount();
+    let mount_log = std::fs::read_to_string(&log).unwrap();
+    let serve_log = std::fs::read_to_string(s._env.as_ref().unwrap().path("serve.log")).unwrap();
+    assert!(
+        mount_log.len() > 100,
+        "the mount logged at trace: {mount_log}"
+    );
+    for (name, text) in [("mount", &mount_log), ("serve", &serve_log)] {
+        for needle in [
+            marker,
+            "\"Plaintext\"",
+            "Plaintext\":",
+            "CiphertextBlob",
+            SECRET,
+        ] {
+            assert!(!text.contains(needle), "{name} log contains {needle:?}");
+        }
+    }
 }
 
 /// kmsfs.conf is authenticated only with a key the service returns, so an endpoint rewritten
