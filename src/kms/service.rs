@@ -639,12 +639,27 @@ impl Kms {
         action: &str,
         ctx: &EncryptionContext,
     ) -> Result<()> {
+        self.check_action(caller, key, action, ctx, true)
+    }
+
+    /// A policy (and, with `usable`, key state) check that audits only a denial.
+    fn check_action(
+        &self,
+        caller: &Caller,
+        key: &str,
+        action: &str,
+        ctx: &EncryptionContext,
+        usable: bool,
+    ) -> Result<()> {
         let op = action.strip_prefix("kms:").unwrap_or(action);
         self.run_audited(caller, op, AuditWhen::Failure, |t, d| {
             d.context = ctx.clone();
             let id = t.resolve(key, d)?;
             t.authorize(id, action, ctx)?;
-            t.key(id)?.check_usable()
+            if usable {
+                t.key(id)?.check_usable()?;
+            }
+            Ok(())
         })
     }
 
@@ -936,12 +951,7 @@ impl Kms {
         action: &str,
         ctx: &EncryptionContext,
     ) -> Result<()> {
-        let op = action.strip_prefix("kms:").unwrap_or(action);
-        self.run_audited(caller, op, AuditWhen::Failure, |t, d| {
-            d.context = ctx.clone();
-            let id = t.resolve(key, d)?;
-            t.authorize(id, action, ctx)
-        })
+        self.check_action(caller, key, action, ctx, false)
     }
 
     /// Returns the key's id and its new current version.
