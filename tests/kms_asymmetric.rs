@@ -79,6 +79,38 @@ fn signatures_verify_with_openssl_for_every_algorithm() {
                 ("RSASSA_PKCS1_V1_5_SHA_384", "sha384", &[]),
             ],
         ),
+        (
+            "RSA_3072",
+            &[
+                ("RSASSA_PKCS1_V1_5_SHA_256", "sha256", &[]),
+                (
+                    "RSASSA_PSS_SHA_384",
+                    "sha384",
+                    &[
+                        "-sigopt",
+                        "rsa_padding_mode:pss",
+                        "-sigopt",
+                        "rsa_pss_saltlen:48",
+                    ],
+                ),
+            ],
+        ),
+        (
+            "RSA_4096",
+            &[
+                ("RSASSA_PKCS1_V1_5_SHA_512", "sha512", &[]),
+                (
+                    "RSASSA_PSS_SHA_256",
+                    "sha256",
+                    &[
+                        "-sigopt",
+                        "rsa_padding_mode:pss",
+                        "-sigopt",
+                        "rsa_pss_saltlen:32",
+                    ],
+                ),
+            ],
+        ),
         ("ECC_NIST_P256", &[("ECDSA_SHA_256", "sha256", &[])]),
         ("ECC_NIST_P384", &[("ECDSA_SHA_384", "sha384", &[])]),
     ];
@@ -322,6 +354,23 @@ fn rsa_oaep_interoperates_with_openssl_both_ways() {
         &[1u8; 215],
         VALIDATION,
     );
+    // The larger moduli: exactly AWS's limits pass, one byte more is refused, and the
+    // ciphertext is the modulus length.
+    for (spec, len, sha1, sha256) in [("RSA_3072", 384, 342, 318), ("RSA_4096", 512, 470, 446)] {
+        let big = e.create_key(&["--spec", spec, "--usage", "ENCRYPT_DECRYPT"]);
+        for (alg, limit) in [("RSAES_OAEP_SHA_1", sha1), ("RSAES_OAEP_SHA_256", sha256)] {
+            let msg = vec![9u8; limit];
+            let ct = e.ok_with(&["encrypt", "--key", &big, "--algorithm", alg], &msg);
+            assert_eq!(ct.len(), len, "{spec} {alg}");
+            let back = e.ok_with(&["decrypt", "--key", &big, "--algorithm", alg], &ct);
+            assert_eq!(back, msg, "{spec} {alg}");
+            e.fails_with(
+                &["encrypt", "--key", &big, "--algorithm", alg],
+                &vec![9u8; limit + 1],
+                VALIDATION,
+            );
+        }
+    }
     // An RSA key takes no encryption context and no SYMMETRIC_DEFAULT; a symmetric key takes
     // no RSA algorithm; generate-data-key needs a symmetric key.
     e.fails_with(
