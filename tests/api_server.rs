@@ -820,3 +820,18 @@ fn signatures_bind_host_and_body() {
     );
     assert!(forged.contains("AccessDeniedException"), "{forged}");
 }
+
+/// KMSFS_NOW (the test clock for key dates) moves the KMS's dates but not the signature
+/// freshness check, which clients sign against with the real time.
+#[test]
+fn the_test_clock_moves_key_dates_not_signature_freshness() {
+    let mut e = Env::new();
+    e.now = Some("2026-01-01T00:00:00Z".to_string());
+    let s = serve(&e, &[]);
+    let md = aws_ok(&s, &["create-key"]);
+    // 2026-01-01T00:00:00Z in epoch seconds, as the JSON protocol carries it.
+    assert_eq!(
+        md["KeyMetadata"]["CreationDate"].as_f64(),
+        Some(1767225600.0)
+    );
+}
