@@ -11,14 +11,44 @@ pub enum Target<'a> {
     Syslog,
 }
 
+/// Crates whose debug and trace lines can carry secrets: fuser logs each request's plaintext
+/// names, ureq's protocol layer dumps request and response bytes (data keys from a remote key
+/// service). They never log below info, whatever RUST_LOG asks.
+const CAPPED: &[&str] = &["fuser", "ureq", "ureq_proto", "rustls"];
+
+/// RUST_LOG without its directives for capped crates or their modules (`ureq_proto::util=trace`
+/// would otherwise win over a cap on `ureq_proto`, the longer name being the more specific).
+fn without_capped(spec: &str) -> String {
+    let (directives, regex) = match spec.split_once('/') {
+        Some((d, r)) => (d, Some(r)),
+        None => (spec, None),
+    };
+    let kept: Vec<&str> = directives
+        .split(',')
+        .filter(|d| {
+            let name = d.split('=').next().unwrap_or_default().trim();
+            !CAPPED
+                .iter()
+                .any(|c| name == *c || name.starts_with(&format!("{c}::")))
+        })
+        .collect();
+    let mut out = kept.join(",");
+    if let Some(r) = regex {
+        out.push('/');
+        out.push_str(r);
+    }
+    out
+}
+
 fn builder(default: &str) -> env_logger::Builder {
-    let mut b =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default));
-    // fuser logs each request's plaintext names at debug level, and ureq's protocol layer
-    // dumps request and response bytes (data keys from a remote key service) at trace: never
-    // below info, whatever RUST_LOG asks.
-    for noisy in ["fuser", "ureq", "ureq_proto", "rustls"] {
-        b.filter_module(noisy, log::LevelFilter::Info);
+    let spec = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| default.to_string());
+    let mut b = env_logger::Builder::new();
+    b.parse_filters(&without_capped(&spec));
+    for c in CAPPED {
+        b.filter_module(c, log::LevelFilter::Info);
     }
     b
 }
@@ -80,5 +110,21 @@ impl log::Log for Syslog {
 
     fn flush(&self) {
         let _ = std::io::stderr().flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_crates_lose_their_directives() {
+        assert_eq!(without_capped("trace"), "trace");
+        assert_eq!(
+            without_capped("debug,ureq_proto::util=trace,kmsfs=trace"),
+            "debug,kmsfs=trace"
+        );
+        assert_eq!(without_capped("fuser=debug,fuser_x=debug"), "fuser_x=debug");
+        assert_eq!(without_capped("info,rustls=trace/secret"), "info/secret");
     }
 }

@@ -110,6 +110,12 @@ pub trait KeyProvider: Send + Sync {
 
     /// Applies due automatic rotations and deletions; returns how many happened.
     fn maintain(&self, caller: &Caller) -> Result<usize>;
+
+    /// The remote service this provider speaks to, as a cipher directory's config names it
+    /// (None: the local key store).
+    fn remote_config(&self) -> Option<&crate::aws::remote::RemoteConfig> {
+        None
+    }
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

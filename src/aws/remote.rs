@@ -72,6 +72,7 @@ struct Described {
 }
 
 pub struct RemoteProvider {
+    config: RemoteConfig,
     client: KmsClient,
     cache_seconds: u64,
     described: Mutex<HashMap<String, Described>>,
@@ -102,6 +103,7 @@ impl RemoteProvider {
             )));
         }
         Ok(RemoteProvider {
+            config: config.clone(),
             client: KmsClient::new(&config.endpoint, &config.region, credentials)?,
             cache_seconds: config.key_cache_seconds,
             described: Mutex::new(HashMap::new()),
@@ -301,6 +303,10 @@ impl KeyProvider for RemoteProvider {
     /// The service rotates and deletes its own keys.
     fn maintain(&self, _caller: &Caller) -> Result<usize> {
         Ok(0)
+    }
+
+    fn remote_config(&self) -> Option<&RemoteConfig> {
+        Some(&self.config)
     }
 }
 

@@ -36,9 +36,30 @@ struct AppState {
     kms: Kms,
     credentials: CredentialMap,
     verify_signatures: bool,
-    /// Accepted Host header values, lower case: a request signed for another server is not
-    /// accepted here.
-    hosts: std::sync::RwLock<Vec<String>>,
+}
+
+/// One listener's view: the shared state and the Host header values requests to it may carry
+/// (lower case), so a request signed for another server is not accepted here.
+struct Listener {
+    app: Arc<AppState>,
+    hosts: Vec<String>,
+}
+
+/// The names a client may use for a TCP listener: its address, and for loopback or wildcard
+/// addresses the loopback names with its port; plus the operator's `--host` names.
+fn tcp_hosts(local: SocketAddr, extra: &[String]) -> Vec<String> {
+    let port = local.port();
+    let mut hosts = vec![local.to_string()];
+    if local.ip().is_loopback() || local.ip().is_unspecified() {
+        hosts.extend([
+            format!("localhost:{port}"),
+            format!("127.0.0.1:{port}"),
+            format!("[::1]:{port}"),
+        ]);
+    }
+    hosts.extend(extra.iter().map(|h| h.to_ascii_lowercase()));
+    hosts.dedup();
+    hosts
 }
 
 /// An error the protocol layer answers before any KMS operation runs.
@@ -81,7 +102,7 @@ fn header_str<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Who is calling: the access key id of the Authorization header, mapped to a principal.
 fn authenticate(
-    st: &AppState,
+    l: &Listener,
     method: &Method,
     uri: &Uri,
     h: &HeaderMap,
@@ -95,7 +116,7 @@ fn authenticate(
         ));
     };
     let auth = sigv4::Authorization::parse(auth)?;
-    let Some(cred) = st.credentials.get(&auth.access_key_id) else {
+    let Some(cred) = l.app.credentials.get(&auth.access_key_id) else {
         return Err(WireError::new(
             400,
             "UnrecognizedClientException",
@@ -105,12 +126,11 @@ fn authenticate(
             ),
         ));
     };
-    if st.verify_signatures {
+    if l.app.verify_signatures {
         let host = header_str(h, "host")
             .unwrap_or_default()
             .to_ascii_lowercase();
-        let known = st.hosts.read().map(|l| l.contains(&host)).unwrap_or(false);
-        if !known {
+        if !l.hosts.contains(&host) {
             return Err(WireError::new(
                 400,
                 "AccessDeniedException",
@@ -140,7 +160,7 @@ fn authenticate(
 }
 
 fn answer(
-    st: &AppState,
+    l: &Listener,
     method: &Method,
     uri: &Uri,
     h: &HeaderMap,
@@ -169,7 +189,7 @@ fn answer(
             format!("operation {op} is not supported by kmsfs"),
         ));
     }
-    let caller = authenticate(st, method, uri, h, body)?;
+    let caller = authenticate(l, method, uri, h, body)?;
     let parsed: Value = if body.is_empty() {
         json!({})
     } else {
@@ -188,7 +208,7 @@ fn answer(
             "the body is not a JSON object",
         ));
     };
-    let out = operations::dispatch(&st.kms, &caller, op, &map);
+    let out = operations::dispatch(&l.app.kms, &caller, op, &map);
     match &out {
         Ok(_) => log::debug!("{op} by {}: ok", caller.uid),
         Err(e) => log::info!("{op} by uid {}: {}", caller.uid, e.kind.name()),
@@ -211,7 +231,7 @@ fn respond(result: Result<Value, WireError>) -> Response {
 }
 
 async fn handle(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Arc<Listener>>,
     method: Method,
     uri: Uri,
     h: HeaderMap,
@@ -228,7 +248,7 @@ async fn handle(
     }))
 }
 
-fn router(st: Arc<AppState>) -> axum::Router {
+fn router(st: Arc<Listener>) -> axum::Router {
     axum::Router::new()
         .fallback(handle)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
@@ -262,13 +282,10 @@ pub fn serve(kms: Kms, opts: ServeOptions) -> Result<()> {
             "the credentials file lists no access keys: nobody could call the API",
         ));
     }
-    let mut hosts: Vec<String> = opts.hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
-    hosts.push("localhost".to_string());
     let st = Arc::new(AppState {
         kms,
         credentials: opts.credentials,
         verify_signatures: opts.verify_signatures,
-        hosts: std::sync::RwLock::new(hosts),
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -286,14 +303,11 @@ pub fn serve(kms: Kms, opts: ServeOptions) -> Result<()> {
                 .local_addr()
                 .map_err(|e| KmsError::internal(e.to_string()))?;
             println!("listening on http://{local}");
-            if let Ok(mut hosts) = st.hosts.write() {
-                hosts.push(local.to_string());
-                if local.ip().is_loopback() {
-                    hosts.push(format!("localhost:{}", local.port()));
-                }
-            }
             let mut stop = stop_tx.subscribe();
-            let app = router(st.clone());
+            let app = router(Arc::new(Listener {
+                app: st.clone(),
+                hosts: tcp_hosts(local, &opts.hosts),
+            }));
             tasks.spawn(async move {
                 axum::serve(l, app)
                     .with_graceful_shutdown(async move {
@@ -309,7 +323,13 @@ pub fn serve(kms: Kms, opts: ServeOptions) -> Result<()> {
             })?;
             println!("listening on unix:{}", path.display());
             let mut stop = stop_tx.subscribe();
-            let app = router(st.clone());
+            // Clients of a Unix socket name no host; "localhost" is the usual Host they send.
+            let mut hosts = vec!["localhost".to_string()];
+            hosts.extend(opts.hosts.iter().map(|h| h.to_ascii_lowercase()));
+            let app = router(Arc::new(Listener {
+                app: st.clone(),
+                hosts,
+            }));
             tasks.spawn(async move {
                 axum::serve(l, app)
                     .with_graceful_shutdown(async move {
@@ -354,6 +374,22 @@ fn remove_stale_socket(path: &std::path::Path) -> Result<()> {
 mod tests {
     use super::*;
     use crate::error::ErrorKind;
+
+    #[test]
+    fn listeners_accept_their_own_names_only() {
+        let h = tcp_hosts("127.0.0.1:4599".parse().unwrap(), &[]);
+        assert!(h.contains(&"127.0.0.1:4599".to_string()));
+        assert!(h.contains(&"localhost:4599".to_string()));
+        assert!(
+            !h.contains(&"localhost".to_string()),
+            "port 80 is another server"
+        );
+        let h = tcp_hosts("0.0.0.0:4599".parse().unwrap(), &["KMS.example.com".into()]);
+        assert!(h.contains(&"localhost:4599".to_string()));
+        assert!(h.contains(&"kms.example.com".to_string()));
+        let h = tcp_hosts("192.0.2.7:443".parse().unwrap(), &[]);
+        assert_eq!(h, vec!["192.0.2.7:443".to_string()]);
+    }
 
     #[test]
     fn errors_carry_aws_names_and_statuses() {

@@ -51,18 +51,23 @@ pub fn init(g: &Global, cfg: &Config, a: &InitFsArgs) -> Result<()> {
             };
             let provider = crate::cli::providers::remote(&remote)?;
             let now = format_time(&chrono::Utc::now());
-            let endpoint = remote.endpoint.clone();
-            let v = cipherdir::init(
+            // The user chose this endpoint: later mounts may trust it (see cli/providers.rs). A
+            // failure to record it only warns: the config file can still list it.
+            if let Err(e) = crate::cli::providers::trust(&remote.endpoint) {
+                eprintln!(
+                    "kmsfs: could not record {} as a trusted endpoint ({}); list it in \
+                     [remote] trusted_endpoints of the config file to mount this directory",
+                    remote.endpoint, e.message
+                );
+            }
+            cipherdir::init(
                 &a.cipherdir,
                 provider.as_ref(),
                 &caller,
                 &a.key,
                 &now,
                 Some(remote),
-            )?;
-            // The user chose this endpoint: later mounts may trust it (see cli/providers.rs).
-            crate::cli::providers::trust(&endpoint)?;
-            v
+            )?
         }
     };
     println!(

@@ -183,6 +183,14 @@ pub fn open(dir: &Path, provider: &dyn KeyProvider, caller: &Caller) -> Result<V
     ) {
         return Err(invalid(dir, "was modified (authentication failed)"));
     }
+    // The provider was built from an earlier read of the file; the MAC covers this one. They
+    // must agree, or a file that changed between the reads would have chosen the service.
+    if config.provider.as_ref() != provider.remote_config() {
+        return Err(invalid(
+            dir,
+            "names another key service than the one this mount was set up with",
+        ));
+    }
     Ok(Volume { config, keys })
 }
 

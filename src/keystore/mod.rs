@@ -243,10 +243,13 @@ impl KeyStore {
         }
     }
 
-    /// Changes whenever keys.db is replaced (each save is a rename, so a new inode and time).
+    /// Changes whenever keys.db is replaced (each save is a rename, so a new inode and time,
+    /// and a new generation in its header: the stat alone could repeat if an inode number were
+    /// reused with the same size and times).
     pub fn change_stamp(&self) -> u64 {
+        let generation = self.db_generation().unwrap_or(0) as i64;
         self.db_stamp().map_or(0, |s| {
-            s.iter().fold(0u64, |h, v| {
+            s.iter().chain([generation].iter()).fold(0u64, |h, v| {
                 (h ^ *v as u64)
                     .wrapping_mul(0x9E37_79B9_7F4A_7C15)
                     .rotate_left(17)

@@ -163,7 +163,10 @@ impl Kms {
         };
         // Generate outside the store lock (an RSA_4096 pair can take a second), and only for a
         // caller the policy allows.
-        self.precheck(caller, key, &format!("kms:{op}"), ctx)?;
+        self.precheck(caller, key, &format!("kms:{op}"), ctx, |t, id| {
+            t.check_symmetric(id, op)?;
+            t.key(id)?.check_usable()
+        })?;
         let private = keypair::generate(KeySpec::from(spec))?;
         let public_key = keypair::public_key_der(KeySpec::from(spec), &private)?;
         self.run(caller, op, |t, d| {

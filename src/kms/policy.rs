@@ -27,10 +27,16 @@ pub const ACTIONS: &[&str] = &[
     "kms:EnableKeyRotation",
     "kms:Encrypt",
     "kms:GenerateDataKey",
+    "kms:GenerateDataKeyPair",
+    "kms:GenerateDataKeyPairWithoutPlaintext",
     "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:GenerateMac",
     "kms:GetKeyPolicy",
     "kms:GetKeyRotationStatus",
+    "kms:GetParametersForImport",
+    "kms:GetPublicKey",
     "kms:ImportKeyMaterial",
+    "kms:ListKeyPolicies",
     "kms:ListKeyRotations",
     "kms:ListResourceTags",
     "kms:PutKeyPolicy",
@@ -39,8 +45,11 @@ pub const ACTIONS: &[&str] = &[
     "kms:RetireKeyVersion",
     "kms:RotateKeyOnDemand",
     "kms:ScheduleKeyDeletion",
+    "kms:Sign",
     "kms:TagResource",
     "kms:UntagResource",
+    "kms:Verify",
+    "kms:VerifyMac",
 ];
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -583,6 +592,23 @@ mod tests {
         assert!(decide(&p, &root, "kms:PutKeyPolicy", &[]).allowed());
         assert!(decide(&p, &creator, "kms:ScheduleKeyDeletion", &[]).allowed());
         assert!(!decide(&p, &other, "kms:Decrypt", &[]).allowed());
+    }
+
+    #[test]
+    fn every_operation_can_be_named_in_a_policy() {
+        // Each action the KMS checks must parse, or no policy could grant it but kms:*.
+        for op in crate::aws::operations::OPERATIONS {
+            let action = match *op {
+                "ReEncrypt" => "kms:ReEncryptFrom".to_string(),
+                "ListKeys" | "ListAliases" | "CreateKey" | "GenerateRandom" => continue,
+                o => format!("kms:{o}"),
+            };
+            let text = format!(
+                r#"{{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow",
+                   "Principal": "*", "Action": "{action}", "Resource": "*"}}]}}"#
+            );
+            assert!(parse(&text).is_ok(), "{action} is refused in a policy");
+        }
     }
 
     #[test]

@@ -135,6 +135,15 @@ pub(super) struct Draft {
     pub(super) message: Option<String>,
 }
 
+/// A CreateKey request after its checks.
+struct CreateChecked {
+    alias: Option<String>,
+    policy: String,
+    origin: Origin,
+    key_spec: KeySpec,
+    key_usage: KeyUsage,
+}
+
 /// One operation's view of the key database, under the store lock.
 pub(super) struct Txn<'a> {
     pub(super) store: &'a KeyStore,
@@ -409,6 +418,56 @@ impl Txn<'_> {
         Ok(())
     }
 
+    /// Every check of a CreateKey request, and what it settles: the alias, the policy text,
+    /// origin, spec and usage. Changes nothing.
+    fn check_create(&self, req: &CreateKeyRequest, id: Uuid) -> Result<CreateChecked> {
+        if req.description.len() > MAX_DESCRIPTION {
+            return Err(KmsError::validation(format!(
+                "description is longer than {MAX_DESCRIPTION} bytes"
+            )));
+        }
+        validate_tags(&req.tags)?;
+        let alias = req.alias.as_deref().map(normalize_alias).transpose()?;
+        if let Some(a) = &alias {
+            if self.db.aliases.contains_key(a) {
+                return Err(KmsError::new(
+                    ErrorKind::AlreadyExists,
+                    format!("alias {a} already exists"),
+                ));
+            }
+        }
+        let policy = match &req.policy {
+            Some(p) => {
+                let parsed = policy::parse(p)?;
+                check_lockout(
+                    &parsed,
+                    self.caller,
+                    req.bypass_lockout_check,
+                    &key_arn(&id),
+                )?;
+                p.clone()
+            }
+            None => policy::default_policy(self.caller.uid),
+        };
+        let origin = req.origin.unwrap_or(Origin::AwsKms);
+        let key_spec = req.key_spec.unwrap_or_default();
+        let key_usage = req.key_usage.unwrap_or(key_spec.default_usage());
+        key_spec.check_usage(key_usage)?;
+        if origin == Origin::External && key_spec != KeySpec::SymmetricDefault {
+            return Err(KmsError::new(
+                ErrorKind::UnsupportedOperation,
+                "only SYMMETRIC_DEFAULT keys take imported material",
+            ));
+        }
+        Ok(CreateChecked {
+            alias,
+            policy,
+            origin,
+            key_spec,
+            key_usage,
+        })
+    }
+
     /// Encrypts under the key's current version with `alg` (None: SYMMETRIC_DEFAULT, which
     /// makes a ciphertext blob; RSA algorithms make raw RSA-OAEP ciphertext, as AWS). The key
     /// must be Enabled.
@@ -639,27 +698,27 @@ impl Kms {
         action: &str,
         ctx: &EncryptionContext,
     ) -> Result<()> {
-        self.check_action(caller, key, action, ctx, true)
+        self.precheck(caller, key, action, ctx, |t, id| t.key(id)?.check_usable())
     }
 
-    /// A policy (and, with `usable`, key state) check that audits only a denial.
-    fn check_action(
+    /// Checks `action` on `key` for `caller`, then `also` (the operation's own state checks),
+    /// without using the key: a denial is audited, a pass is not (the operation that follows
+    /// is). Used before expensive work such as key-pair generation, so a request that will be
+    /// refused costs nothing.
+    pub(super) fn precheck(
         &self,
         caller: &Caller,
         key: &str,
         action: &str,
         ctx: &EncryptionContext,
-        usable: bool,
+        also: impl FnOnce(&Txn, Uuid) -> Result<()>,
     ) -> Result<()> {
         let op = action.strip_prefix("kms:").unwrap_or(action);
         self.run_audited(caller, op, AuditWhen::Failure, |t, d| {
             d.context = ctx.clone();
             let id = t.resolve(key, d)?;
             t.authorize(id, action, ctx)?;
-            if usable {
-                t.key(id)?.check_usable()?;
-            }
-            Ok(())
+            also(t, id)
         })
     }
 
@@ -705,52 +764,27 @@ impl Kms {
     }
 
     pub fn create_key(&self, caller: &Caller, req: CreateKeyRequest) -> Result<KeyMetadata> {
-        // Key pairs are generated before the store lock is taken: an RSA_4096 pair can take
-        // seconds, and the lock serves every other caller (mounts included).
-        let spec = req.key_spec.unwrap_or_default();
-        let pregenerated = match (spec, req.origin.unwrap_or(Origin::AwsKms)) {
-            (KeySpec::SymmetricDefault, _) | (_, Origin::External) => None,
-            (s, Origin::AwsKms) => {
-                s.check_usage(req.key_usage.unwrap_or(s.default_usage()))?;
-                Some(keypair::generate(s)?)
+        let id = Uuid::new_v4();
+        // Key pairs are generated before the store lock is taken (an RSA_4096 pair can take
+        // seconds, and the lock serves every other caller, mounts included), and only once the
+        // request has passed every check (a refusal is audited as CreateKey).
+        let pregenerated = match &req {
+            CreateKeyRequest {
+                key_spec: Some(spec),
+                origin: None | Some(Origin::AwsKms),
+                ..
+            } if *spec != KeySpec::SymmetricDefault => {
+                self.run_audited(caller, "CreateKey", AuditWhen::Failure, |t, d| {
+                    d.key_id = Some(id);
+                    t.check_create(&req, id).map(|_| ())
+                })?;
+                Some(keypair::generate(*spec)?)
             }
+            _ => None,
         };
         self.run(caller, "CreateKey", |t, d| {
-            if req.description.len() > MAX_DESCRIPTION {
-                return Err(KmsError::validation(format!(
-                    "description is longer than {MAX_DESCRIPTION} bytes"
-                )));
-            }
-            validate_tags(&req.tags)?;
-            let alias = req.alias.as_deref().map(normalize_alias).transpose()?;
-            if let Some(a) = &alias {
-                if t.db.aliases.contains_key(a) {
-                    return Err(KmsError::new(
-                        ErrorKind::AlreadyExists,
-                        format!("alias {a} already exists"),
-                    ));
-                }
-            }
-            let id = Uuid::new_v4();
             d.key_id = Some(id);
-            let policy_text = match &req.policy {
-                Some(p) => {
-                    let parsed = policy::parse(p)?;
-                    check_lockout(&parsed, t.caller, req.bypass_lockout_check, &key_arn(&id))?;
-                    p.clone()
-                }
-                None => policy::default_policy(t.caller.uid),
-            };
-            let origin = req.origin.unwrap_or(Origin::AwsKms);
-            let key_spec = req.key_spec.unwrap_or_default();
-            let key_usage = req.key_usage.unwrap_or(key_spec.default_usage());
-            key_spec.check_usage(key_usage)?;
-            if origin == Origin::External && key_spec != KeySpec::SymmetricDefault {
-                return Err(KmsError::new(
-                    ErrorKind::UnsupportedOperation,
-                    "only SYMMETRIC_DEFAULT keys take imported material",
-                ));
-            }
+            let c = t.check_create(&req, id)?;
             t.db.keys.insert(
                 id,
                 KeyRecord {
@@ -758,29 +792,29 @@ impl Kms {
                     description: req.description.clone(),
                     created: t.now,
                     creator_uid: t.caller.uid,
-                    origin,
-                    state: match origin {
+                    origin: c.origin,
+                    state: match c.origin {
                         Origin::AwsKms => KeyState::Enabled,
                         Origin::External => KeyState::PendingImport,
                     },
                     deletion_date: None,
                     versions: Vec::new(),
                     rotation: None,
-                    policy: policy_text,
+                    policy: c.policy,
                     tags: req.tags.clone(),
                     min_decryption_version: 0,
-                    key_spec,
-                    key_usage,
+                    key_spec: c.key_spec,
+                    key_usage: c.key_usage,
                 },
             );
             t.dirty = true;
-            if origin == Origin::AwsKms {
+            if c.origin == Origin::AwsKms {
                 d.key_version = Some(match &pregenerated {
                     Some(m) => t.add_sealed(id, VersionSource::Initial, m)?,
                     None => t.add_material(id, VersionSource::Initial)?,
                 });
             }
-            if let Some(a) = alias {
+            if let Some(a) = c.alias {
                 t.db.aliases.insert(a, id);
             }
             t.metadata(id)
@@ -940,18 +974,6 @@ impl Kms {
             t.authorize(id, "kms:ListKeyPolicies", &EncryptionContext::default())?;
             Ok(vec!["default".to_string()])
         })
-    }
-
-    /// Checks `action` on `key` for `caller` before expensive work (key-pair generation), so a
-    /// denied caller costs nothing; a denial is audited, a pass is not (the operation is).
-    pub fn precheck(
-        &self,
-        caller: &Caller,
-        key: &str,
-        action: &str,
-        ctx: &EncryptionContext,
-    ) -> Result<()> {
-        self.check_action(caller, key, action, ctx, false)
     }
 
     /// Returns the key's id and its new current version.
