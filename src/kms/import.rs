@@ -6,10 +6,9 @@
 use crate::error::{ErrorKind, KmsError, Result};
 use crate::kms::caller::Caller;
 use crate::kms::context::EncryptionContext;
-use crate::kms::key::{KeyState, Origin};
 use crate::kms::keypair;
 use crate::kms::keyspec::{EncryptionAlgorithm, KeySpec};
-use crate::kms::service::{Kms, Txn};
+use crate::kms::service::Kms;
 use chrono::{DateTime, Duration, Utc};
 use zeroize::Zeroizing;
 
@@ -50,7 +49,7 @@ impl Kms {
             key,
             "kms:GetParametersForImport",
             &EncryptionContext::default(),
-            check_importable,
+            |t, id| t.check_importable(id),
         )?;
         let private = keypair::generate(wrapping_spec)?;
         let public_key = keypair::public_key_der(wrapping_spec, &private)?;
@@ -61,7 +60,7 @@ impl Kms {
                 "kms:GetParametersForImport",
                 &EncryptionContext::default(),
             )?;
-            check_importable(t, id)?;
+            t.check_importable(id)?;
             let valid_to = t.now + Duration::hours(IMPORT_TOKEN_HOURS);
             let mut plain = Zeroizing::new(Vec::with_capacity(private.len() + 10));
             plain.extend_from_slice(&valid_to.timestamp().to_be_bytes());
@@ -124,21 +123,4 @@ impl Kms {
             t.import_material(id, &material, d)
         })
     }
-}
-
-/// GetParametersForImport needs an EXTERNAL key that is not pending deletion.
-fn check_importable(t: &Txn, id: uuid::Uuid) -> Result<()> {
-    let k = t.key(id)?;
-    if k.origin != Origin::External {
-        return Err(KmsError::new(
-            ErrorKind::UnsupportedOperation,
-            format!("key {id} was not created with origin EXTERNAL"),
-        ));
-    }
-    if k.state == KeyState::PendingDeletion {
-        return Err(KmsError::invalid_state(format!(
-            "key {id} is pending deletion"
-        )));
-    }
-    Ok(())
 }

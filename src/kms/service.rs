@@ -371,6 +371,24 @@ impl Txn<'_> {
         Ok(KeyMetadata::from_record(self.key(id)?, self.aliases_of(id)))
     }
 
+    /// Material can be imported (and import parameters issued) only for an EXTERNAL key that
+    /// is not pending deletion.
+    pub(super) fn check_importable(&self, id: Uuid) -> Result<()> {
+        let k = self.key(id)?;
+        if k.origin != Origin::External {
+            return Err(KmsError::new(
+                ErrorKind::UnsupportedOperation,
+                format!("key {id} was not created with origin EXTERNAL (--origin external)"),
+            ));
+        }
+        if k.state == KeyState::PendingDeletion {
+            return Err(KmsError::invalid_state(format!(
+                "key {id} is pending deletion"
+            )));
+        }
+        Ok(())
+    }
+
     /// Imports 256-bit material into an EXTERNAL key (the caller was authorized). Importing the
     /// same material again is a no-op (it re-enables a key that was waiting for it); different
     /// material is refused.
@@ -386,18 +404,8 @@ impl Txn<'_> {
                 material.len()
             )));
         }
+        self.check_importable(id)?;
         let k = self.key(id)?;
-        if k.origin != Origin::External {
-            return Err(KmsError::new(
-                ErrorKind::UnsupportedOperation,
-                format!("key {id} was not created with --origin external"),
-            ));
-        }
-        if k.state == KeyState::PendingDeletion {
-            return Err(KmsError::invalid_state(format!(
-                "key {id} is pending deletion"
-            )));
-        }
         let mut m = Zeroizing::new([0u8; cryptocore::KEY_LEN]);
         m.copy_from_slice(material);
         if let Some(v) = k.current_version().map(|v| v.number) {
