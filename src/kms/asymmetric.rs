@@ -7,9 +7,9 @@ use crate::kms::caller::Caller;
 use crate::kms::context::EncryptionContext;
 use crate::kms::keypair;
 use crate::kms::keyspec::{
-    self, KeyPairSpec, KeySpec, KeyUsage, MacAlgorithm, MessageType, SigningAlgorithm,
+    self, KeyPairSpec, KeySpec, MacAlgorithm, MessageType, SigningAlgorithm,
 };
-use crate::kms::service::Kms;
+use crate::kms::service::{Draft, Kms, Txn};
 use crate::kms::types::{DataKeyPair, PublicKeyInfo};
 use zeroize::Zeroizing;
 
@@ -30,15 +30,7 @@ pub struct Signed {
 impl Kms {
     pub fn sign(&self, caller: &Caller, r: &SignRequest) -> Result<Signed> {
         self.run(caller, "Sign", |t, d| {
-            let id = t.resolve(r.key, d)?;
-            t.authorize(id, "kms:Sign", &EncryptionContext::default())?;
-            let k = t.key(id)?;
-            keyspec::check_signing(k.key_spec, k.key_usage, r.algorithm)?;
-            keyspec::check_message(r.algorithm, r.message_type, r.message)?;
-            k.check_usable()?;
-            let spec = k.key_spec;
-            let (version, material) = t.secret(id)?;
-            d.key_version = Some(version);
+            let (id, spec, material) = signing_key(t, r, "kms:Sign", d)?;
             d.message = Some(r.algorithm.as_str().to_string());
             Ok(Signed {
                 key_id: id,
@@ -50,15 +42,7 @@ impl Kms {
     /// Ok(key id) when the signature is valid; KMSInvalidSignatureException when it is not.
     pub fn verify(&self, caller: &Caller, r: &SignRequest, signature: &[u8]) -> Result<uuid::Uuid> {
         self.run(caller, "Verify", |t, d| {
-            let id = t.resolve(r.key, d)?;
-            t.authorize(id, "kms:Verify", &EncryptionContext::default())?;
-            let k = t.key(id)?;
-            keyspec::check_signing(k.key_spec, k.key_usage, r.algorithm)?;
-            keyspec::check_message(r.algorithm, r.message_type, r.message)?;
-            k.check_usable()?;
-            let spec = k.key_spec;
-            let (version, material) = t.secret(id)?;
-            d.key_version = Some(version);
+            let (id, spec, material) = signing_key(t, r, "kms:Verify", d)?;
             let public = keypair::public_key_der(spec, &material)?;
             let ok = keypair::verify(
                 spec,
@@ -95,10 +79,8 @@ impl Kms {
                     ),
                 ));
             }
-            k.check_usable()?;
             let (spec, usage) = (k.key_spec, k.key_usage);
-            let (version, material) = t.secret(id)?;
-            d.key_version = Some(version);
+            let (_, material) = t.usable_secret(id, d)?;
             Ok(PublicKeyInfo {
                 key_id: id,
                 public_key: keypair::public_key_der(spec, &material)?,
@@ -187,13 +169,32 @@ impl Kms {
     }
 }
 
+/// Resolves and checks a Sign or Verify request (`action` in the key policy, the algorithm
+/// against the key, the message's length, the key's state); returns the key's id, spec and
+/// private material.
+fn signing_key(
+    t: &mut Txn,
+    r: &SignRequest,
+    action: &str,
+    d: &mut Draft,
+) -> Result<(uuid::Uuid, KeySpec, Zeroizing<Vec<u8>>)> {
+    let id = t.resolve(r.key, d)?;
+    t.authorize(id, action, &EncryptionContext::default())?;
+    let k = t.key(id)?;
+    keyspec::check_signing(k.key_spec, k.key_usage, r.algorithm)?;
+    keyspec::check_message(r.algorithm, r.message_type, r.message)?;
+    let spec = k.key_spec;
+    let (_, material) = t.usable_secret(id, d)?;
+    Ok((id, spec, material))
+}
+
 /// Checks a MAC request against the key and returns the key's material.
 fn mac_key(
-    t: &crate::kms::service::Txn,
+    t: &Txn,
     id: uuid::Uuid,
     alg: MacAlgorithm,
     message: &[u8],
-    d: &mut crate::kms::service::Draft,
+    d: &mut Draft,
 ) -> Result<Zeroizing<Vec<u8>>> {
     let k = t.key(id)?;
     keyspec::check_mac(k.key_spec, k.key_usage, alg)?;
@@ -204,9 +205,5 @@ fn mac_key(
             message.len()
         )));
     }
-    debug_assert_eq!(k.key_usage, KeyUsage::GenerateVerifyMac);
-    k.check_usable()?;
-    let (version, material) = t.secret(id)?;
-    d.key_version = Some(version);
-    Ok(material)
+    Ok(t.usable_secret(id, d)?.1)
 }

@@ -329,17 +329,23 @@ impl Txn<'_> {
         self.store.unseal_material(&id, version, &v.sealed_material)
     }
 
-    /// The current material of an asymmetric or HMAC key (they have one version).
-    pub(super) fn secret(&self, id: Uuid) -> Result<(u32, Zeroizing<Vec<u8>>)> {
-        let v = self
-            .key(id)?
+    /// The current material of an asymmetric or HMAC key (they have one version), which must
+    /// be usable; its version is noted for the audit record.
+    pub(super) fn usable_secret(
+        &self,
+        id: Uuid,
+        draft: &mut Draft,
+    ) -> Result<(u32, Zeroizing<Vec<u8>>)> {
+        let k = self.key(id)?;
+        k.check_usable()?;
+        let v = k
             .current_version()
             .ok_or_else(|| KmsError::invalid_state(format!("key {id} has no key material")))?;
-        Ok((
-            v.number,
-            self.store
-                .unseal_secret(&id, v.number, &v.sealed_material)?,
-        ))
+        let material = self
+            .store
+            .unseal_secret(&id, v.number, &v.sealed_material)?;
+        draft.key_version = Some(v.number);
+        Ok((v.number, material))
     }
 
     /// Refuses keys that are not symmetric ENCRYPT_DECRYPT keys (data keys, key pairs).
@@ -501,14 +507,8 @@ impl Txn<'_> {
         if alg == EncryptionAlgorithm::SymmetricDefault {
             return self.seal_blob(id, plaintext, ctx, draft);
         }
-        if !ctx.is_empty() {
-            return Err(KmsError::validation(
-                "asymmetric keys take no encryption context",
-            ));
-        }
-        k.check_usable()?;
-        let (version, material) = self.secret(id)?;
-        draft.key_version = Some(version);
+        no_context(ctx)?;
+        let (version, material) = self.usable_secret(id, draft)?;
         let public = keypair::public_key_der(k.key_spec, &material)?;
         Ok(Wrapped {
             blob: keypair::rsa_encrypt(&public, alg, plaintext)?,
@@ -542,14 +542,8 @@ impl Txn<'_> {
         self.authorize(id, action, ctx)?;
         let k = self.key(id)?;
         keyspec::check_encryption(k.key_spec, k.key_usage, Some(alg))?;
-        if !ctx.is_empty() {
-            return Err(KmsError::validation(
-                "asymmetric keys take no encryption context",
-            ));
-        }
-        k.check_usable()?;
-        let (version, material) = self.secret(id)?;
-        draft.key_version = Some(version);
+        no_context(ctx)?;
+        let (version, material) = self.usable_secret(id, draft)?;
         Ok(Unwrapped {
             plaintext: keypair::rsa_decrypt(&material, alg, data)?,
             key_id: id,
@@ -1322,6 +1316,16 @@ impl Kms {
                 .ok_or_else(|| KmsError::not_found(format!("alias {a} does not exist"))),
         }
     }
+}
+
+/// Asymmetric keys take no encryption context (as AWS).
+fn no_context(ctx: &EncryptionContext) -> Result<()> {
+    if ctx.is_empty() {
+        return Ok(());
+    }
+    Err(KmsError::validation(
+        "asymmetric keys take no encryption context",
+    ))
 }
 
 fn check_lockout(p: &policy::Policy, caller: &Caller, bypass: bool, resource: &str) -> Result<()> {
