@@ -13,7 +13,6 @@ use crate::kms::asymmetric::SignRequest;
 use crate::kms::key::key_arn;
 use crate::kms::keyspec::{MAX_MAC_MESSAGE, MAX_SIGN_MESSAGE};
 use serde_json::json;
-use zeroize::Zeroizing;
 
 /// Signatures and MACs are at most 512 bytes (RSA_4096); anything bigger is not one.
 const MAX_TAG_FILE: usize = 2048;
@@ -146,11 +145,6 @@ impl Ctx<'_> {
         if let (Some(p), Some(o)) = (&kp.private_plaintext, v.as_object_mut()) {
             o.insert("PrivateKeyPlaintext".into(), b64_encode(p).into());
         }
-        let s = Zeroizing::new(
-            serde_json::to_string_pretty(&v)
-                .map_err(|e| KmsError::internal(format!("encoding output: {e}")))?,
-        );
-        println!("{}", *s);
-        Ok(())
+        output::secret_json(&v, None)
     }
 }

@@ -506,11 +506,7 @@ impl Ctx<'_> {
                 "Plaintext": b64_encode(&u.plaintext),
                 "EncryptionAlgorithm": a.algorithm.unwrap_or(EncryptionAlgorithm::SymmetricDefault).as_str(),
             });
-            let s = Zeroizing::new(
-                serde_json::to_string_pretty(&v)
-                    .map_err(|e| KmsError::internal(format!("encoding output: {e}")))?,
-            );
-            return output::bytes(format!("{}\n", *s).as_bytes(), a.io.output_file.as_deref());
+            return output::secret_json(&v, a.io.output_file.as_deref());
         }
         if a.io.base64 {
             let s = Zeroizing::new(format!("{}\n", b64_encode(&u.plaintext)));
@@ -571,12 +567,7 @@ impl Ctx<'_> {
         if let (Some(p), Some(o)) = (&dk.plaintext, v.as_object_mut()) {
             o.insert("Plaintext".into(), b64_encode(p).into());
         }
-        let s = Zeroizing::new(
-            serde_json::to_string_pretty(&v)
-                .map_err(|e| KmsError::internal(format!("encoding output: {e}")))?,
-        );
-        println!("{}", *s);
-        Ok(())
+        output::secret_json(&v, None)
     }
 
     fn random(&self, a: &RandomArgs) -> Result<()> {

@@ -12,6 +12,17 @@ pub fn json<T: Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// JSON that carries plaintext or key material: encoded into a buffer that is wiped after it
+/// is written to `to` (or standard output).
+pub fn secret_json(v: &serde_json::Value, to: Option<&Path>) -> Result<()> {
+    let mut s = zeroize::Zeroizing::new(
+        serde_json::to_string_pretty(v)
+            .map_err(|e| KmsError::internal(format!("encoding output: {e}")))?,
+    );
+    s.push('\n');
+    bytes(s.as_bytes(), to)
+}
+
 /// Writes bytes to a file (0600: it may be plaintext) or to standard output.
 pub fn bytes(data: &[u8], to: Option<&Path>) -> Result<()> {
     match to {
