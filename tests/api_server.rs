@@ -4,7 +4,6 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 const ROOT_KEY: &str = "AKIAKMSFSROOT";
@@ -26,39 +25,23 @@ impl Drop for Server {
 }
 
 fn write_credentials(e: &Env) -> String {
-    let p = e.path("api-credentials.toml");
-    std::fs::write(
-        &p,
-        format!(
-            "[[credential]]\naccess_key_id = \"{ROOT_KEY}\"\nsecret_access_key = \"{ROOT_SECRET}\"\nprincipal = \"uid:0\"\n\n\
-             [[credential]]\naccess_key_id = \"{USER_KEY}\"\nsecret_access_key = \"{USER_SECRET}\"\nprincipal = \"uid:4242\"\n"
-        ),
+    write_api_credentials(
+        e,
+        "api-credentials.toml",
+        &[
+            (ROOT_KEY, ROOT_SECRET, "uid:0"),
+            (USER_KEY, USER_SECRET, "uid:4242"),
+        ],
     )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
-    p.to_str().unwrap().to_string()
 }
 
 fn serve(e: &Env, extra: &[&str]) -> Server {
     let creds = write_credentials(e);
     let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--credentials", &creds];
     args.extend(extra);
-    let mut child = e
-        .command(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("kmsfs serve starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let endpoint = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
+    let mut c = e.command(&args);
+    c.stderr(Stdio::inherit());
+    let (child, endpoint) = spawn_serve(c);
     Server { child, endpoint }
 }
 
@@ -149,11 +132,10 @@ fn aws_fails(server: &Server, args: &[&str], code: &str) {
 fn the_aws_cli_works_against_kmsfs_serve() {
     let e = Env::new();
     let s = serve(&e, &["--verify-signatures"]);
-    let kid =
-        aws_ok(&s, &["create-key", "--description", "from the aws cli"])["KeyMetadata"]["KeyId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+    let kid = key_id(&aws_ok(
+        &s,
+        &["create-key", "--description", "from the aws cli"],
+    ));
     aws_ok(
         &s,
         &[
@@ -170,7 +152,7 @@ fn the_aws_cli_works_against_kmsfs_serve() {
     assert_eq!(keys["Keys"][0]["KeyId"], kid.as_str());
     let plain = e.path("plain.txt");
     std::fs::write(&plain, b"from the aws cli").unwrap();
-    let blob = aws_ok(
+    let enc = aws_ok(
         &s,
         &[
             "encrypt",
@@ -181,20 +163,8 @@ fn the_aws_cli_works_against_kmsfs_serve() {
             "--encryption-context",
             "purpose=test",
         ],
-    )["CiphertextBlob"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let blobf = e.path("blob");
-    use base64::Engine;
-    std::fs::write(
-        &blobf,
-        base64::engine::general_purpose::STANDARD
-            .decode(&blob)
-            .unwrap(),
-    )
-    .unwrap();
-    let fileb = format!("fileb://{}", blobf.display());
+    );
+    let fileb = to_file(&e, "blob", &enc["CiphertextBlob"]);
     let d = aws_ok(
         &s,
         &[
@@ -205,10 +175,11 @@ fn the_aws_cli_works_against_kmsfs_serve() {
             "purpose=test",
         ],
     );
-    let pt = base64::engine::general_purpose::STANDARD
-        .decode(d["Plaintext"].as_str().unwrap())
-        .unwrap();
-    assert_eq!(pt, b"from the aws cli");
+    let pt = to_file(&e, "decrypted", &d["Plaintext"]);
+    assert_eq!(
+        std::fs::read(pt.strip_prefix("fileb://").unwrap()).unwrap(),
+        b"from the aws cli"
+    );
     aws_fails(
         &s,
         &[
@@ -252,7 +223,7 @@ fn the_aws_cli_works_against_kmsfs_serve() {
         aws_ok(&s, &["list-resource-tags", "--key-id", &kid])["Tags"][0]["TagValue"],
         "ci"
     );
-    let signer = aws_ok(
+    let signer = key_id(&aws_ok(
         &s,
         &[
             "create-key",
@@ -261,11 +232,8 @@ fn the_aws_cli_works_against_kmsfs_serve() {
             "--key-usage",
             "SIGN_VERIFY",
         ],
-    )["KeyMetadata"]["KeyId"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sig = aws_ok(
+    ));
+    let signed = aws_ok(
         &s,
         &[
             "sign",
@@ -276,18 +244,8 @@ fn the_aws_cli_works_against_kmsfs_serve() {
             "--signing-algorithm",
             "ECDSA_SHA_256",
         ],
-    )["Signature"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let sigf = e.path("sig");
-    std::fs::write(
-        &sigf,
-        base64::engine::general_purpose::STANDARD
-            .decode(&sig)
-            .unwrap(),
-    )
-    .unwrap();
+    );
+    let sigf = to_file(&e, "sig", &signed["Signature"]);
     let v = aws_ok(
         &s,
         &[
@@ -297,7 +255,7 @@ fn the_aws_cli_works_against_kmsfs_serve() {
             "--message",
             &format!("fileb://{}", plain.display()),
             "--signature",
-            &format!("fileb://{}", sigf.display()),
+            &sigf,
             "--signing-algorithm",
             "ECDSA_SHA_256",
         ],

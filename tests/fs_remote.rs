@@ -8,7 +8,6 @@ use common::*;
 use kmsfs::aws::client::KmsClient;
 use kmsfs::aws::sigv4::Credentials;
 use serde_json::json;
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,41 +59,19 @@ impl Service {
 
 fn kmsfs_serve() -> Service {
     let e = Env::new();
-    let creds = e.path("creds.toml");
-    std::fs::write(
-        &creds,
-        format!(
-            "[[credential]]\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET}\"\nprincipal = \"uid:0\"\n"
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let creds = write_api_credentials(&e, "creds.toml", &[(ACCESS_KEY, SECRET, "uid:0")]);
     // Everything the server logs, at the most verbose level, for the secrets test.
     let log = std::fs::File::create(e.path("serve.log")).unwrap();
-    let mut child = e
-        .command(&[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--credentials",
-            creds.to_str().unwrap(),
-            "--verify-signatures",
-        ])
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let endpoint = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_string();
+    let mut c = e.command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--credentials",
+        &creds,
+        "--verify-signatures",
+    ]);
+    c.env("RUST_LOG", "trace").stderr(log);
+    let (child, endpoint) = spawn_serve(c);
     Service {
         child,
         endpoint,
@@ -435,10 +412,11 @@ fn an_unreachable_service_is_a_clear_error() {
     let s = kmsfs_serve();
     let key = s.create_key();
     let env = Env::bare();
-    let out = env
-        .command(&[
+    let init = |dir: &str| {
+        let cipher = env.path(dir);
+        env.command(&[
             "init",
-            env.path("c").to_str().unwrap(),
+            cipher.to_str().unwrap(),
             "--provider",
             "aws-kms",
             "--endpoint",
@@ -448,6 +426,8 @@ fn an_unreachable_service_is_a_clear_error() {
             "--key",
             &key,
         ])
+    };
+    let out = init("c")
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", "wrong")
         .output()
@@ -455,21 +435,7 @@ fn an_unreachable_service_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(14), "{err}");
     // No credentials at all: says where they come from.
-    let out = env
-        .command(&[
-            "init",
-            env.path("d").to_str().unwrap(),
-            "--provider",
-            "aws-kms",
-            "--endpoint",
-            &s.endpoint,
-            "--region",
-            REGION,
-            "--key",
-            &key,
-        ])
-        .output()
-        .unwrap();
+    let out = init("d").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
 }

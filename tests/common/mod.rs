@@ -394,3 +394,40 @@ pub fn daemon_pid(cipher: &std::path::Path) -> Option<i32> {
     }
     None
 }
+
+/// Writes a `kmsfs serve` credentials file (mode 600) of (access key id, secret, principal).
+pub fn write_api_credentials(e: &Env, name: &str, keys: &[(&str, &str, &str)]) -> String {
+    let p = e.path(name);
+    let text: String = keys
+        .iter()
+        .map(|(id, secret, principal)| {
+            format!(
+                "[[credential]]\naccess_key_id = \"{id}\"\nsecret_access_key = \"{secret}\"\nprincipal = \"{principal}\"\n\n"
+            )
+        })
+        .collect();
+    std::fs::write(&p, text).expect("write credentials");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    p.to_str().expect("utf8").to_string()
+}
+
+/// Starts a prepared `kmsfs serve ... --listen 127.0.0.1:0` command; returns the process and the
+/// URL of the listener it printed first.
+pub fn spawn_serve(mut c: Command) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = c
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("kmsfs serve starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the listening line");
+    let endpoint = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    (child, endpoint)
+}
