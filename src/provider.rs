@@ -99,8 +99,9 @@ pub trait KeyProvider: Send + Sync {
     /// The id of the key a name (id, alias, ARN) refers to.
     fn key_of_name(&self, caller: &Caller, key: &str) -> Result<String>;
 
-    /// The current version of `key`, if the provider versions keys.
-    fn current_version(&self, caller: &Caller, key: &str) -> Result<Option<u32>>;
+    /// The id of `key` (as `key_of_name`) and its current version, if the provider versions
+    /// keys: what a wrapping must name to be current.
+    fn current_key(&self, caller: &Caller, key: &str) -> Result<(String, Option<u32>)>;
 
     /// A key's state ("Enabled", "Disabled", ...) and current version, for `kmsfs status`.
     fn key_status(&self, caller: &Caller, key: &str) -> Result<KeyStatus>;
@@ -250,8 +251,9 @@ impl KeyProvider for LocalProvider {
         Ok(self.describe(caller, key)?.0)
     }
 
-    fn current_version(&self, caller: &Caller, key: &str) -> Result<Option<u32>> {
-        Ok(Some(self.describe(caller, key)?.1))
+    fn current_key(&self, caller: &Caller, key: &str) -> Result<(String, Option<u32>)> {
+        let (id, version) = self.describe(caller, key)?;
+        Ok((id, Some(version)))
     }
 
     fn key_status(&self, caller: &Caller, key: &str) -> Result<KeyStatus> {
@@ -308,7 +310,7 @@ mod tests {
                 .filter(|r| r.operation == "DescribeKey")
                 .count()
         };
-        assert_eq!(p.current_version(&root, &id).unwrap(), Some(1));
+        assert_eq!(p.current_key(&root, &id).unwrap(), (id.clone(), Some(1)));
         assert_eq!(p.key_of_name(&root, &id).unwrap(), id);
         assert_eq!(
             audited(&p),
@@ -317,11 +319,11 @@ mod tests {
         );
         // A rotation rewrites keys.db: the next answer is the new version.
         p.kms().rotate_key_on_demand(&root, &id).unwrap();
-        assert_eq!(p.current_version(&root, &id).unwrap(), Some(2));
+        assert_eq!(p.current_key(&root, &id).unwrap().1, Some(2));
         assert_eq!(audited(&p), 2);
         // Another caller is not answered from root's entry: the default policy denies uid 4242.
         let other = Caller::from_ids(4242, vec![4242], 2);
-        let e = p.current_version(&other, &id).unwrap_err();
+        let e = p.current_key(&other, &id).unwrap_err();
         assert_eq!(e.kind, crate::error::ErrorKind::AccessDenied);
     }
 }

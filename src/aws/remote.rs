@@ -282,8 +282,8 @@ impl KeyProvider for RemoteProvider {
     }
 
     /// The service's key versions are not visible: every rewrap re-wraps.
-    fn current_version(&self, _caller: &Caller, _key: &str) -> Result<Option<u32>> {
-        Ok(None)
+    fn current_key(&self, _caller: &Caller, key: &str) -> Result<(String, Option<u32>)> {
+        Ok((self.describe(key)?.0, None))
     }
 
     fn key_status(&self, _caller: &Caller, key: &str) -> Result<KeyStatus> {

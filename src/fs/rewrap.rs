@@ -86,8 +86,8 @@ fn is_current(
     from: &(String, Option<u32>),
     target: &str,
 ) -> Result<bool> {
-    let current = provider.current_version(caller, target)?;
-    Ok(provider.key_of_name(caller, target)? == from.0 && current.is_some() && current == from.1)
+    let (id, version) = provider.current_key(caller, target)?;
+    Ok(id == from.0 && version.is_some() && version == from.1)
 }
 
 /// Counts, per (key, version), the headers of a cipher directory, without the KMS.
