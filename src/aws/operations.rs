@@ -223,10 +223,6 @@ fn tag_list(tags: &BTreeMap<String, String>) -> Vec<Value> {
         .collect()
 }
 
-fn arn(id: &uuid::Uuid) -> String {
-    key_arn(id)
-}
-
 fn data_key_bytes(p: &Params) -> Result<usize> {
     match (p.opt_u64("NumberOfBytes")?, p.opt_str("KeySpec")?) {
         (Some(_), Some(_)) => Err(KmsError::validation(
@@ -388,7 +384,7 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
         }
         "CancelKeyDeletion" => {
             let id = kms.cancel_key_deletion(c, p.str("KeyId")?)?;
-            Ok(json!({ "KeyId": arn(&id) }))
+            Ok(json!({ "KeyId": key_arn(&id) }))
         }
         "GetKeyPolicy" => {
             check_policy_name(&p)?;
@@ -440,7 +436,7 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
             )?;
             Ok(json!({
                 "CiphertextBlob": b64_encode(&w.blob),
-                "KeyId": arn(&w.key_id),
+                "KeyId": key_arn(&w.key_id),
                 "EncryptionAlgorithm": alg.unwrap_or(EncryptionAlgorithm::SymmetricDefault).as_str(),
             }))
         }
@@ -454,7 +450,7 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
                 alg,
             )?;
             Ok(json!({
-                "KeyId": arn(&u.key_id),
+                "KeyId": key_arn(&u.key_id),
                 "Plaintext": b64_encode(&u.plaintext),
                 "EncryptionAlgorithm": alg.unwrap_or(EncryptionAlgorithm::SymmetricDefault).as_str(),
             }))
@@ -483,8 +479,8 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
             )?;
             Ok(json!({
                 "CiphertextBlob": b64_encode(&w.blob),
-                "SourceKeyId": arn(&source_id),
-                "KeyId": arn(&w.key_id),
+                "SourceKeyId": key_arn(&source_id),
+                "KeyId": key_arn(&w.key_id),
                 "SourceEncryptionAlgorithm": source_alg.unwrap_or(EncryptionAlgorithm::SymmetricDefault).as_str(),
                 "DestinationEncryptionAlgorithm": dest_alg.unwrap_or(EncryptionAlgorithm::SymmetricDefault).as_str(),
             }))
@@ -500,7 +496,7 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
             )?;
             let mut v = json!({
                 "CiphertextBlob": b64_encode(&dk.wrapped.blob),
-                "KeyId": arn(&dk.wrapped.key_id),
+                "KeyId": key_arn(&dk.wrapped.key_id),
             });
             if let Some(pt) = &dk.plaintext {
                 v["Plaintext"] = json!(b64_encode(pt));
@@ -518,7 +514,7 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
             let mut v = json!({
                 "PrivateKeyCiphertextBlob": b64_encode(&kp.private_wrapped.blob),
                 "PublicKey": b64_encode(&kp.public_key),
-                "KeyId": arn(&kp.private_wrapped.key_id),
+                "KeyId": key_arn(&kp.private_wrapped.key_id),
                 "KeyPairSpec": kp.spec.as_str(),
             });
             if let Some(pt) = &kp.private_plaintext {
@@ -538,7 +534,7 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
             let spec = p.required("WrappingKeySpec", KeySpec::parse)?;
             let r = kms.get_parameters_for_import(c, p.str("KeyId")?, wrapping, spec)?;
             Ok(json!({
-                "KeyId": arn(&r.key_id),
+                "KeyId": key_arn(&r.key_id),
                 "ImportToken": b64_encode(&r.import_token),
                 "PublicKey": b64_encode(&r.public_key),
                 "ParametersValidTo": r.valid_to.timestamp(),
@@ -576,18 +572,18 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
             if op == "Sign" {
                 let s = kms.sign(c, &req)?;
                 return Ok(json!({
-                    "KeyId": arn(&s.key_id),
+                    "KeyId": key_arn(&s.key_id),
                     "Signature": b64_encode(&s.signature),
                     "SigningAlgorithm": alg,
                 }));
             }
             let id = kms.verify(c, &req, &p.blob("Signature")?)?;
-            Ok(json!({ "KeyId": arn(&id), "SignatureValid": true, "SigningAlgorithm": alg }))
+            Ok(json!({ "KeyId": key_arn(&id), "SignatureValid": true, "SigningAlgorithm": alg }))
         }
         "GetPublicKey" => {
             let k = kms.get_public_key(c, p.str("KeyId")?)?;
             let mut v = json!({
-                "KeyId": arn(&k.key_id),
+                "KeyId": key_arn(&k.key_id),
                 "PublicKey": b64_encode(&k.public_key),
                 "CustomerMasterKeySpec": k.key_spec.as_str(),
                 "KeySpec": k.key_spec.as_str(),
@@ -607,7 +603,9 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
         "GenerateMac" => {
             let alg = p.required("MacAlgorithm", MacAlgorithm::parse)?;
             let (id, mac) = kms.generate_mac(c, p.str("KeyId")?, alg, &p.blob("Message")?)?;
-            Ok(json!({ "Mac": b64_encode(&mac), "MacAlgorithm": alg.as_str(), "KeyId": arn(&id) }))
+            Ok(
+                json!({ "Mac": b64_encode(&mac), "MacAlgorithm": alg.as_str(), "KeyId": key_arn(&id) }),
+            )
         }
         "VerifyMac" => {
             let alg = p.required("MacAlgorithm", MacAlgorithm::parse)?;
@@ -618,7 +616,7 @@ pub fn dispatch(kms: &Kms, caller: &Caller, op: &str, body: &Map<String, Value>)
                 &p.blob("Message")?,
                 &p.blob("Mac")?,
             )?;
-            Ok(json!({ "KeyId": arn(&id), "MacValid": true, "MacAlgorithm": alg.as_str() }))
+            Ok(json!({ "KeyId": key_arn(&id), "MacValid": true, "MacAlgorithm": alg.as_str() }))
         }
         other => Err(KmsError::new(
             ErrorKind::UnsupportedOperation,

@@ -74,7 +74,6 @@ struct Described {
 pub struct RemoteProvider {
     config: RemoteConfig,
     client: KmsClient,
-    cache_seconds: u64,
     described: Mutex<HashMap<String, Described>>,
     /// For key_cache_seconds = 0: each poll of `change_stamp` is a change.
     polls: AtomicU64,
@@ -105,7 +104,6 @@ impl RemoteProvider {
         Ok(RemoteProvider {
             config: config.clone(),
             client: KmsClient::new(&config.endpoint, &config.region, credentials)?,
-            cache_seconds: config.key_cache_seconds,
             described: Mutex::new(HashMap::new()),
             polls: AtomicU64::new(0),
         })
@@ -115,13 +113,13 @@ impl RemoteProvider {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        now / self.cache_seconds.max(1)
+        now / self.config.key_cache_seconds.max(1)
     }
 
     /// DescribeKey, answered from the cache within the current period (never with 0 seconds).
     fn describe(&self, key: &str) -> Result<(String, String)> {
         let period = self.period();
-        if self.cache_seconds > 0 {
+        if self.config.key_cache_seconds > 0 {
             if let Some(d) = self.cache().get(key) {
                 if d.period == period {
                     return Ok((d.arn.clone(), d.state.clone()));
@@ -294,7 +292,7 @@ impl KeyProvider for RemoteProvider {
     }
 
     fn change_stamp(&self) -> u64 {
-        if self.cache_seconds == 0 {
+        if self.config.key_cache_seconds == 0 {
             return self.polls.fetch_add(1, Ordering::SeqCst) + 1;
         }
         self.period()
