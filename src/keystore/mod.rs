@@ -70,8 +70,27 @@ pub struct KeyDb {
     pub generation: u64,
 }
 
-/// Holds the store's flock; dropping it releases the lock.
-pub struct StoreLock {
+/// Holds the store's flock (and, inside this process, the mutex around its descriptor);
+/// dropping it releases both.
+pub struct StoreLock<'a> {
+    file: std::sync::MutexGuard<'a, Option<File>>,
+}
+
+impl Drop for StoreLock<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.as_ref() {
+            // SAFETY: flock on a descriptor the guard keeps open.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+}
+
+/// The keys.db this process looked at last, held open: while it is open its inode number
+/// cannot be reused, so a path whose stat matches it is that very file (no need to read its
+/// generation again).
+struct Current {
+    stamp: DbStamp,
+    generation: u64,
     _file: File,
 }
 
@@ -83,10 +102,28 @@ pub struct KeyStore {
     /// The last keys.db this process read or wrote, with the file's identity then: a long-lived
     /// process (a mount) skips reading, decrypting and parsing it while it is unchanged.
     cache: std::sync::Mutex<Option<(DbStamp, KeyDb)>>,
+    current: std::sync::Mutex<Option<Current>>,
+    /// The lock file, opened once: threads take the mutex, processes the flock.
+    lock_file: std::sync::Mutex<Option<File>>,
+    /// Where this process's last audit append left the log (see `AuditLog::cached`).
+    audit_tail: std::sync::Mutex<Option<crate::kms::audit::Tail>>,
 }
 
 /// What identifies one version of keys.db: every save is a rename, so a new inode and times.
 type DbStamp = [i64; 7];
+
+fn stamp_of(m: &std::fs::Metadata) -> DbStamp {
+    use std::os::unix::fs::MetadataExt;
+    [
+        m.dev() as i64,
+        m.ino() as i64,
+        m.size() as i64,
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ]
+}
 
 fn read_meta(dir: &Path) -> Result<StoreMeta> {
     let path = dir.join(META_FILE);
@@ -169,9 +206,14 @@ impl KeyStore {
             meta,
             keys,
             cache: std::sync::Mutex::new(None),
+            current: std::sync::Mutex::new(None),
+            lock_file: std::sync::Mutex::new(None),
+            audit_tail: std::sync::Mutex::new(None),
         };
-        let lock = store.lock()?;
-        store.save(&lock, &KeyDb::default())?;
+        {
+            let lock = store.lock()?;
+            store.save(&lock, &KeyDb::default())?;
+        }
         let json = serde_json::to_vec_pretty(&store.meta)
             .map_err(|e| KmsError::internal(format!("encoding keystore.json: {e}")))?;
         // keystore.json last: a crash before it leaves a directory that is not yet a store.
@@ -204,6 +246,9 @@ impl KeyStore {
             meta,
             keys,
             cache: std::sync::Mutex::new(None),
+            current: std::sync::Mutex::new(None),
+            lock_file: std::sync::Mutex::new(None),
+            audit_tail: std::sync::Mutex::new(None),
         })
     }
 
@@ -219,22 +264,33 @@ impl KeyStore {
         &self.keys.audit
     }
 
-    /// Takes the store's exclusive lock, waiting for other processes to release it.
-    pub fn lock(&self) -> Result<StoreLock> {
+    /// The audit log, appending where this process left it while no one else wrote to it.
+    pub fn audit_log(&self) -> crate::kms::audit::AuditLog<'_> {
+        crate::kms::audit::AuditLog::new(&self.dir, self.keys.audit.as_ref())
+            .cached(&self.audit_tail)
+    }
+
+    /// Takes the store's exclusive lock, waiting for other threads and processes to release it.
+    pub fn lock(&self) -> Result<StoreLock<'_>> {
         let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(atomic::FILE_MODE)
-            .open(&path)
-            .map_err(|e| KmsError::io(path.display(), e))?;
+        let mut guard = self.lock_file.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(atomic::FILE_MODE)
+                .open(&path)
+                .map_err(|e| KmsError::io(path.display(), e))?;
+            *guard = Some(file);
+        }
+        let fd = guard.as_ref().map_or(-1, |f| f.as_raw_fd());
         loop {
-            // SAFETY: flock on a file descriptor we own for the duration of the call.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+            // SAFETY: flock on a descriptor the guard keeps open.
+            let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
             if rc == 0 {
-                return Ok(StoreLock { _file: file });
+                return Ok(StoreLock { file: guard });
             }
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
@@ -243,17 +299,18 @@ impl KeyStore {
         }
     }
 
-    /// Changes whenever keys.db is replaced (each save is a rename, so a new inode and time,
+    /// Changes whenever keys.db is replaced (each save is a rename, so a new inode and times,
     /// and a new generation in its header: the stat alone could repeat if an inode number were
     /// reused with the same size and times).
     pub fn change_stamp(&self) -> u64 {
-        let generation = self.db_generation().unwrap_or(0) as i64;
-        self.db_stamp().map_or(0, |s| {
-            s.iter().chain([generation].iter()).fold(0u64, |h, v| {
-                (h ^ *v as u64)
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    .rotate_left(17)
-            })
+        self.db_identity().map_or(0, |(s, generation)| {
+            s.iter()
+                .chain([generation as i64].iter())
+                .fold(0u64, |h, v| {
+                    (h ^ *v as u64)
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .rotate_left(17)
+                })
         })
     }
 
@@ -263,29 +320,30 @@ impl KeyStore {
         aad
     }
 
-    fn db_stamp(&self) -> Option<DbStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(self.dir.join(DB_FILE)).ok()?;
-        Some([
-            m.dev() as i64,
-            m.ino() as i64,
-            m.size() as i64,
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ctime(),
-            m.ctime_nsec(),
-        ])
-    }
-
-    /// The generation in keys.db's header (read without decrypting anything).
-    fn db_generation(&self) -> Option<u64> {
+    /// keys.db's stat and generation. One stat while the file is the one seen last (held open,
+    /// so a match is that file); a new file is opened, held, and its header read.
+    fn db_identity(&self) -> Option<(DbStamp, u64)> {
         use std::os::unix::fs::FileExt;
-        let f = std::fs::File::open(self.dir.join(DB_FILE)).ok()?;
-        let mut h = [0u8; 18];
-        f.read_exact_at(&mut h, 0).ok()?;
+        let path = self.dir.join(DB_FILE);
+        let seen = stamp_of(&std::fs::metadata(&path).ok()?);
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = current.as_ref().filter(|c| c.stamp == seen) {
+            return Some((c.stamp, c.generation));
+        }
+        let file = File::open(&path).ok()?;
+        // The file opened may be newer than the one just stat'ed: describe what is held.
+        let stamp = stamp_of(&file.metadata().ok()?);
+        let mut h = [0u8; DB_HEADER_LEN];
+        file.read_exact_at(&mut h, 0).ok()?;
         let mut g = [0u8; 8];
         g.copy_from_slice(&h[10..18]);
-        Some(u64::from_be_bytes(g))
+        let generation = u64::from_be_bytes(g);
+        *current = Some(Current {
+            stamp,
+            generation,
+            _file: file,
+        });
+        Some((stamp, generation))
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, Option<(DbStamp, KeyDb)>> {
@@ -295,16 +353,19 @@ impl KeyStore {
     /// Reads and authenticates keys.db (or reuses the copy read last, if the file is the same
     /// one). Requires the lock, so a read never sees a half-done change.
     pub fn load(&self, lock: &StoreLock) -> Result<KeyDb> {
-        let stamp = self.db_stamp();
-        if let (Some(s), Some((cs, db))) = (stamp, &*self.cache()) {
+        let id = self.db_identity();
+        if let (Some((s, generation)), Some((cs, db))) = (id, &*self.cache()) {
             // The same inode, size and times, and the generation every save increments.
-            if s == *cs && self.db_generation() == Some(db.generation) {
+            if s == *cs && generation == db.generation {
                 return Ok(db.clone());
             }
         }
         let db = self.load_file(lock)?;
-        if let Some(s) = stamp {
-            *self.cache() = Some((s, db.clone()));
+        match id {
+            Some((s, generation)) if generation == db.generation => {
+                *self.cache() = Some((s, db.clone()))
+            }
+            _ => {}
         }
         Ok(db)
     }
@@ -358,10 +419,13 @@ impl KeyStore {
         let path = self.dir.join(DB_FILE);
         *self.cache() = None;
         atomic::write_atomic(&path, &header).map_err(|e| KmsError::io(path.display(), e))?;
-        if let Some(s) = self.db_stamp() {
-            let mut saved = db.clone();
-            saved.generation += 1;
-            *self.cache() = Some((s, saved));
+        match self.db_identity() {
+            Some((s, generation)) if generation == db.generation + 1 => {
+                let mut saved = db.clone();
+                saved.generation = generation;
+                *self.cache() = Some((s, saved));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -489,6 +553,32 @@ mod tests {
                 ErrorKind::KeyStore,
                 "flip at {i}"
             );
+        }
+    }
+
+    #[test]
+    fn every_save_by_another_instance_is_seen_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let ks = KeyStore::init(d.path(), &pw("p"), fast(), Utc::now()).unwrap();
+        let other = KeyStore::open(d.path(), &pw("p")).unwrap();
+        let mut seen = ks.change_stamp();
+        // Same-sized databases saved back to back, likely within one timestamp tick: only the
+        // inode (never reused while held) and the generation tell them apart.
+        for i in 0..20 {
+            let name = format!("alias/{}", i % 2);
+            {
+                let lock = other.lock().unwrap();
+                let mut db = other.load(&lock).unwrap();
+                db.aliases.clear();
+                db.aliases.insert(name.clone(), Uuid::nil());
+                other.save(&lock, &db).unwrap();
+            }
+            let now = ks.change_stamp();
+            assert_ne!(now, seen, "save {i} unnoticed");
+            seen = now;
+            let lock = ks.lock().unwrap();
+            let db = ks.load(&lock).unwrap();
+            assert_eq!(db.aliases.keys().collect::<Vec<_>>(), vec![&name]);
         }
     }
 

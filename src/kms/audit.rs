@@ -7,8 +7,11 @@ use crate::error::{ErrorKind, KmsError, Result};
 use crate::keystore::atomic;
 use crate::kms::context::EncryptionContext;
 use serde::{Deserialize, Serialize};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const RECORD_LABEL: &[u8] = b"kmsfs audit record v1";
@@ -96,6 +99,20 @@ pub struct AuditLog<'k> {
     log: PathBuf,
     head: PathBuf,
     key: &'k [u8],
+    tail: Option<&'k Mutex<Option<Tail>>>,
+}
+
+/// Where this process's last append left the log: the file (held open, so its inode number
+/// cannot be reused), its length and the chain's last record. While the file at the log's path
+/// is that file at that length, no one else appended, and the next append starts from here
+/// instead of reopening the log and reading audit.head.
+pub struct Tail {
+    file: File,
+    dev: u64,
+    ino: u64,
+    len: u64,
+    seq: u64,
+    mac: String,
 }
 
 /// The outcome of a full verification.
@@ -110,7 +127,51 @@ impl<'k> AuditLog<'k> {
             log: dir.join(crate::keystore::AUDIT_FILE),
             head: dir.join(crate::keystore::AUDIT_HEAD_FILE),
             key,
+            tail: None,
         }
+    }
+
+    /// Appends continue from `tail` while the log is as this process left it, and record
+    /// there where they ended.
+    pub fn cached(mut self, tail: &'k Mutex<Option<Tail>>) -> Self {
+        self.tail = Some(tail);
+        self
+    }
+
+    /// The kept tail, if the file at the log's path is still that file at that length.
+    fn take_tail(&self, kept: &mut Option<Tail>) -> Option<Tail> {
+        let t = kept.take()?;
+        let m = std::fs::metadata(&self.log).ok()?;
+        (m.dev() == t.dev && m.ino() == t.ino && m.len() == t.len).then_some(t)
+    }
+
+    /// The log opened for appending, with its length and last (seq, mac): from audit.head if
+    /// that matches the log's length, else from the log's last line.
+    fn open_tail(&self) -> Result<Tail> {
+        let mut file =
+            atomic::open_append(&self.log).map_err(|e| KmsError::io(self.log.display(), e))?;
+        let m = file
+            .metadata()
+            .map_err(|e| KmsError::io(self.log.display(), e))?;
+        let mut len = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| KmsError::io(self.log.display(), e))?;
+        let (seq, mac) = match self.read_head() {
+            Some(h) if h.len == len => (h.seq, h.mac),
+            _ => {
+                let (s, m, l) = self.tail_of_log(&file)?;
+                len = l;
+                (s, m)
+            }
+        };
+        Ok(Tail {
+            file,
+            dev: m.dev(),
+            ino: m.ino(),
+            len,
+            seq,
+            mac,
+        })
     }
 
     fn read_head(&self) -> Option<Head> {
@@ -156,19 +217,21 @@ impl<'k> AuditLog<'k> {
         if events.is_empty() {
             return Ok(());
         }
-        let mut file =
-            atomic::open_append(&self.log).map_err(|e| KmsError::io(self.log.display(), e))?;
-        let mut len = file
-            .seek(SeekFrom::End(0))
-            .map_err(|e| KmsError::io(self.log.display(), e))?;
-        let (mut seq, mut prev) = match self.read_head() {
-            Some(h) if h.len == len => (h.seq, h.mac),
-            _ => {
-                let (s, m, l) = self.tail_of_log(&file)?;
-                len = l;
-                (s, m)
-            }
+        let mut kept = self
+            .tail
+            .map(|m| m.lock().unwrap_or_else(|p| p.into_inner()));
+        let tail = match kept.as_mut().and_then(|k| self.take_tail(k)) {
+            Some(t) => t,
+            None => self.open_tail()?,
         };
+        let Tail {
+            mut file,
+            dev,
+            ino,
+            len,
+            mut seq,
+            mac: mut prev,
+        } = tail;
         let mut out = Vec::new();
         for ev in events {
             seq += 1;
@@ -201,7 +264,7 @@ impl<'k> AuditLog<'k> {
         let head = Head {
             seq,
             head_mac: head_mac(self.key, seq, &prev, new_len),
-            mac: prev,
+            mac: prev.clone(),
             len: new_len,
         };
         let json = serde_json::to_vec(&head)
@@ -209,7 +272,18 @@ impl<'k> AuditLog<'k> {
         // A head older than the log is tolerated (a crash between the two writes), so its
         // rename need not be made durable on its own.
         atomic::write_atomic_lazy_rename(&self.head, &json)
-            .map_err(|e| KmsError::io(self.head.display(), e))
+            .map_err(|e| KmsError::io(self.head.display(), e))?;
+        if let Some(k) = kept.as_mut() {
+            **k = Some(Tail {
+                file,
+                dev,
+                ino,
+                len: new_len,
+                seq,
+                mac: prev,
+            });
+        }
+        Ok(())
     }
 
     /// Reads every record, verifying the chain as it goes.
@@ -376,6 +450,31 @@ mod tests {
         std::fs::write(d.path().join("audit.log"), join(lines[..4].to_vec())).unwrap();
         let e = AuditLog::new(d.path(), b"key").read_verified().unwrap_err();
         assert!(e.message.contains("removed from the end"), "{}", e.message);
+    }
+
+    #[test]
+    fn kept_tails_follow_other_writers_and_a_replaced_log() {
+        let d = tempfile::tempdir().unwrap();
+        let (ta, tb) = (Mutex::new(None), Mutex::new(None));
+        let a = || AuditLog::new(d.path(), b"key").cached(&ta);
+        let b = || AuditLog::new(d.path(), b"key").cached(&tb);
+        a().append(&[ev("A1")]).unwrap();
+        a().append(&[ev("A2")]).unwrap();
+        b().append(&[ev("B1")]).unwrap();
+        a().append(&[ev("A3")]).unwrap();
+        let (recs, _) = a().read_verified().unwrap();
+        let ops: Vec<_> = recs.iter().map(|r| (r.seq, r.operation.as_str())).collect();
+        assert_eq!(ops, vec![(1, "A1"), (2, "A2"), (3, "B1"), (4, "A3")]);
+        // The log moved away: the next append goes to the file at the path, not the kept one.
+        let log = d.path().join("audit.log");
+        std::fs::rename(&log, d.path().join("old.log")).unwrap();
+        std::fs::remove_file(d.path().join("audit.head")).unwrap();
+        a().append(&[ev("A4")]).unwrap();
+        assert!(std::fs::read_to_string(&log).unwrap().contains("\"A4\""));
+        let old = std::fs::read_to_string(d.path().join("old.log")).unwrap();
+        assert!(!old.contains("\"A4\""));
+        let (recs, _) = a().read_verified().unwrap();
+        assert_eq!(recs.len(), 1);
     }
 
     #[test]

@@ -687,7 +687,7 @@ impl Kms {
         if when == AuditWhen::Always || (when == AuditWhen::Failure && outcome.is_err()) {
             events.push(ev);
         }
-        AuditLog::new(self.store.dir(), self.store.audit_key().as_ref()).append(&events)?;
+        self.store.audit_log().append(&events)?;
         result
     }
 
