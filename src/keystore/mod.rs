@@ -70,19 +70,11 @@ pub struct KeyDb {
     pub generation: u64,
 }
 
-/// Holds the store's flock (and, inside this process, the mutex around its descriptor);
-/// dropping it releases both.
-pub struct StoreLock<'a> {
-    file: std::sync::MutexGuard<'a, Option<File>>,
-}
-
-impl Drop for StoreLock<'_> {
-    fn drop(&mut self) {
-        if let Some(f) = self.file.as_ref() {
-            // SAFETY: flock on a descriptor the guard keeps open.
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
-        }
-    }
+/// Holds the store's flock; dropping it releases the lock. The lock file is opened for each
+/// lock rather than kept: a kept descriptor would outlive a deleted or replaced `lock` file and
+/// stop excluding processes that open the new one.
+pub struct StoreLock {
+    _file: File,
 }
 
 /// The keys.db this process looked at last, held open: while it is open its inode number
@@ -103,8 +95,6 @@ pub struct KeyStore {
     /// process (a mount) skips reading, decrypting and parsing it while it is unchanged.
     cache: std::sync::Mutex<Option<(DbStamp, KeyDb)>>,
     current: std::sync::Mutex<Option<Current>>,
-    /// The lock file, opened once: threads take the mutex, processes the flock.
-    lock_file: std::sync::Mutex<Option<File>>,
     /// Where this process's last audit append left the log (see `AuditLog::cached`).
     audit_tail: std::sync::Mutex<Option<crate::kms::audit::Tail>>,
 }
@@ -207,13 +197,10 @@ impl KeyStore {
             keys,
             cache: std::sync::Mutex::new(None),
             current: std::sync::Mutex::new(None),
-            lock_file: std::sync::Mutex::new(None),
             audit_tail: std::sync::Mutex::new(None),
         };
-        {
-            let lock = store.lock()?;
-            store.save(&lock, &KeyDb::default())?;
-        }
+        let lock = store.lock()?;
+        store.save(&lock, &KeyDb::default())?;
         let json = serde_json::to_vec_pretty(&store.meta)
             .map_err(|e| KmsError::internal(format!("encoding keystore.json: {e}")))?;
         // keystore.json last: a crash before it leaves a directory that is not yet a store.
@@ -247,7 +234,6 @@ impl KeyStore {
             keys,
             cache: std::sync::Mutex::new(None),
             current: std::sync::Mutex::new(None),
-            lock_file: std::sync::Mutex::new(None),
             audit_tail: std::sync::Mutex::new(None),
         })
     }
@@ -270,27 +256,22 @@ impl KeyStore {
             .cached(&self.audit_tail)
     }
 
-    /// Takes the store's exclusive lock, waiting for other threads and processes to release it.
-    pub fn lock(&self) -> Result<StoreLock<'_>> {
+    /// Takes the store's exclusive lock, waiting for other processes to release it.
+    pub fn lock(&self) -> Result<StoreLock> {
         let path = self.dir.join(LOCK_FILE);
-        let mut guard = self.lock_file.lock().unwrap_or_else(|p| p.into_inner());
-        if guard.is_none() {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(atomic::FILE_MODE)
-                .open(&path)
-                .map_err(|e| KmsError::io(path.display(), e))?;
-            *guard = Some(file);
-        }
-        let fd = guard.as_ref().map_or(-1, |f| f.as_raw_fd());
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(atomic::FILE_MODE)
+            .open(&path)
+            .map_err(|e| KmsError::io(path.display(), e))?;
         loop {
-            // SAFETY: flock on a descriptor the guard keeps open.
-            let rc = unsafe { libc::flock(fd, libc::LOCK_EX) };
+            // SAFETY: flock on a file descriptor we own for the duration of the call.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
             if rc == 0 {
-                return Ok(StoreLock { file: guard });
+                return Ok(StoreLock { _file: file });
             }
             let err = std::io::Error::last_os_error();
             if err.kind() != std::io::ErrorKind::Interrupted {
