@@ -2,13 +2,13 @@
 //! file, in single pread/pwrite calls per request. The caller serializes writers (and readers
 //! against writers) per file, so no reader sees a half-written run of blocks.
 
+use crate::cryptocore::PlainBuf;
 use crate::fs::contentenc::{self as ce, BLOCK, BlockError, CIPHER_BLOCK, ContentCipher};
 use crate::fs::errno::{Errno, FsResult};
 use crate::fs::header::{self, COUNTER_OFFSET, DataKeys};
 use crate::fs::undo::{Journal, Record, UndoLog};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use zeroize::Zeroizing;
 
 /// Block encryptions reserved in the header at a time (4 GiB of writes).
 const RESERVATION: u64 = 1 << 20;
@@ -131,7 +131,7 @@ impl FileContent {
     }
 
     /// Decrypts blocks `first..=last` of a file of `size` bytes, reading them in one call.
-    fn read_blocks(&self, first: u64, last: u64, size: u64) -> FsResult<Zeroizing<Vec<u8>>> {
+    fn read_blocks(&self, first: u64, last: u64, size: u64) -> FsResult<PlainBuf> {
         let final_index = ce::block_count(size) - 1;
         let start = ce::block_offset(first);
         let end = ce::block_offset(last) + ce::block_plain_len(last, size) + ce::OVERHEAD;
@@ -141,17 +141,17 @@ impl FileContent {
             Errno::EIO
         })?;
         let cipher = self.cipher()?;
-        let mut out = Zeroizing::new(Vec::with_capacity(((last - first + 1) * BLOCK) as usize));
+        let mut out = PlainBuf::with_capacity(((last - first + 1) * BLOCK) as usize);
         cipher
             .decrypt_run(first, final_index, &raw, &mut out)
             .map_err(|e| self.corrupt(e))?;
         Ok(out)
     }
 
-    pub fn read(&self, offset: u64, len: u32) -> FsResult<Zeroizing<Vec<u8>>> {
+    pub fn read(&self, offset: u64, len: u32) -> FsResult<PlainBuf> {
         let size = self.size()?;
         if offset >= size || len == 0 {
-            return Ok(Zeroizing::new(Vec::new()));
+            return Ok(PlainBuf::new());
         }
         let end = size.min(offset + u64::from(len));
         let blocks = ce::blocks_touched(offset, end - offset);
@@ -259,9 +259,9 @@ impl FileContent {
     }
 
     /// Plaintext of block `i` of a file of `size` bytes (empty past the end).
-    fn block_plain(&self, i: u64, size: u64) -> FsResult<Zeroizing<Vec<u8>>> {
+    fn block_plain(&self, i: u64, size: u64) -> FsResult<PlainBuf> {
         if i >= ce::block_count(size) {
-            return Ok(Zeroizing::new(Vec::new()));
+            return Ok(PlainBuf::new());
         }
         self.read_blocks(i, i, size)
     }
@@ -314,7 +314,7 @@ impl FileContent {
             size
         };
         // Whole blocks are encrypted straight from `data`; partial ones are merged first.
-        let mut merged: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        let mut merged: Vec<PlainBuf> = Vec::new();
         let mut plan = Vec::with_capacity((last - first + 1) as usize);
         for i in first..=last {
             let bstart = i * BLOCK;
@@ -331,7 +331,7 @@ impl FileContent {
                 continue;
             }
             let mut p = if bstart >= grown {
-                Zeroizing::new(Vec::new())
+                PlainBuf::with_capacity(BLOCK as usize)
             } else {
                 self.block_plain(i, grown)?
             };
@@ -376,7 +376,8 @@ impl FileContent {
         if new_final < ce::block_count(size) - 1 {
             // The kept bytes first become a full-length final block, and the blocks after it
             // go: a crash from here on leaves a valid file holding every kept byte.
-            let mut full = p.clone();
+            let mut full = PlainBuf::with_capacity(BLOCK as usize);
+            full.extend_from_slice(&p);
             full.resize(BLOCK as usize, 0);
             self.write_run(new_final, &[(&full[..], true)])?;
             self.file.set_len(ce::block_offset(new_final + 1))?;
@@ -399,7 +400,7 @@ impl FileContent {
         let start = ce::block_offset(i);
         let n = (len.min(start + CIPHER_BLOCK) - start.min(len)) as usize;
         let mut raw = vec![0u8; n];
-        let mut out = Zeroizing::new(Vec::new());
+        let mut out = PlainBuf::with_capacity(BLOCK as usize);
         n > 0
             && self.file.read_exact_at(&mut raw, start).is_ok()
             && cipher.decrypt_block(i, true, &raw, &mut out).is_ok()

@@ -706,7 +706,7 @@ impl KmsFs {
         offset: u64,
         size: u32,
         r: Requester,
-    ) -> FsResult<zeroize::Zeroizing<Vec<u8>>> {
+    ) -> FsResult<crate::cryptocore::PlainBuf> {
         let f = self.handle_file(fh)?;
         self.check_content(&f, r)?;
         let c = f.content.read().map_err(|_| Errno::EIO)?;
