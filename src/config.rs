@@ -37,6 +37,8 @@ pub struct MountConfig {
     pub read_only: Option<bool>,
     /// FUSE worker threads.
     pub threads: Option<usize>,
+    /// Kernel readahead for the mount in KiB (0: the kernel's default).
+    pub readahead_kib: Option<u32>,
     /// How long the kernel may cache attributes and names, in milliseconds.
     pub attr_ttl_ms: Option<u64>,
     pub log_file: Option<PathBuf>,

@@ -328,3 +328,28 @@ fn read_only_mount() {
         Some(libc::EROFS)
     );
 }
+
+#[test]
+fn mount_widens_the_kernel_readahead_and_reads_stay_exact() {
+    let readahead = |m: &Mounted| -> u32 {
+        let dev = fs::metadata(&m.mnt).unwrap().dev();
+        let (maj, min) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+        fs::read_to_string(format!("/sys/class/bdi/{maj}:{min}/read_ahead_kb"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let m = Mounted::new();
+    assert_eq!(readahead(&m), 4096);
+    // A cold sequential read now arrives as 1 MiB requests: every byte must still be exact.
+    let data = pattern(9 << 20, 3);
+    fs::write(m.p("big"), &data).unwrap();
+    m.unmount();
+    m.mount(&["--readahead-kib", "512"]);
+    assert_eq!(readahead(&m), 512);
+    assert!(fs::read(m.p("big")).unwrap() == data);
+    m.unmount();
+    m.mount(&[]);
+    assert!(fs::read(m.p("big")).unwrap() == data);
+}

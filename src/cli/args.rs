@@ -296,6 +296,10 @@ pub struct MountArgs {
     /// FUSE worker threads [default: from the config, else the number of CPUs]
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Kernel readahead for the mount in KiB, set when the daemon may (root); 0 keeps the
+    /// kernel's default (128) [default: from the config, else 4096]
+    #[arg(long, value_name = "KIB")]
+    pub readahead_kib: Option<u32>,
     /// Append the daemon's log to FILE [default: syslog when daemonized]
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,

@@ -104,6 +104,10 @@ fn options(a: &MountArgs, cfg: &Config) -> Result<mount::MountOptions> {
             .or(m.threads)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         attr_ttl: Duration::from_millis(m.attr_ttl_ms.unwrap_or(1000)),
+        readahead_kib: a
+            .readahead_kib
+            .or(m.readahead_kib)
+            .unwrap_or(mount::DEFAULT_READAHEAD_KIB),
     })
 }
 
