@@ -51,31 +51,48 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// (mount source, mount point) of each mount in mountinfo text.
-pub fn mounts(mountinfo: &str) -> Vec<(PathBuf, PathBuf)> {
+/// One line of mountinfo: the device number ("major:minor"), the source and the mount point.
+struct MountEntry {
+    device: String,
+    source: PathBuf,
+    point: PathBuf,
+}
+
+/// Every mount in mountinfo text, in its order (later lines are mounted on top).
+fn entries(mountinfo: &str) -> Vec<MountEntry> {
     mountinfo
         .lines()
         .filter_map(|l| {
             let (pre, post) = l.split_once(" - ")?;
-            let point = pre.split(' ').nth(4)?;
+            let mut fields = pre.split(' ');
+            let device = fields.nth(2)?;
+            let point = fields.nth(1)?;
             let source = post.split(' ').nth(1)?;
-            Some((
-                PathBuf::from(unescape_mountinfo(source)),
-                PathBuf::from(unescape_mountinfo(point)),
-            ))
+            Some(MountEntry {
+                device: device.to_string(),
+                source: PathBuf::from(unescape_mountinfo(source)),
+                point: PathBuf::from(unescape_mountinfo(point)),
+            })
         })
+        .collect()
+}
+
+/// (mount source, mount point) of each mount in mountinfo text.
+pub fn mounts(mountinfo: &str) -> Vec<(PathBuf, PathBuf)> {
+    entries(mountinfo)
+        .into_iter()
+        .map(|e| (e.source, e.point))
         .collect()
 }
 
 /// The device number ("major:minor") of the mount at `point` in mountinfo text: the topmost
 /// if several are stacked there.
 pub fn device_of(mountinfo: &str, point: &Path) -> Option<String> {
-    mountinfo.lines().rev().find_map(|l| {
-        let (pre, _) = l.split_once(" - ")?;
-        let fields: Vec<&str> = pre.split(' ').collect();
-        let at = PathBuf::from(unescape_mountinfo(fields.get(4)?));
-        (at == point).then(|| fields.get(2).map(|d| d.to_string()))?
-    })
+    entries(mountinfo)
+        .into_iter()
+        .rev()
+        .find(|e| e.point == point)
+        .map(|e| e.device)
 }
 
 /// Sets the kernel's readahead for the mount at `mountpoint` (a sysfs file only root may

@@ -246,10 +246,6 @@ impl KeyStore {
         &self.meta
     }
 
-    pub fn audit_key(&self) -> &SecretKey {
-        &self.keys.audit
-    }
-
     /// The audit log, appending where this process left it while no one else wrote to it.
     pub fn audit_log(&self) -> crate::kms::audit::AuditLog<'_> {
         crate::kms::audit::AuditLog::new(&self.dir, self.keys.audit.as_ref())

@@ -5,7 +5,7 @@ use crate::clock::{Clock, format_time};
 use crate::cryptocore::{self, SecretKey};
 use crate::error::{ErrorKind, KmsError, Result};
 use crate::keystore::{KeyDb, KeyStore};
-use crate::kms::audit::{AuditCaller, AuditEvent, AuditLog, AuditRecord};
+use crate::kms::audit::{AuditCaller, AuditEvent, AuditRecord};
 use crate::kms::blob::{self, BlobHeader};
 use crate::kms::caller::Caller;
 use crate::kms::context::EncryptionContext;
@@ -1298,9 +1298,7 @@ impl Kms {
     /// Verifies the audit chain and returns its records.
     pub fn audit_records(&self) -> Result<Vec<AuditRecord>> {
         let _lock = self.store.lock()?;
-        AuditLog::new(self.store.dir(), self.store.audit_key().as_ref())
-            .read_verified()
-            .map(|(r, _)| r)
+        self.store.audit_log().read_verified().map(|(r, _)| r)
     }
 
     /// Resolves a key name to its id without auditing (for filters such as `audit show --key`).
