@@ -11,22 +11,25 @@
 # Each filesystem runs the workload RUNS times (interleaved); the table shows medians and the
 # ratio kmsfs/gocryptfs. Run as root (it drops the page cache).
 #
-#   scripts/bench.sh [--runs N] [--quick] [--plot [FILE.png]] [--out FILE.tsv]
+#   scripts/bench.sh [--runs N] [--quick] [--plot [FILE.png]] [--out FILE.tsv] [--io-uring MODE]
 #
+# --io-uring: how kmsfs mounts (default on: FUSE over io_uring, turning on the fuse module's
+# enable_uring; off: /dev/fuse like gocryptfs, whose go-fuse has no io_uring transport).
 # --quick: small sizes (smoke test of the script). --plot: a PNG bar chart (gnuplot) of every
 # metric relative to gocryptfs (default docs/bench.png). Installs gocryptfs, fio, python3 and
 # gnuplot with apt-get if missing; unmounts everything it mounted, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
-runs=3 quick=0 plot= out=
+runs=3 quick=0 plot= out= io_uring=on
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) runs=$2; shift 2 ;;
         --quick) quick=1; shift ;;
         --plot) plot=docs/bench.png; if [ $# -gt 1 ] && [[ "$2" == *.png ]]; then plot=$2; shift; fi; shift ;;
         --out) out=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --io-uring) io_uring=$2; shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -121,7 +124,7 @@ mount_fs() {
         plain) echo "$c"; return ;;
         kmsfs)
             "$kmsfs" init "$c" --key alias/bench >/dev/null
-            "$kmsfs" mount "$c" "$m" >/dev/null
+            "$kmsfs" mount "$c" "$m" --io-uring "$io_uring" >/dev/null
             pgrep -f -- "--daemon-child" | while read -r p; do
                 grep -qF "$c" "/proc/$p/cmdline" 2>/dev/null && echo "$p"
             done | head -1 >"$work/pid-$fs" ;;
@@ -207,7 +210,7 @@ rewrap_bench() { # run
     for n in small big; do
         rm -rf "$work/data-rw-$n"; mkdir -p "$work/mnt-rw-$n"
         "$kmsfs" init "$work/data-rw-$n" --key alias/bench >/dev/null
-        "$kmsfs" mount "$work/data-rw-$n" "$work/mnt-rw-$n" >/dev/null
+        "$kmsfs" mount "$work/data-rw-$n" "$work/mnt-rw-$n" --io-uring "$io_uring" >/dev/null
     done
     python3 - "$work/mnt-rw-small" "$REWRAP_FILES" <<'PY'
 import os, sys

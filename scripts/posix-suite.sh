@@ -2,7 +2,8 @@
 # Runs the POSIX suites against a real kmsfs mount: pjdfstest (Rust port) and fsx (Rust port),
 # each with a bounded amount of work. Installs them (cargo install) if missing. Run as root:
 # pjdfstest switches users. Prints a summary line per suite; exits non-zero on any failure.
-#   FSX_OPS (default 10000) operations per fsx seed, FSX_SEEDS (default "1 2 3").
+#   FSX_OPS (default 10000) operations per fsx seed, FSX_SEEDS (default "1 2 3"),
+#   IO_URING (default auto): the mount's --io-uring (on: per-CPU rings, off: /dev/fuse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -45,7 +46,9 @@ JSON
 "$kmsfs" key create --alias posix --policy-file "$work/policy.json" >/dev/null
 "$kmsfs" init "$work/cipher" --key alias/posix >/dev/null
 mkdir "$mnt"
-"$kmsfs" mount "$work/cipher" "$mnt" --allow-other --log-file "$work/kmsfs.log" >/dev/null
+"$kmsfs" mount "$work/cipher" "$mnt" --allow-other --io-uring "${IO_URING:-auto}" \
+    --log-file "$work/kmsfs.log" >/dev/null
+echo "posix suites over $(python3 -c 'import json,os,sys; print(json.loads(os.getxattr(sys.argv[1], "user.kmsfs.status"))["Transport"]["Kind"])' "$mnt")"
 
 cat > "$work/pjdfstest.toml" <<TOML
 [features]

@@ -39,6 +39,8 @@ pub struct MountConfig {
     pub threads: Option<usize>,
     /// Kernel readahead for the mount in KiB (0: the kernel's default).
     pub readahead_kib: Option<u32>,
+    /// "auto", "on" or "off": FUSE over io_uring (see `kmsfs mount --help`).
+    pub io_uring: Option<crate::fs::mount::IoUringMode>,
     /// How long the kernel may cache attributes and names, in milliseconds.
     pub attr_ttl_ms: Option<u64>,
     pub log_file: Option<PathBuf>,

@@ -300,6 +300,10 @@ pub struct MountArgs {
     /// kernel's default (128) [default: from the config, else 4096]
     #[arg(long, value_name = "KIB")]
     pub readahead_kib: Option<u32>,
+    /// Requests over io_uring, one queue per CPU (Linux 6.14+): auto uses it when the fuse
+    /// module's enable_uring is on; on turns that on (root) [default: from the config, else auto]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub io_uring: Option<crate::fs::mount::IoUringMode>,
     /// Append the daemon's log to FILE [default: syslog when daemonized]
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,

@@ -108,6 +108,7 @@ fn options(a: &MountArgs, cfg: &Config) -> Result<mount::MountOptions> {
             .readahead_kib
             .or(m.readahead_kib)
             .unwrap_or(mount::DEFAULT_READAHEAD_KIB),
+        io_uring: a.io_uring.or(m.io_uring).unwrap_or_default(),
     })
 }
 

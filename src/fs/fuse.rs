@@ -10,11 +10,17 @@ use fuser::{
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
+
+/// The largest WRITE we accept (and READ the kernel sends, with its max_pages).
+pub const MAX_WRITE: u32 = 1 << 20;
 
 pub struct Fuse {
     pub fs: Arc<KmsFs>,
     pub ttl: Duration,
+    /// Some: ask the kernel for FUSE over io_uring, and say here whether it agreed.
+    pub io_uring: Option<Arc<AtomicBool>>,
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -76,7 +82,7 @@ impl Filesystem for Fuse {
 
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Large writes mean fewer round trips; the kernel caps what it accepts.
-        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_write(MAX_WRITE);
         let _ = config.set_max_readahead(1 << 20);
         // Listing with attributes saves a lookup per entry for `ls -l` and the like.
         let _ = config.add_capabilities(
@@ -85,6 +91,13 @@ impl Filesystem for Fuse {
         // We clear set-id bits on unprivileged writes and truncates ourselves, so the kernel
         // need not ask for security.capability before every write (a round trip each).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        if let Some(granted) = &self.io_uring {
+            // Offered only while the fuse module's enable_uring is on.
+            let ok = config
+                .add_capabilities(fuser::InitFlags::FUSE_OVER_IO_URING)
+                .is_ok();
+            granted.store(ok, Ordering::SeqCst);
+        }
         Ok(())
     }
 

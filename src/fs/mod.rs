@@ -17,3 +17,4 @@ pub mod ops;
 pub mod rewrap;
 pub mod sys;
 pub mod undo;
+pub mod uring;

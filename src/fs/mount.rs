@@ -3,9 +3,11 @@
 use crate::error::{KmsError, Result};
 use crate::fs::fuse::Fuse;
 use crate::fs::ops::KmsFs;
+use crate::fs::uring;
 use fuser::{Config, MountOption, SessionACL};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
@@ -21,6 +23,20 @@ pub struct MountOptions {
     pub default_permissions: bool,
     /// Readahead for the mount's backing device info, in KiB; 0 keeps the kernel's.
     pub readahead_kib: u32,
+    pub io_uring: IoUringMode,
+}
+
+/// Whether requests travel over io_uring (per-CPU queues) or /dev/fuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IoUringMode {
+    /// io_uring when the kernel offers it (the fuse module's enable_uring is on).
+    #[default]
+    Auto,
+    /// io_uring, turning the fuse module's switch on if needed (root); an error without it.
+    On,
+    /// /dev/fuse only.
+    Off,
 }
 
 /// Readahead set on mounts by default. FUSE starts at 128 KiB (and the INIT reply may only
@@ -200,6 +216,44 @@ fn fuse_config(cipherdir: &Path, o: &MountOptions) -> Config {
     c
 }
 
+/// Starts the io_uring queues once INIT granted them; without them requests stay on /dev/fuse,
+/// which is an error only when io_uring was asked for by name.
+fn start_rings(
+    session: &fuser::Session<Fuse>,
+    fs: &Arc<KmsFs>,
+    o: &MountOptions,
+    granted: bool,
+) -> Result<()> {
+    use std::os::fd::AsFd;
+    let started = if granted {
+        session
+            .as_fd()
+            .try_clone_to_owned()
+            .and_then(|dev| {
+                uring::start(
+                    dev,
+                    uring::Served {
+                        fs: fs.clone(),
+                        ttl: o.attr_ttl,
+                        owner_only: (!o.allow_other).then(|| nix::unistd::geteuid().as_raw()),
+                        payload_size: crate::fs::fuse::MAX_WRITE as usize + 4096,
+                    },
+                )
+            })
+            .map_err(|e| format!("starting the io_uring queues: {e}"))
+    } else {
+        Err("the kernel did not grant FUSE over io_uring".to_string())
+    };
+    match started {
+        Ok(()) => Ok(()),
+        Err(e) if o.io_uring == IoUringMode::On => Err(KmsError::validation(e)),
+        Err(e) => {
+            log::info!("{e}: serving through /dev/fuse");
+            Ok(())
+        }
+    }
+}
+
 /// Mounts and serves until unmounted or sent SIGTERM/SIGINT/SIGHUP (which unmount cleanly).
 /// `ready` runs once the mount is live.
 pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce()) -> Result<()> {
@@ -213,9 +267,24 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     sigs.thread_block()
         .map_err(|e| KmsError::internal(format!("signal mask: {e}")))?;
     let fs = Arc::new(fs);
+    let want_ring = match o.io_uring {
+        IoUringMode::Off => false,
+        IoUringMode::Auto => uring::enabled(),
+        IoUringMode::On => {
+            uring::enable().map_err(|e| {
+                KmsError::validation(format!(
+                    "--io-uring on: turning on {}: {e}",
+                    uring::ENABLE_PARAM
+                ))
+            })?;
+            true
+        }
+    };
+    let granted = Arc::new(AtomicBool::new(false));
     let fuse = Fuse {
         fs: fs.clone(),
         ttl: o.attr_ttl,
+        io_uring: want_ring.then(|| granted.clone()),
     };
     // Resolved before mounting: once mounted, the path's last step is served by this daemon.
     let canonical = mountpoint
@@ -226,6 +295,9 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     // After the INIT handshake (done by Session::new), which would lower it again.
     if o.readahead_kib > 0 {
         set_readahead(&canonical, o.readahead_kib);
+    }
+    if want_ring {
+        start_rings(&session, &fs, o, granted.load(Ordering::SeqCst))?;
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let idle = o.idle.map(|limit| (limit, session.unmount_callable()));

@@ -87,6 +87,8 @@ pub struct KmsFs {
     /// Milliseconds after `started` of the last request (for idle unmounting).
     started: std::time::Instant,
     last_request: AtomicU64,
+    /// How many requests the io_uring queues served (`kmsfs status`).
+    pub ring: crate::fs::uring::Stats,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -259,6 +261,7 @@ impl KmsFs {
             journal,
             started: std::time::Instant::now(),
             last_request: AtomicU64::new(0),
+            ring: Default::default(),
             inodes: Mutex::new(Inodes::new(root.clone(), st.st_ino)),
             root,
             volume_cmk: Mutex::new(

@@ -103,6 +103,11 @@ impl KmsFs {
             "OpenFiles": open_files,
             "OpenHandles": self.open_handles(),
             "Keys": keys,
+            "Transport": {
+                "Kind": if self.ring.queues.load(std::sync::atomic::Ordering::Relaxed) > 0 { "io_uring" } else { "/dev/fuse" },
+                "RingQueues": self.ring.queues.load(std::sync::atomic::Ordering::Relaxed),
+                "RingRequests": self.ring.requests.load(std::sync::atomic::Ordering::Relaxed),
+            },
             "Caches": {
                 "Decisions": self.keys.decision_stats(),
                 "Inodes": inodes,

@@ -1,0 +1,554 @@
+//! FUSE over io_uring (Linux 6.14+): the kernel queues each request on a ring of the CPU its
+//! caller runs on, and a daemon thread pinned to that CPU serves it, so a request and its reply
+//! need no hand-off between CPUs. On a VM those hand-offs (an inter-processor interrupt and a
+//! wake-up of a halted vCPU each way) bound small I/O; see README "Performance".
+//!
+//! The /dev/fuse session (fuser) still does the INIT handshake and serves FORGET and INTERRUPT,
+//! which the kernel keeps on the device, and whatever arrives before every queue is registered.
+//! `abi` owns the wire format, `dispatch` maps requests onto `KmsFs` like `fs::fuse` does, and
+//! this file owns the rings and their threads.
+
+pub mod abi;
+mod dispatch;
+
+use crate::fs::errno::Errno;
+use crate::fs::ops::{KmsFs, Requester};
+use abi::{InHeader, Op, Out};
+use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// The fuse module's switch; off by default in the kernels that have it.
+pub const ENABLE_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
+/// Ring entries per queue: requests in service at once (large reads go to workers).
+const ENTRIES_PER_QUEUE: usize = 4;
+/// Submission slots: every entry's command, the tick and the wake-up read.
+const RING_DEPTH: u32 = 2 * ENTRIES_PER_QUEUE as u32 + 4;
+
+/// How the mount's requests travel; `kmsfs status` shows it.
+#[derive(Default)]
+pub struct Stats {
+    /// Queues registered with the kernel: one per possible CPU, or 0 on /dev/fuse alone.
+    pub queues: AtomicUsize,
+    /// Requests served through the rings.
+    pub requests: AtomicU64,
+}
+
+/// Whether the kernel offers FUSE over io_uring to new mounts now.
+pub fn enabled() -> bool {
+    std::fs::read_to_string(ENABLE_PARAM).is_ok_and(|s| s.trim() == "Y")
+}
+
+/// Turns the fuse module's io_uring switch on (root only); an error if this kernel lacks it.
+pub fn enable() -> io::Result<()> {
+    if enabled() {
+        return Ok(());
+    }
+    if !Path::new(ENABLE_PARAM).exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this kernel has no FUSE over io_uring (Linux 6.14 or later, fuse module)",
+        ));
+    }
+    std::fs::write(ENABLE_PARAM, "Y")?;
+    log::info!("turned on {ENABLE_PARAM}");
+    Ok(())
+}
+
+/// The number of queues the kernel expects: one per possible CPU ("0-3", "0,2-5").
+pub fn parse_cpu_list(s: &str) -> Option<usize> {
+    let mut max = None;
+    for part in s.trim().split(',') {
+        let last = part.rsplit('-').next()?.trim().parse::<usize>().ok()?;
+        max = max.max(Some(last));
+    }
+    max.map(|m| m + 1)
+}
+
+fn possible_cpus() -> io::Result<usize> {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    parse_cpu_list(&s).ok_or_else(|| io::Error::other(format!("cpu list {s:?}")))
+}
+
+/// What the queue threads serve with.
+pub struct Served {
+    pub fs: Arc<KmsFs>,
+    pub ttl: Duration,
+    pub owner_only: Option<u32>,
+    /// Bytes of payload buffer per entry: at least the negotiated max_write and max_pages.
+    pub payload_size: usize,
+}
+
+/// Starts one pinned thread per possible CPU, each registering its ring entries on `dev`, the
+/// session's /dev/fuse descriptor. Returns once every queue is registered (or one failed);
+/// threads end when the connection goes away.
+pub fn start(dev: OwnedFd, served: Served) -> io::Result<()> {
+    let queues = possible_cpus()?;
+    let dev = Arc::new(dev);
+    let served = Arc::new(served);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for qid in 0..queues {
+        let (dev, served, tx) = (dev.clone(), served.clone(), tx.clone());
+        std::thread::Builder::new()
+            .name(format!("kmsfs-ring{qid}"))
+            .spawn(move || {
+                let ring = match register(qid, &dev, served.payload_size) {
+                    Ok(r) => {
+                        let _ = tx.send(Ok(()));
+                        r
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                drop(tx);
+                if let Err(e) = serve_queue(ring, &dev, &served) {
+                    // The kernel keeps routing this CPU's requests here: rather than leave
+                    // callers hanging, end the daemon (the kernel then fails them, ENOTCONN).
+                    log::error!("io_uring queue {qid}: {e}; stopping the mount daemon");
+                    std::process::exit(1);
+                }
+            })?;
+    }
+    drop(tx);
+    for r in rx {
+        r?;
+    }
+    // Every queue is registered: the kernel now routes requests to the rings.
+    served.fs.ring.queues.store(queues, Ordering::Relaxed);
+    Ok(())
+}
+
+/// One ring entry's buffers, at fixed addresses for as long as the kernel holds them.
+struct Entry {
+    header: Box<[u8; abi::RING_HEADER_SIZE]>,
+    payload: Box<[u8]>,
+    iov: Box<[libc::iovec; 2]>,
+}
+
+// SAFETY: the iovecs' pointers only name the entry's own boxed buffers, which move with it; the
+// kernel writes them only between a command's submission and its completion, when no thread
+// holds the entry.
+unsafe impl Send for Entry {}
+
+impl Entry {
+    fn new(payload_size: usize) -> Entry {
+        let mut header = Box::new([0u8; abi::RING_HEADER_SIZE]);
+        let mut payload = vec![0u8; payload_size].into_boxed_slice();
+        let iov = Box::new([
+            libc::iovec {
+                iov_base: header.as_mut_ptr().cast(),
+                iov_len: header.len(),
+            },
+            libc::iovec {
+                iov_base: payload.as_mut_ptr().cast(),
+                iov_len: payload.len(),
+            },
+        ]);
+        Entry {
+            header,
+            payload,
+            iov,
+        }
+    }
+}
+
+/// A FUSE ring command. The crate's builder has no way to set `len`, which REGISTER must set
+/// to the iovec count; `Entry128` is `repr(C)` over the kernel's SQE, whose `len` is at byte 24.
+fn command(
+    dev: i32,
+    cmd_op: u32,
+    cmd: [u8; 80],
+    iov: Option<&[libc::iovec; 2]>,
+) -> squeue::Entry128 {
+    let mut c = opcode::UringCmd80::new(types::Fd(dev), cmd_op).cmd(cmd);
+    if let Some(iov) = iov {
+        c = c.addr(Some(iov.as_ptr() as u64));
+    }
+    let entry = c.build();
+    if iov.is_none() {
+        return entry;
+    }
+    // SAFETY: Entry128 is repr(C), 128 plain bytes (size checked by transmute); we only set the
+    // SQE's u32 `len` field at its uapi offset.
+    let mut raw: [u8; 128] = unsafe { std::mem::transmute::<squeue::Entry128, [u8; 128]>(entry) };
+    raw[24..28].copy_from_slice(&2u32.to_le_bytes());
+    unsafe { std::mem::transmute::<[u8; 128], squeue::Entry128>(raw) }
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            // An offline CPU: its queue still has to be registered, and serves no one.
+            log::debug!(
+                "pinning ring thread to CPU {cpu}: {}",
+                io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// How often a queue thread checks that it is not being starved.
+const TICK: Duration = Duration::from_millis(100);
+/// A tick this late means other work kept the thread off its CPU.
+const STARVED: Duration = Duration::from_millis(10);
+/// How long a starved thread stays at normal priority before trying idle again.
+const PROMOTED_FOR: Duration = Duration::from_secs(5);
+
+/// The queue threads' scheduling class. While a thread runs SCHED_IDLE, the scheduler counts
+/// its CPU as free when the caller it just answered wakes up, and wakes the caller there instead
+/// of on another (idle, halted) vCPU; the caller's next request then lands on this same queue.
+/// That keeps a request-reply pair on one CPU: 2x the small I/O rate on a VM (README). The price
+/// is that normal work on the CPU (a compiler, say) starves an idle-class thread; a thread that
+/// sees its own timer tick run late therefore goes back to normal priority for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Idle,
+    Normal { until: std::time::Instant },
+}
+
+impl Class {
+    /// The class after a tick that fired `late` after it was due; `now` is when it was seen.
+    fn after_tick(self, now: std::time::Instant, late: Duration) -> Class {
+        match self {
+            _ if late >= STARVED => Class::Normal {
+                until: now + PROMOTED_FOR,
+            },
+            Class::Normal { until } if now < until => self,
+            _ => Class::Idle,
+        }
+    }
+
+    fn apply(self) {
+        let policy = match self {
+            Class::Idle => libc::SCHED_IDLE,
+            Class::Normal { .. } => libc::SCHED_OTHER,
+        };
+        let p = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sets this thread's own policy; sched_param outlives the call.
+        if unsafe { libc::sched_setscheduler(0, policy, &p) } != 0 {
+            log::debug!("ring thread policy: {}", io::Error::last_os_error());
+        }
+    }
+}
+
+/// The user_data of the tick's timeout and of the workers' wake-up; entries use their index.
+const TICK_DATA: u64 = u64::MAX;
+const WAKE_DATA: u64 = u64::MAX - 1;
+/// READs of at least this many bytes are served on a worker (see `offloaded`).
+const OFFLOAD_READ: u32 = 128 << 10;
+
+type Ring = IoUring<squeue::Entry128, cqueue::Entry>;
+
+/// A queue's ring with its registered entries.
+struct Queue {
+    qid: u16,
+    ring: Ring,
+    entries: Vec<Entry>,
+}
+
+/// Creates queue `qid`'s ring and registers its entries; the kernel refuses a bad registration
+/// at once, so an error shows up here.
+fn register(qid: usize, dev: &OwnedFd, payload_size: usize) -> io::Result<Queue> {
+    pin_to(qid);
+    let qid = u16::try_from(qid).map_err(io::Error::other)?;
+    let entries: Vec<Entry> = (0..ENTRIES_PER_QUEUE)
+        .map(|_| Entry::new(payload_size))
+        .collect();
+    // After the entries: on an early return the ring goes first, cancelling what it holds.
+    let mut ring: Ring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(RING_DEPTH)?;
+    for (i, e) in entries.iter().enumerate() {
+        let sqe = command(
+            dev.as_raw_fd(),
+            abi::CMD_REGISTER,
+            abi::cmd_req(0, qid),
+            Some(&e.iov),
+        );
+        // SAFETY: the entry's buffers and iovecs are boxed and live in the Queue, which drops
+        // its ring (cancelling what the kernel still holds) before them.
+        unsafe { ring.submission().push(&sqe.user_data(i as u64)) }
+            .map_err(|_| io::Error::other("submission queue full"))?;
+    }
+    ring.submit()?;
+    if let Some(c) = ring.completion().next() {
+        if c.result() < 0 {
+            return Err(io::Error::from_raw_os_error(-c.result()));
+        }
+        return Err(io::Error::other("unexpected completion of a registration"));
+    }
+    Ok(Queue { qid, ring, entries })
+}
+
+/// A request served off the queue thread, handed back for its commit.
+struct Done {
+    slot: usize,
+    entry: Entry,
+    commit_id: u64,
+}
+
+/// Whether the request in `header` is a READ large enough to serve on a worker thread: the
+/// kernel's readahead sends several at once, and serving them one after another on the queue
+/// thread would leave the other CPUs idle between decryptions.
+fn offloaded(header: &[u8]) -> bool {
+    let size = header
+        .get(abi::OP_IN_OFFSET + 16..abi::OP_IN_OFFSET + 20)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes);
+    InHeader::parse(header).is_ok_and(|h| h.opcode == abi::op::READ) && size >= OFFLOAD_READ
+}
+
+fn submit(ring: &mut Ring, sqe: squeue::Entry128) -> io::Result<()> {
+    // SAFETY: every buffer a queued command names (entry buffers, the tick, the wake-up
+    // counter) lives until the ring is dropped, which cancels what is still queued.
+    unsafe { ring.submission().push(&sqe) }.map_err(|_| io::Error::other("submission queue full"))
+}
+
+fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
+    let ctx = dispatch::Ctx {
+        fs: &s.fs,
+        ttl: s.ttl,
+        owner_only: s.owner_only,
+    };
+    let Queue { qid, ring, entries } = q;
+    let mut slots: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
+    let tick = types::Timespec::new()
+        .sec(TICK.as_secs())
+        .nsec(TICK.subsec_nanos());
+    let mut wake_buf = Box::new([0u8; 8]);
+    // Declared after every buffer its commands name, so it is dropped (cancelling them) first.
+    let mut ring = ring;
+    let mut scratch = Vec::new();
+    let mut class = Class::Idle;
+    class.apply();
+    let mut tick_armed = std::time::Instant::now();
+    let arm_tick = |ring: &mut Ring| {
+        submit(
+            ring,
+            opcode::Timeout::new(&tick)
+                .build()
+                .user_data(TICK_DATA)
+                .into(),
+        )
+    };
+    // Workers hand served entries back and bump `wake`, whose pending read wakes this thread.
+    // SAFETY: eventfd(2) returns a new descriptor or -1.
+    let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let wake = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
+    let arm_wake = |ring: &mut Ring, buf: &mut [u8; 8]| {
+        let r = opcode::Read::new(types::Fd(wake.as_raw_fd()), buf.as_mut_ptr(), 8);
+        submit(ring, r.build().user_data(WAKE_DATA).into())
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
+    arm_tick(&mut ring)?;
+    arm_wake(&mut ring, &mut wake_buf)?;
+    let commit = |ring: &mut Ring, slot: usize, commit_id: u64| {
+        let c = command(
+            dev.as_raw_fd(),
+            abi::CMD_COMMIT_AND_FETCH,
+            abi::cmd_req(commit_id, qid),
+            None,
+        );
+        submit(ring, c.user_data(slot as u64))
+    };
+    loop {
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+        let completed: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (data, res) in completed {
+            if data == TICK_DATA {
+                let now = std::time::Instant::now();
+                let late = now.duration_since(tick_armed).saturating_sub(TICK);
+                let next = class.after_tick(now, late);
+                if std::mem::discriminant(&next) != std::mem::discriminant(&class) {
+                    log::debug!("io_uring queue {}: {next:?} (tick {late:?} late)", qid);
+                    next.apply();
+                }
+                class = next;
+                tick_armed = now;
+                arm_tick(&mut ring)?;
+                continue;
+            }
+            if data == WAKE_DATA {
+                for d in done_rx.try_iter() {
+                    if let Some(slot) = slots.get_mut(d.slot) {
+                        *slot = Some(d.entry);
+                        commit(&mut ring, d.slot, d.commit_id)?;
+                    }
+                }
+                arm_wake(&mut ring, &mut wake_buf)?;
+                continue;
+            }
+            if res < 0 {
+                return match -res {
+                    // Unmounted or aborted: the connection is gone.
+                    libc::ENOTCONN | libc::ECONNABORTED | libc::ECANCELED | libc::ENODEV => Ok(()),
+                    _ => Err(io::Error::from_raw_os_error(-res)),
+                };
+            }
+            let slot = data as usize;
+            let mut e = slots
+                .get_mut(slot)
+                .and_then(Option::take)
+                .ok_or_else(|| io::Error::other("completion for an entry not in the ring"))?;
+            if offloaded(&e.header[..]) {
+                let (s, tx, wake) = (s.clone(), done_tx.clone(), wake.clone());
+                rayon::spawn(move || {
+                    let ctx = dispatch::Ctx {
+                        fs: &s.fs,
+                        ttl: s.ttl,
+                        owner_only: s.owner_only,
+                    };
+                    let commit_id = serve_entry(&ctx, &mut e, &mut Vec::new());
+                    if tx
+                        .send(Done {
+                            slot,
+                            entry: e,
+                            commit_id,
+                        })
+                        .is_ok()
+                    {
+                        let one = 1u64.to_ne_bytes();
+                        // SAFETY: writes 8 bytes from a live buffer to our eventfd.
+                        unsafe { libc::write(wake.as_raw_fd(), one.as_ptr().cast(), 8) };
+                    }
+                });
+                continue;
+            }
+            let commit_id = serve_entry(&ctx, &mut e, &mut scratch);
+            slots[slot] = Some(e);
+            commit(&mut ring, slot, commit_id)?;
+        }
+    }
+}
+
+/// Serves the request in `e` and writes the reply into it; returns the commit id.
+fn serve_entry(ctx: &dispatch::Ctx, e: &mut Entry, scratch: &mut Vec<u8>) -> u64 {
+    let (commit_id, payload_len) = abi::ent_in(&e.header[..]).unwrap_or((0, 0));
+    let (unique, result) = match InHeader::parse(&e.header[..]) {
+        Ok(h) => {
+            // A bug in one request must not take the CPU's queue (and its callers) with it.
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                serve_request(ctx, &h, e, payload_len, scratch)
+            }));
+            (h.unique, served.unwrap_or(Err(Errno::EIO)))
+        }
+        Err(err) => (commit_id, Err(err)),
+    };
+    ctx.fs.ring.requests.fetch_add(1, Ordering::Relaxed);
+    match result {
+        Ok(n) => abi::set_reply(&mut e.header[..], unique, None, n),
+        Err(err) => abi::set_reply(&mut e.header[..], unique, Some(err), 0),
+    }
+    commit_id
+}
+
+fn serve_request(
+    ctx: &dispatch::Ctx,
+    h: &InHeader,
+    e: &mut Entry,
+    payload_len: usize,
+    scratch: &mut Vec<u8>,
+) -> Result<usize, Errno> {
+    let r = Requester {
+        uid: h.uid,
+        gid: h.gid,
+        pid: h.pid,
+    };
+    let mut op_in = [0u8; abi::OP_IN_SIZE];
+    op_in.copy_from_slice(&e.header[abi::OP_IN_OFFSET..abi::OP_IN_OFFSET + abi::OP_IN_SIZE]);
+    let given = e.payload.get(..payload_len).ok_or(Errno::EINVAL)?;
+    if h.opcode == abi::op::WRITE {
+        // The data stays where the kernel put it; the 8-byte reply waits aside.
+        let mut small = [0u8; 16];
+        let n = {
+            let op = abi::parse(h.opcode, &op_in, given)?;
+            let mut out = Out::new(&mut small);
+            dispatch::serve(ctx, h.nodeid, r, op, &mut out)?;
+            out.len()
+        };
+        e.payload[..n].copy_from_slice(&small[..n]);
+        return Ok(n);
+    }
+    // Names and xattr values (small) move aside so the reply can use the payload buffer.
+    scratch.clear();
+    scratch.extend_from_slice(given);
+    let op: Op = abi::parse(h.opcode, &op_in, scratch)?;
+    let mut out = Out::new(&mut e.payload[..]);
+    dispatch::serve(ctx, h.nodeid, r, op, &mut out)?;
+    Ok(out.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_late_tick_promotes_for_a_while_then_idle_again() {
+        let t0 = std::time::Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(Class::Idle.after_tick(t0, ms(1)), Class::Idle);
+        let promoted = Class::Idle.after_tick(t0, STARVED);
+        assert_eq!(
+            promoted,
+            Class::Normal {
+                until: t0 + PROMOTED_FOR
+            }
+        );
+        assert_eq!(promoted.after_tick(t0 + ms(100), ms(0)), promoted);
+        // Starved again while promoted: the period starts over.
+        assert_eq!(
+            promoted.after_tick(t0 + ms(200), ms(50)),
+            Class::Normal {
+                until: t0 + ms(200) + PROMOTED_FOR
+            }
+        );
+        assert_eq!(promoted.after_tick(t0 + PROMOTED_FOR, ms(0)), Class::Idle);
+    }
+
+    #[test]
+    fn counts_possible_cpus() {
+        assert_eq!(parse_cpu_list("0-1\n"), Some(2));
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("0,2-5,7"), Some(8));
+        assert_eq!(parse_cpu_list(""), None);
+        assert_eq!(parse_cpu_list("x-y"), None);
+    }
+
+    #[test]
+    fn register_commands_carry_the_iovec_count_and_queue() {
+        let e = Entry::new(8192);
+        let sqe = command(7, abi::CMD_REGISTER, abi::cmd_req(0, 1), Some(&e.iov));
+        // SAFETY: as in `command`.
+        let raw: [u8; 128] = unsafe { std::mem::transmute::<squeue::Entry128, [u8; 128]>(sqe) };
+        assert_eq!(raw[0], io_uring::opcode::UringCmd80::CODE);
+        assert_eq!(&raw[4..8], &7i32.to_le_bytes());
+        assert_eq!(&raw[8..12], &abi::CMD_REGISTER.to_le_bytes());
+        assert_eq!(&raw[16..24], &(e.iov.as_ptr() as u64).to_le_bytes());
+        assert_eq!(&raw[24..28], &2u32.to_le_bytes());
+        // The command area starts at byte 48: flags, commit_id, qid.
+        assert_eq!(&raw[64..66], &1u16.to_le_bytes());
+        assert_eq!(e.iov[0].iov_len, abi::RING_HEADER_SIZE);
+        assert_eq!(e.iov[1].iov_len, 8192);
+    }
+}
