@@ -264,12 +264,16 @@ fn every_operation_answers_over_io_uring_as_over_dev_fuse() {
     assert_eq!(t["Kind"], "io_uring", "{t}");
     assert_eq!(t["RingQueues"].as_u64(), Some(possible_cpus()), "{t}");
     assert!(t["RingRequests"].as_u64().expect("count") > 1000, "{t}");
+    let text = ring.env.ok(&["status", "--events", "0"]);
+    assert!(text.contains("requests over io_uring: "), "{text}");
 
     let dev = Mounted::with_args(&["--io-uring", "off"]);
     let want = exercise(&dev.mnt);
     let t = transport(&dev);
     assert_eq!(t["Kind"], "/dev/fuse", "{t}");
     assert_eq!(t["RingRequests"].as_u64(), Some(0), "{t}");
+    let text = dev.env.ok(&["status", "--events", "0"]);
+    assert!(text.contains("requests over /dev/fuse"), "{text}");
     assert_eq!(got, want);
 
     // What the rings wrote is what /dev/fuse reads back, and the other way round.

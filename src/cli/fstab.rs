@@ -181,7 +181,7 @@ mod tests {
             "/m",
             "-n",
             "-o",
-            "rw,noauto,ro,noexec,allow_other,keystore=/s,key=/k,idle=15m,x-systemd.automount,_netdev",
+            "rw,noauto,ro,noexec,allow_other,keystore=/s,key=/k,idle=15m,io_uring=off,x-systemd.automount,_netdev",
         ]))
         .unwrap()
         .unwrap();
@@ -200,7 +200,9 @@ mod tests {
                 "--noexec",
                 "--allow-other",
                 "--idle",
-                "15m"
+                "15m",
+                "--io-uring",
+                "off"
             ])
         );
     }

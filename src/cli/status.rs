@@ -112,6 +112,15 @@ fn print_mount(m: &Value) {
         m["Pid"], m["UptimeSeconds"], m["IdleSeconds"], m["OpenFiles"], m["OpenHandles"]
     );
     println!("  volume key {}", s("VolumeKey"));
+    let t = &m["Transport"];
+    match t["Kind"].as_str() {
+        Some("io_uring") => println!(
+            "  requests over io_uring: {} queues, {} requests served",
+            t["RingQueues"], t["RingRequests"]
+        ),
+        Some(kind) => println!("  requests over {kind}"),
+        None => {}
+    }
     for k in m["Keys"].as_array().into_iter().flatten() {
         println!(
             "  key {}  {}  version {}  {} open files",
