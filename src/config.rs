@@ -41,6 +41,8 @@ pub struct MountConfig {
     pub readahead_kib: Option<u32>,
     /// "auto", "on" or "off": FUSE over io_uring (see `kmsfs mount --help`).
     pub io_uring: Option<crate::fs::mount::IoUringMode>,
+    /// Data keys kept for reopening files without a KMS Decrypt (0: none).
+    pub data_key_cache: Option<usize>,
     /// How long the kernel may cache attributes and names, in milliseconds.
     pub attr_ttl_ms: Option<u64>,
     pub log_file: Option<PathBuf>,

@@ -329,3 +329,71 @@ fn the_daemon_applies_due_automatic_rotation() {
         .collect();
     assert_eq!(auto.len(), 1);
 }
+
+/// Decrypts of file data keys in the audit log.
+fn decrypts(m: &Mounted) -> usize {
+    m.env
+        .audit_lines()
+        .iter()
+        .filter(|l| l["operation"] == "Decrypt" && l["context"]["kmsfs:file-id"].is_string())
+        .count()
+}
+
+/// A file reopened soon after it was made or closed takes its data key from the daemon's cache,
+/// not from a KMS Decrypt; a disable wipes the cache at once (the reopen fails), and with
+/// `--data-key-cache 0` every open asks the KMS again.
+#[test]
+fn reopening_uses_the_data_key_cache_until_a_key_store_change() {
+    let m = Mounted::new();
+    fs::write(m.p("a"), b"cached").unwrap();
+    let before = decrypts(&m);
+    for _ in 0..3 {
+        assert_eq!(fs::read(m.p("a")).unwrap(), b"cached");
+    }
+    assert_eq!(decrypts(&m), before, "reopens asked the KMS");
+    let status = m.env.json(&["status", "--events", "0"]);
+    let mine = status["Mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["MountPoint"].as_str() == m.mnt.to_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("our mount in {status}"));
+    let dk = &mine["Caches"]["DataKeys"];
+    assert!(dk["Hits"].as_u64().unwrap() >= 3, "{dk}");
+    assert_eq!(dk["Limit"].as_u64(), Some(16384), "{dk}");
+
+    m.env.ok(&["key", "disable", "alias/fs"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match fs::read(m.p("a")) {
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+                break;
+            }
+            Ok(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Ok(_) => panic!("a disabled key's file still opens after 2 s"),
+        }
+    }
+    m.env.ok(&["key", "enable", "alias/fs"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while fs::read(m.p("a")).is_err() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(fs::read(m.p("a")).unwrap(), b"cached");
+    assert!(decrypts(&m) > before, "the cache outlived the disable");
+
+    m.unmount();
+    m.mount(&["--data-key-cache", "0"]);
+    let before = decrypts(&m);
+    for _ in 0..3 {
+        assert_eq!(fs::read(m.p("a")).unwrap(), b"cached");
+    }
+    assert_eq!(
+        decrypts(&m),
+        before + 3,
+        "one Decrypt per open without the cache"
+    );
+}

@@ -304,6 +304,11 @@ pub struct MountArgs {
     /// module's enable_uring is on; on turns that on (root) [default: from the config, else auto]
     #[arg(long, value_enum, value_name = "MODE")]
     pub io_uring: Option<crate::fs::mount::IoUringMode>,
+    /// Data keys kept (at most 5 minutes, wiped on any key store change) so files reopen
+    /// without a KMS Decrypt, and without its audit record; 0 asks the KMS on every open
+    /// [default: from the config, else 16384]
+    #[arg(long, value_name = "ENTRIES")]
+    pub data_key_cache: Option<usize>,
     /// Append the daemon's log to FILE [default: syslog when daemonized]
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,

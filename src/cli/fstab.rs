@@ -129,6 +129,7 @@ pub fn translate(argv: &[OsString]) -> Result<Option<Vec<OsString>>, String> {
             "threads" => mount.extend(["--threads".into(), value(k)?]),
             "readahead_kib" => mount.extend(["--readahead-kib".into(), value(k)?]),
             "io_uring" => mount.extend(["--io-uring".into(), value(k)?]),
+            "data_key_cache" => mount.extend(["--data-key-cache".into(), value(k)?]),
             "log_file" => mount.extend(["--log-file".into(), value(k)?]),
             "foreground" => mount.push("--foreground".into()),
             k if IGNORED.contains(&k) || k.starts_with("x-") || k == "comment" => {}

@@ -109,6 +109,10 @@ fn options(a: &MountArgs, cfg: &Config) -> Result<mount::MountOptions> {
             .or(m.readahead_kib)
             .unwrap_or(mount::DEFAULT_READAHEAD_KIB),
         io_uring: a.io_uring.or(m.io_uring).unwrap_or_default(),
+        data_key_cache: a
+            .data_key_cache
+            .or(m.data_key_cache)
+            .unwrap_or(crate::fs::dekcache::DEFAULT_ENTRIES),
     })
 }
 
@@ -156,6 +160,7 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
     let fs = KmsFs::new(root, provider, caller, volume)
         .map_err(|e| KmsError::validation(format!("{}: errno {}", a.cipherdir.display(), e.0)))?;
     let o = options(a, cfg)?;
+    fs.set_data_key_cache(o.data_key_cache);
     let daemon = a.daemon_child;
     let (cd, mp) = (
         a.cipherdir.display().to_string(),

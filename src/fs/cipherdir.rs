@@ -195,6 +195,7 @@ pub fn open(dir: &Path, provider: &dyn KeyProvider, caller: &Caller) -> Result<V
 }
 
 /// A file's or directory's unwrapped data key, with the id it belongs to.
+#[derive(Clone)]
 pub struct Unwrapped {
     pub id: [u8; 16],
     pub data_key: Zeroizing<Vec<u8>>,

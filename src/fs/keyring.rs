@@ -3,6 +3,7 @@
 //! store changes. A denial is EACCES for that caller only.
 
 use crate::fs::cipherdir::{self, HeaderFailure, Unwrapped};
+use crate::fs::dekcache::{self, DekCache};
 use crate::fs::errno::{self, Errno, FsResult};
 use crate::fs::header::{self, Kind};
 use crate::kms::{Caller, EncryptionContext};
@@ -41,6 +42,10 @@ pub struct Keyring {
     /// Each process's groups, read from /proc, with when they were read.
     groups: Mutex<HashMap<u32, (std::time::Instant, Vec<u32>)>>,
     decisions: Mutex<HashMap<DecisionKey, Result<(), Errno>>>,
+    /// Data keys unwrapped (or generated) lately, for reopening without a KMS Decrypt.
+    deks: Mutex<DekCache>,
+    /// Headers unwrapped through the KMS (data key cache misses).
+    unwraps: AtomicU64,
     stamp: AtomicU64,
     /// Bumped on every key store change; a decision computed in an older epoch is not kept.
     epoch: AtomicU64,
@@ -102,6 +107,8 @@ impl Keyring {
             callers: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             decisions: Mutex::new(HashMap::new()),
+            deks: Mutex::new(DekCache::new(dekcache::DEFAULT_ENTRIES, dekcache::MAX_AGE)),
+            unwraps: AtomicU64::new(0),
             stamp: AtomicU64::new(stamp),
             epoch: AtomicU64::new(0),
             hits: AtomicU64::new(0),
@@ -175,7 +182,9 @@ impl Keyring {
         }
     }
 
-    /// Unwraps a header's data key as the requester (audited by the KMS).
+    /// Unwraps a header's data key as the requester (audited by the KMS), or takes it from the
+    /// data key cache after checking the requester may use it (a cached KMS decision, else
+    /// the key's policy and state asked afresh).
     pub fn unwrap(
         &self,
         kind: Kind,
@@ -183,14 +192,42 @@ impl Keyring {
         r: Requester,
         what: &str,
     ) -> FsResult<(Unwrapped, Option<String>)> {
+        let digest = dekcache::digest(kind as u8, data);
+        let cached = lock(&self.deks)
+            .get(&digest, std::time::Instant::now())
+            .map(|c| (c.unwrapped.clone(), c.key.clone()));
+        if let Some((u, key)) = cached {
+            self.authorize(r, Some(&key), kind, u.id)?;
+            return Ok((u, Some(key)));
+        }
+        self.unwraps.fetch_add(1, Ordering::Relaxed);
         let epoch = self.epoch.load(Ordering::SeqCst);
         let u = cipherdir::unwrap_header(kind, data, self.provider.as_ref(), &self.caller(r))
             .map_err(|f| header_errno(what, f))?;
         let key = self.key_of(&u.blob);
         if let Some(k) = &key {
             self.remember(self.decision_key(r, k, u.id), epoch, Ok(()));
+            self.keep(digest, epoch, &u, k);
         }
         Ok((u, key))
+    }
+
+    /// Caches a data key, unless the key store changed since `epoch` (it may be revoked).
+    fn keep(&self, digest: [u8; 32], epoch: u64, u: &Unwrapped, key: &str) {
+        let mut deks = lock(&self.deks);
+        if self.epoch.load(Ordering::SeqCst) == epoch && deks.limit() > 0 {
+            deks.insert(
+                digest,
+                u.clone(),
+                key.to_string(),
+                std::time::Instant::now(),
+            );
+        }
+    }
+
+    /// Sets how many data keys the cache keeps (0: none, every open asks the KMS).
+    pub fn set_data_key_cache(&self, entries: usize) {
+        lock(&self.deks).set_limit(entries);
     }
 
     /// A fresh header wrapped by `key`, made as the requester.
@@ -200,10 +237,17 @@ impl Keyring {
         key: &str,
         r: Requester,
     ) -> FsResult<([u8; header::HEADER_LEN], Unwrapped)> {
-        cipherdir::new_header(kind, self.provider.as_ref(), &self.caller(r), key).map_err(|e| {
-            log::warn!("no data key from {key}: {e}");
-            errno::from_kms(&e)
-        })
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let (h, u) = cipherdir::new_header(kind, self.provider.as_ref(), &self.caller(r), key)
+            .map_err(|e| {
+                log::warn!("no data key from {key}: {e}");
+                errno::from_kms(&e)
+            })?;
+        // The first open of a file just made needs no Decrypt.
+        if let Some(k) = self.key_of(&u.blob) {
+            self.keep(dekcache::digest(kind as u8, &h), epoch, &u, &k);
+        }
+        Ok((h, u))
     }
 
     /// May the requester use a data key it is about to use from memory? Decided by the KMS
@@ -242,6 +286,16 @@ impl Keyring {
         d
     }
 
+    pub fn data_key_stats(&self) -> CacheStats {
+        let d = lock(&self.deks);
+        CacheStats {
+            entries: d.len(),
+            limit: d.limit(),
+            hits: d.hits,
+            misses: self.unwraps.load(Ordering::Relaxed),
+        }
+    }
+
     pub fn decision_stats(&self) -> CacheStats {
         CacheStats {
             entries: lock(&self.decisions).len(),
@@ -258,8 +312,10 @@ impl Keyring {
             return false;
         }
         let mut decisions = lock(&self.decisions);
+        let mut deks = lock(&self.deks);
         self.epoch.fetch_add(1, Ordering::SeqCst);
         decisions.clear();
+        deks.clear();
         true
     }
 

@@ -3,6 +3,7 @@
 
 pub mod cipherdir;
 pub mod contentenc;
+pub mod dekcache;
 pub mod errno;
 pub mod fileio;
 pub mod fsck;

@@ -24,6 +24,8 @@ pub struct MountOptions {
     /// Readahead for the mount's backing device info, in KiB; 0 keeps the kernel's.
     pub readahead_kib: u32,
     pub io_uring: IoUringMode,
+    /// Data keys kept after their files close (0: a KMS Decrypt for every open).
+    pub data_key_cache: usize,
 }
 
 /// Whether requests travel over io_uring (per-CPU queues) or /dev/fuse.

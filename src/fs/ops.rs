@@ -282,6 +282,11 @@ impl KmsFs {
         &self.root
     }
 
+    /// How many data keys to keep for reopening files without a KMS Decrypt (0: none).
+    pub fn set_data_key_cache(&self, entries: usize) {
+        self.keys.set_data_key_cache(entries);
+    }
+
     /// Notes a request (anything but statfs, which monitors poll, and releases).
     pub fn touch(&self) {
         let ms = self.started.elapsed().as_millis() as u64;

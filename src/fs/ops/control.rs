@@ -110,6 +110,7 @@ impl KmsFs {
             },
             "Caches": {
                 "Decisions": self.keys.decision_stats(),
+                "DataKeys": self.keys.data_key_stats(),
                 "Inodes": inodes,
                 "DirectoryKeys": dir_keys,
                 "DirectoryDescriptors": dir_fds,
