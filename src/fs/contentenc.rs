@@ -90,6 +90,13 @@ pub fn blocks_touched(offset: u64, len: u64) -> std::ops::RangeInclusive<u64> {
     offset / BLOCK..=(offset + len - 1) / BLOCK
 }
 
+/// Plaintext bytes in a run of `raw_len` bytes of consecutive encrypted blocks.
+pub fn plain_len(raw_len: usize) -> usize {
+    let full = raw_len / CIPHER_BLOCK as usize;
+    let rest = raw_len % CIPHER_BLOCK as usize;
+    full * BLOCK as usize + rest.saturating_sub(OVERHEAD as usize)
+}
+
 /// A block that failed authentication: tampered, moved, torn, or cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockError {
@@ -232,24 +239,39 @@ impl ContentCipher {
         raw: &[u8],
         out: &mut Vec<u8>,
     ) -> Result<(), BlockError> {
+        let start = out.len();
+        out.resize(start + plain_len(raw.len()), 0);
+        let r = self.decrypt_run_into(first, final_index, raw, &mut out[start..]);
+        if r.is_err() {
+            out.truncate(start);
+        }
+        r
+    }
+
+    /// `decrypt_run` into the front of `out`, which must hold `plain_len(raw.len())` bytes
+    /// (a shorter one fails as the first block). Wiped again if a block fails.
+    pub fn decrypt_run_into(
+        &self,
+        first: u64,
+        final_index: u64,
+        raw: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), BlockError> {
         let chunks: Vec<&[u8]> = raw.chunks(CIPHER_BLOCK as usize).collect();
         let lens: Vec<usize> = chunks
             .iter()
             .map(|c| c.len().saturating_sub(OVERHEAD as usize))
             .collect();
-        let start = out.len();
-        out.resize(start + lens.iter().sum::<usize>(), 0);
-        let jobs: Vec<_> = chunks
-            .into_iter()
-            .zip(carve(&mut out[start..], &lens))
-            .collect();
+        let out = out
+            .get_mut(..lens.iter().sum::<usize>())
+            .ok_or(BlockError { index: first })?;
+        let jobs: Vec<_> = chunks.into_iter().zip(carve(out, &lens)).collect();
         let r = for_each_block(jobs, |k, (chunk, slot)| {
             let i = first + k as u64;
             self.decrypt_block_into(i, i == final_index, chunk, slot)
         });
         if r.is_err() {
-            out[start..].zeroize();
-            out.truncate(start);
+            out.zeroize();
         }
         r
     }

@@ -187,7 +187,9 @@ pub fn check_mount_point(p: &Path) -> Result<()> {
     Ok(())
 }
 
-fn fuse_config(cipherdir: &Path, o: &MountOptions) -> Config {
+/// `rings`: requests will travel over io_uring, leaving /dev/fuse only FORGET and INTERRUPT
+/// (one thread is plenty for them).
+fn fuse_config(cipherdir: &Path, o: &MountOptions, rings: bool) -> Config {
     let mut opts = vec![
         MountOption::FSName(cipherdir.display().to_string()),
         MountOption::Subtype("kmsfs".into()),
@@ -213,19 +215,20 @@ fn fuse_config(cipherdir: &Path, o: &MountOptions) -> Config {
     } else {
         SessionACL::Owner
     };
-    c.n_threads = Some(o.threads.max(1));
-    c.clone_fd = o.threads > 1;
+    let threads = if rings { 1 } else { o.threads.max(1) };
+    c.n_threads = Some(threads);
+    c.clone_fd = threads > 1;
     c
 }
 
 /// Starts the io_uring queues once INIT granted them; without them requests stay on /dev/fuse,
-/// which is an error only when io_uring was asked for by name.
+/// which is an error only when io_uring was asked for by name. Ok(true): the rings serve.
 fn start_rings(
     session: &fuser::Session<Fuse>,
     fs: &Arc<KmsFs>,
     o: &MountOptions,
     granted: bool,
-) -> Result<()> {
+) -> Result<bool> {
     use std::os::fd::AsFd;
     let started = if granted {
         session
@@ -238,7 +241,8 @@ fn start_rings(
                         fs: fs.clone(),
                         ttl: o.attr_ttl,
                         owner_only: (!o.allow_other).then(|| nix::unistd::geteuid().as_raw()),
-                        payload_size: crate::fs::fuse::MAX_WRITE as usize + 4096,
+                        // A READ decrypts whole blocks in place: room for two more.
+                        payload_size: crate::fs::fuse::MAX_WRITE as usize + 2 * 4096,
                     },
                 )
             })
@@ -247,11 +251,11 @@ fn start_rings(
         Err("the kernel did not grant FUSE over io_uring".to_string())
     };
     match started {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(e) if o.io_uring == IoUringMode::On => Err(KmsError::validation(e)),
         Err(e) => {
-            log::info!("{e}: serving through /dev/fuse");
-            Ok(())
+            log::info!("{e}: serving through /dev/fuse (one thread)");
+            Ok(false)
         }
     }
 }
@@ -292,15 +296,13 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     let canonical = mountpoint
         .canonicalize()
         .unwrap_or_else(|_| mountpoint.to_path_buf());
-    let mut session = fuser::Session::new(fuse, mountpoint, &fuse_config(&cipherdir, o))
+    let mut session = fuser::Session::new(fuse, mountpoint, &fuse_config(&cipherdir, o, want_ring))
         .map_err(|e| KmsError::validation(format!("mounting on {}: {e}", mountpoint.display())))?;
     // After the INIT handshake (done by Session::new), which would lower it again.
     if o.readahead_kib > 0 {
         set_readahead(&canonical, o.readahead_kib);
     }
-    if want_ring {
-        start_rings(&session, &fs, o, granted.load(Ordering::SeqCst))?;
-    }
+    let rings = want_ring && start_rings(&session, &fs, o, granted.load(Ordering::SeqCst))?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let idle = o.idle.map(|limit| (limit, session.unmount_callable()));
     let watcher = spawn_key_watcher(fs, session.notifier(), idle, stop.clone());
@@ -316,6 +318,11 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     });
     ready();
     crate::fs::notify::ready();
+    if rings {
+        // The session's thread (started by run, inheriting this thread's class) now only
+        // gets FORGETs: at idle priority it wakes less often and takes them in batches.
+        uring::set_idle_class();
+    }
     let r = session
         .run()
         .map_err(|e| KmsError::internal(format!("FUSE session: {e}")));

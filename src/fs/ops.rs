@@ -721,6 +721,21 @@ impl KmsFs {
         c.read(offset, size)
     }
 
+    /// `read` into the caller's buffer (the io_uring reply), saving a copy.
+    pub fn read_into(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        r: Requester,
+        dst: &mut [u8],
+    ) -> FsResult<usize> {
+        let f = self.handle_file(fh)?;
+        self.check_content(&f, r)?;
+        let c = f.content.read().map_err(|_| Errno::EIO)?;
+        c.read_into(offset, size, dst)
+    }
+
     /// `kill_suidgid`: the kernel says the writer may not keep set-id bits (we handle that for
     /// it, see `fuse::init`).
     pub fn write(

@@ -472,6 +472,17 @@ impl<'a> Out<'a> {
         Ok(())
     }
 
+    /// Lets `f` write into the rest of the buffer; `f` returns how many bytes it wrote.
+    pub fn fill(&mut self, f: impl FnOnce(&mut [u8]) -> FsResult<usize>) -> FsResult<()> {
+        let rest = self.buf.get_mut(self.len..).ok_or(Errno::ERANGE)?;
+        let n = f(rest)?;
+        if n > rest.len() {
+            return Err(Errno::ERANGE);
+        }
+        self.len += n;
+        Ok(())
+    }
+
     fn u32(&mut self, v: u32) -> FsResult<()> {
         self.bytes(&v.to_le_bytes())
     }

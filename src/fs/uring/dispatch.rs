@@ -86,7 +86,7 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
         } => fs.rename(ino, name, newdir, newname, flags, r),
         Op::Link { oldnodeid, newname } => entry(out, fs.link(oldnodeid, ino, newname, r)?),
         Op::Open => out.open_out(fs.open(ino, r)?),
-        Op::Read { fh, offset, size } => out.bytes(&fs.read(fh, offset, size, r)?),
+        Op::Read { fh, offset, size } => out.fill(|b| fs.read_into(fh, offset, size, r, b)),
         Op::Write {
             fh,
             offset,

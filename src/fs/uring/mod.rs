@@ -240,6 +240,18 @@ impl Class {
     }
 }
 
+/// A normal class for a reason other than starvation.
+fn class_normal() -> Class {
+    Class::Normal {
+        until: std::time::Instant::now(),
+    }
+}
+
+/// Puts the calling thread (and the threads it starts) in the idle scheduling class.
+pub fn set_idle_class() {
+    Class::Idle.apply();
+}
+
 /// The user_data of the tick's timeout and of the workers' wake-up; entries use their index.
 const TICK_DATA: u64 = u64::MAX;
 const WAKE_DATA: u64 = u64::MAX - 1;
@@ -331,6 +343,17 @@ fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
     let mut scratch = Vec::new();
     let mut class = Class::Idle;
     class.apply();
+    // While workers serve offloaded READs, this thread runs at normal priority: at idle it
+    // would wait behind those very workers to commit their replies.
+    let mut outstanding = 0usize;
+    let mut normal_now = false;
+    let mut settle = |class: Class, outstanding: usize| {
+        let normal = outstanding > 0 || matches!(class, Class::Normal { .. });
+        if normal != normal_now {
+            normal_now = normal;
+            if normal { class_normal() } else { Class::Idle }.apply();
+        }
+    };
     let mut tick_armed = std::time::Instant::now();
     let arm_tick = |ring: &mut Ring| {
         submit(
@@ -382,20 +405,22 @@ fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
                 let next = class.after_tick(now, late);
                 if std::mem::discriminant(&next) != std::mem::discriminant(&class) {
                     log::debug!("io_uring queue {}: {next:?} (tick {late:?} late)", qid);
-                    next.apply();
                 }
                 class = next;
+                settle(class, outstanding);
                 tick_armed = now;
                 arm_tick(&mut ring)?;
                 continue;
             }
             if data == WAKE_DATA {
                 for d in done_rx.try_iter() {
+                    outstanding = outstanding.saturating_sub(1);
                     if let Some(slot) = slots.get_mut(d.slot) {
                         *slot = Some(d.entry);
                         commit(&mut ring, d.slot, d.commit_id)?;
                     }
                 }
+                settle(class, outstanding);
                 arm_wake(&mut ring, &mut wake_buf)?;
                 continue;
             }
@@ -412,6 +437,8 @@ fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
                 .and_then(Option::take)
                 .ok_or_else(|| io::Error::other("completion for an entry not in the ring"))?;
             if offloaded(&e.header[..]) {
+                outstanding += 1;
+                settle(class, outstanding);
                 let (s, tx, wake) = (s.clone(), done_tx.clone(), wake.clone());
                 rayon::spawn(move || {
                     let ctx = dispatch::Ctx {
