@@ -273,6 +273,15 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     sigs.thread_block()
         .map_err(|e| KmsError::internal(format!("signal mask: {e}")))?;
     let fs = Arc::new(fs);
+    // The crypto workers start now, from this thread: threads inherit their creator's name and
+    // scheduling class, and the first parallel run may otherwise come from an idle-class ring
+    // thread (workers at idle priority, named after it).
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("kmsfs-crypt{i}"))
+        .build_global()
+    {
+        log::debug!("crypto workers: {e}");
+    }
     let want_ring = match o.io_uring {
         IoUringMode::Off => false,
         IoUringMode::Auto => uring::enabled(),

@@ -326,7 +326,47 @@ fn submit(ring: &mut Ring, sqe: squeue::Entry128) -> io::Result<()> {
     unsafe { ring.submission().push(&sqe) }.map_err(|_| io::Error::other("submission queue full"))
 }
 
+/// Workers for offloaded READs. They run in the idle class: the reader they serve then gets
+/// a CPU at once when its data arrives, and asks for more sooner (cold reads 1.2 -> 1.4 GB/s
+/// here); a worker whose job waited for it `STARVED` longer than READs queue behind each
+/// other goes to normal priority for a while, as the queue threads do.
+fn reader_pool() -> io::Result<&'static rayon::ThreadPool> {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    if let Some(p) = POOL.get() {
+        return Ok(p);
+    }
+    let p = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("kmsfs-read{i}"))
+        .start_handler(|_| Class::Idle.apply())
+        .build()
+        .map_err(io::Error::other)?;
+    Ok(POOL.get_or_init(|| p))
+}
+
+/// How long a READ may wait for a worker behind other READs (readahead queues a few 1 MiB
+/// ones, about 1.5 ms each) before the wait counts as starvation.
+const READ_QUEUEING: Duration = Duration::from_millis(10);
+
+/// A reader worker's class before a job queued at `queued` (see `reader_pool`).
+fn reader_class(queued: std::time::Instant) {
+    thread_local! {
+        static CLASS: std::cell::Cell<Class> = const { std::cell::Cell::new(Class::Idle) };
+    }
+    let now = std::time::Instant::now();
+    CLASS.with(|c| {
+        let waited = now.saturating_duration_since(queued);
+        let next = c
+            .get()
+            .after_tick(now, waited.saturating_sub(READ_QUEUEING));
+        if std::mem::discriminant(&next) != std::mem::discriminant(&c.get()) {
+            next.apply();
+        }
+        c.set(next);
+    });
+}
+
 fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
+    let readers = reader_pool()?;
     let ctx = dispatch::Ctx {
         fs: &s.fs,
         ttl: s.ttl,
@@ -440,7 +480,9 @@ fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
                 outstanding += 1;
                 settle(class, outstanding);
                 let (s, tx, wake) = (s.clone(), done_tx.clone(), wake.clone());
-                rayon::spawn(move || {
+                let queued = std::time::Instant::now();
+                readers.spawn(move || {
+                    reader_class(queued);
                     let ctx = dispatch::Ctx {
                         fs: &s.fs,
                         ttl: s.ttl,
