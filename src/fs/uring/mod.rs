@@ -88,6 +88,8 @@ pub struct Served {
 /// threads end when the connection goes away.
 pub fn start(dev: OwnedFd, served: Served) -> io::Result<()> {
     let queues = possible_cpus()?;
+    // Started here, not from a (pinned) queue thread: threads inherit their CPU mask.
+    reader_pool()?;
     let dev = Arc::new(dev);
     let served = Arc::new(served);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -336,6 +338,7 @@ fn reader_pool() -> io::Result<&'static rayon::ThreadPool> {
         return Ok(p);
     }
     let p = rayon::ThreadPoolBuilder::new()
+        .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
         .thread_name(|i| format!("kmsfs-read{i}"))
         .start_handler(|_| Class::Idle.apply())
         .build()
