@@ -99,6 +99,13 @@ impl DekCache {
         );
     }
 
+    /// Drops (and wipes) the entries older than the maximum age.
+    pub fn sweep(&mut self, now: Instant) {
+        let max_age = self.max_age;
+        self.entries
+            .retain(|_, c| now.saturating_duration_since(c.at) < max_age);
+    }
+
     /// Drops the older half of the entries: one pass per `limit / 2` insertions once full, so
     /// amortized O(1), and the newest half survives.
     fn evict_older_half(&mut self) {
@@ -142,6 +149,19 @@ mod tests {
         assert_eq!(c.hits, 1);
         assert!(c.get(&d, t0 + Duration::from_secs(10)).is_none());
         assert!(c.is_empty(), "an expired entry is dropped");
+        // Unread entries go too, at the next sweep after their time.
+        c.insert(d, unwrapped(7), "k".into(), t0);
+        c.insert(
+            digest(1, b"other"),
+            unwrapped(8),
+            "k".into(),
+            t0 + Duration::from_secs(5),
+        );
+        c.sweep(t0 + Duration::from_secs(9));
+        assert_eq!(c.len(), 2);
+        c.sweep(t0 + Duration::from_secs(10));
+        assert_eq!(c.len(), 1);
+        assert!(c.get(&d, t0 + Duration::from_secs(10)).is_none());
     }
 
     #[test]

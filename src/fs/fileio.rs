@@ -9,6 +9,7 @@ use crate::fs::header::{self, COUNTER_OFFSET, DataKeys};
 use crate::fs::undo::{Journal, Record, UndoLog};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use zeroize::Zeroize;
 
 /// Block encryptions reserved in the header at a time (4 GiB of writes).
 const RESERVATION: u64 = 1 << 20;
@@ -201,6 +202,11 @@ impl FileContent {
         let to = (end - first * BLOCK) as usize;
         if from > 0 {
             dst.copy_within(from..to, 0);
+        }
+        // Plaintext of the whole blocks beyond the reply is not the caller's to keep.
+        let decrypted = ((last - first) * BLOCK + ce::block_plain_len(last, size)) as usize;
+        if let Some(rest) = dst.get_mut(to - from..decrypted) {
+            rest.zeroize();
         }
         Ok(to - from)
     }
@@ -573,6 +579,48 @@ mod tests {
         c.truncate(20000).unwrap();
         assert_eq!(c.size().unwrap(), 20000);
         assert!(c.bad_blocks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn read_into_matches_read_and_wipes_what_it_decrypted_beyond_the_reply() {
+        let (_t, mut c) = content(0);
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8 + 1).collect();
+        c.write(0, &data).unwrap();
+        for (offset, len) in [
+            (0u64, 10_000u32),
+            (5_000, 3_000),
+            (4_095, 2),
+            (9_999, 100),
+            (12_000, 5),
+        ] {
+            let mut dst = vec![0xAAu8; 4 * BLOCK as usize];
+            let n = c.read_into(offset, len, &mut dst).unwrap();
+            assert_eq!(
+                &dst[..n],
+                &c.read(offset, len).unwrap()[..],
+                "at {offset}+{len}"
+            );
+            let end = (offset + u64::from(len)).min(10_000);
+            assert_eq!(n as u64, end.saturating_sub(offset));
+            if n > 0 {
+                // Blocks first..=last were decrypted into dst; all of it past the reply is zero.
+                let first = offset / BLOCK;
+                let last = (end - 1) / BLOCK;
+                let decrypted =
+                    ((last - first) * BLOCK) as usize + ce::block_plain_len(last, 10_000) as usize;
+                assert!(
+                    dst[n..decrypted].iter().all(|b| *b == 0),
+                    "at {offset}+{len}"
+                );
+                assert!(
+                    dst[decrypted..].iter().all(|b| *b == 0xAA),
+                    "at {offset}+{len}"
+                );
+            }
+        }
+        // Too small a buffer for whole blocks is an error, never a short or wrong read.
+        let mut small = vec![0u8; 100];
+        assert_eq!(c.read_into(5_000, 100, &mut small), Err(Errno::ERANGE));
     }
 
     #[test]

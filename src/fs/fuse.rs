@@ -370,8 +370,9 @@ impl Filesystem for Fuse {
     ) {
         self.fs.touch();
         let r = self.fs.readdirplus(ino.0, fh.0, offset, |off, e, entry| {
+            // The node just looked up (and counted), which may be newer than the listing's.
             reply.add(
-                INodeNo(e.ino),
+                entry.attr.ino,
                 off,
                 &e.name,
                 &self.ttl,

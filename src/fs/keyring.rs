@@ -225,6 +225,11 @@ impl Keyring {
         }
     }
 
+    /// Wipes cached data keys past their maximum age (called by the mount's key watcher).
+    pub fn sweep_data_keys(&self) {
+        lock(&self.deks).sweep(std::time::Instant::now());
+    }
+
     /// Sets how many data keys the cache keeps (0: none, every open asks the KMS).
     pub fn set_data_key_cache(&self, entries: usize) {
         lock(&self.deks).set_limit(entries);

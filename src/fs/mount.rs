@@ -254,7 +254,9 @@ fn start_rings(
         Ok(()) => Ok(true),
         Err(e) if o.io_uring == IoUringMode::On => Err(KmsError::validation(e)),
         Err(e) => {
-            log::info!("{e}: serving through /dev/fuse (one thread)");
+            log::warn!(
+                "{e}: serving through /dev/fuse, on one thread (--threads applies only without io_uring)"
+            );
             Ok(false)
         }
     }

@@ -1575,6 +1575,7 @@ impl KmsFs {
     /// After the key store changed: drops (and so wipes) every data key in memory whose CMK the
     /// daemon may no longer use. Returns the inodes whose kernel caches must be invalidated.
     pub fn revalidate(&self) -> Vec<u64> {
+        self.keys.sweep_data_keys();
         if !self.keys.refresh() {
             return Vec::new();
         }

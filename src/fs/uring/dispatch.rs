@@ -47,7 +47,10 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
         }
     }
     let fs = c.fs;
-    fs.touch();
+    // As on /dev/fuse: monitors polling statfs, and closes, are not activity (--idle).
+    if !matches!(op, Op::Statfs | Op::Release { .. } | Op::Releasedir { .. }) {
+        fs.touch();
+    }
     let entry = |out: &mut Out, e: crate::fs::ops::Entry| out.entry(&e.attr, e.generation, c.ttl);
     match op {
         Op::Lookup { name } => entry(out, fs.lookup(ino, name, r)?),

@@ -13,7 +13,7 @@ mod dispatch;
 
 use crate::fs::errno::Errno;
 use crate::fs::ops::{KmsFs, Requester};
-use abi::{InHeader, Op, Out};
+use abi::{InHeader, Out};
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -21,6 +21,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
+use zeroize::Zeroize;
 
 /// The fuse module's switch; off by default in the kernels that have it.
 pub const ENABLE_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
@@ -89,7 +90,7 @@ pub struct Served {
 pub fn start(dev: OwnedFd, served: Served) -> io::Result<()> {
     let queues = possible_cpus()?;
     // Started here, not from a (pinned) queue thread: threads inherit their CPU mask.
-    reader_pool()?;
+    readers()?;
     let dev = Arc::new(dev);
     let served = Arc::new(served);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -131,6 +132,14 @@ struct Entry {
     header: Box<[u8; abi::RING_HEADER_SIZE]>,
     payload: Box<[u8]>,
     iov: Box<[libc::iovec; 2]>,
+    /// Bytes of `payload` the last reply used (wiped when the entry comes back).
+    dirty: usize,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.payload.zeroize();
+    }
 }
 
 // SAFETY: the iovecs' pointers only name the entry's own boxed buffers, which move with it; the
@@ -156,6 +165,7 @@ impl Entry {
             header,
             payload,
             iov,
+            dirty: 0,
         }
     }
 }
@@ -231,15 +241,45 @@ impl Class {
 
     fn apply(self) {
         let policy = match self {
+            Class::Idle if !idle_class_usable() => return,
             Class::Idle => libc::SCHED_IDLE,
             Class::Normal { .. } => libc::SCHED_OTHER,
         };
-        let p = libc::sched_param { sched_priority: 0 };
-        // SAFETY: sets this thread's own policy; sched_param outlives the call.
-        if unsafe { libc::sched_setscheduler(0, policy, &p) } != 0 {
-            log::debug!("ring thread policy: {}", io::Error::last_os_error());
+        if let Err(e) = set_policy(policy) {
+            log::warn!("scheduling class {self:?}: {e}");
         }
     }
+}
+
+fn set_policy(policy: libc::c_int) -> io::Result<()> {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this thread's own policy; sched_param outlives the call.
+    if unsafe { libc::sched_setscheduler(0, policy, &p) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether a thread in the idle class may leave it again: that takes CAP_SYS_NICE or an
+/// RLIMIT_NICE allowing nice 0, which an ordinary user's mount often lacks. Without it the
+/// starvation guard could not work, so nothing enters the idle class. Probed once, on a
+/// throwaway thread.
+fn idle_class_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| {
+        let ok = std::thread::spawn(|| {
+            set_policy(libc::SCHED_IDLE).is_ok() && set_policy(libc::SCHED_OTHER).is_ok()
+        })
+        .join()
+        .unwrap_or(false);
+        if !ok {
+            log::info!(
+                "io_uring threads stay at normal priority: leaving the idle class needs \
+                 CAP_SYS_NICE or RLIMIT_NICE (small I/O is slower)"
+            );
+        }
+        ok
+    })
 }
 
 /// A normal class for a reason other than starvation.
@@ -328,29 +368,46 @@ fn submit(ring: &mut Ring, sqe: squeue::Entry128) -> io::Result<()> {
     unsafe { ring.submission().push(&sqe) }.map_err(|_| io::Error::other("submission queue full"))
 }
 
-/// Workers for offloaded READs. They run in the idle class: the reader they serve then gets
-/// a CPU at once when its data arrives, and asks for more sooner (cold reads 1.2 -> 1.4 GB/s
-/// here); a worker whose job waited for it `STARVED` longer than READs queue behind each
-/// other goes to normal priority for a while, as the queue threads do.
-fn reader_pool() -> io::Result<&'static rayon::ThreadPool> {
-    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
-    if let Some(p) = POOL.get() {
-        return Ok(p);
+/// A READ for a worker, with when it was queued.
+type ReadJob = (std::time::Instant, Box<dyn FnOnce() + Send>);
+
+/// Workers for offloaded READs: plain threads, each decrypting its READ on its own, so a
+/// worker never picks up another job while it holds a file's lock (a thread-pool worker
+/// waiting inside a parallel decryption would, and a second READ of the same file queued
+/// behind a writer would then wait for the first forever). They run in the idle class: the
+/// reader they serve then gets a CPU at once when its data arrives, and asks for more sooner
+/// (cold reads 1.2 -> 1.4 GB/s here); a worker whose job waited for it `STARVED` longer than
+/// READs queue behind each other goes to normal priority for a while, as the queue threads do.
+fn readers() -> io::Result<&'static std::sync::mpsc::SyncSender<ReadJob>> {
+    static READERS: std::sync::OnceLock<std::sync::mpsc::SyncSender<ReadJob>> =
+        std::sync::OnceLock::new();
+    if let Some(tx) = READERS.get() {
+        return Ok(tx);
     }
-    let p = rayon::ThreadPoolBuilder::new()
-        .num_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .thread_name(|i| format!("kmsfs-read{i}"))
-        .start_handler(|_| Class::Idle.apply())
-        .build()
-        .map_err(io::Error::other)?;
-    Ok(POOL.get_or_init(|| p))
+    let (tx, rx) = std::sync::mpsc::sync_channel::<ReadJob>(64);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    for i in 0..std::thread::available_parallelism().map_or(2, |n| n.get()) {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("kmsfs-read{i}"))
+            .spawn(move || {
+                Class::Idle.apply();
+                loop {
+                    let job = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                    let Ok((queued, job)) = job else { return };
+                    reader_class(queued);
+                    job();
+                }
+            })?;
+    }
+    Ok(READERS.get_or_init(|| tx))
 }
 
 /// How long a READ may wait for a worker behind other READs (readahead queues a few 1 MiB
 /// ones, about 1.5 ms each) before the wait counts as starvation.
 const READ_QUEUEING: Duration = Duration::from_millis(10);
 
-/// A reader worker's class before a job queued at `queued` (see `reader_pool`).
+/// A reader worker's class before a job queued at `queued` (see `readers`).
 fn reader_class(queued: std::time::Instant) {
     thread_local! {
         static CLASS: std::cell::Cell<Class> = const { std::cell::Cell::new(Class::Idle) };
@@ -369,7 +426,7 @@ fn reader_class(queued: std::time::Instant) {
 }
 
 fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
-    let readers = reader_pool()?;
+    let readers = readers()?;
     let ctx = dispatch::Ctx {
         fs: &s.fs,
         ttl: s.ttl,
@@ -484,8 +541,7 @@ fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
                 settle(class, outstanding);
                 let (s, tx, wake) = (s.clone(), done_tx.clone(), wake.clone());
                 let queued = std::time::Instant::now();
-                readers.spawn(move || {
-                    reader_class(queued);
+                let job = move || {
                     let ctx = dispatch::Ctx {
                         fs: &s.fs,
                         ttl: s.ttl,
@@ -504,7 +560,10 @@ fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
                         // SAFETY: writes 8 bytes from a live buffer to our eventfd.
                         unsafe { libc::write(wake.as_raw_fd(), one.as_ptr().cast(), 8) };
                     }
-                });
+                };
+                readers
+                    .send((queued, Box::new(job)))
+                    .map_err(|_| io::Error::other("the READ workers are gone"))?;
                 continue;
             }
             let commit_id = serve_entry(&ctx, &mut e, &mut scratch);
@@ -517,17 +576,32 @@ fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
 /// Serves the request in `e` and writes the reply into it; returns the commit id.
 fn serve_entry(ctx: &dispatch::Ctx, e: &mut Entry, scratch: &mut Vec<u8>) -> u64 {
     let (commit_id, payload_len) = abi::ent_in(&e.header[..]).unwrap_or((0, 0));
-    let (unique, result) = match InHeader::parse(&e.header[..]) {
+    // What the last reply left beyond this request (plaintext of a READ, say) is wiped now:
+    // the kernel had to read it before handing the entry back.
+    let stale = payload_len.min(e.payload.len())..e.dirty.min(e.payload.len());
+    if !stale.is_empty() {
+        e.payload[stale].zeroize();
+    }
+    let (unique, result, written) = match InHeader::parse(&e.header[..]) {
         Ok(h) => {
             // A bug in one request must not take the CPU's queue (and its callers) with it.
             let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 serve_request(ctx, &h, e, payload_len, scratch)
             }));
-            (h.unique, served.unwrap_or(Err(Errno::EIO)))
+            let (result, written) = served.unwrap_or((Err(Errno::EIO), e.payload.len()));
+            (h.unique, result, written)
         }
-        Err(err) => (commit_id, Err(err)),
+        Err(err) => (commit_id, Err(err), 0),
     };
     ctx.fs.ring.requests.fetch_add(1, Ordering::Relaxed);
+    let reply = result.as_ref().map_or(0, |n| *n);
+    // The request's own bytes (write data, names) are done with; the reply's go at next use.
+    let served_request = reply.min(payload_len)..payload_len.min(e.payload.len());
+    if !served_request.is_empty() {
+        e.payload[served_request].zeroize();
+    }
+    // A failed request may have written part of a reply (a listing, say): wiped too.
+    e.dirty = written.max(reply);
     match result {
         Ok(n) => abi::set_reply(&mut e.header[..], unique, None, n),
         Err(err) => abi::set_reply(&mut e.header[..], unique, Some(err), 0),
@@ -535,13 +609,14 @@ fn serve_entry(ctx: &dispatch::Ctx, e: &mut Entry, scratch: &mut Vec<u8>) -> u64
     commit_id
 }
 
+/// The reply's length, and how many bytes of the payload the reply wrote (even if it failed).
 fn serve_request(
     ctx: &dispatch::Ctx,
     h: &InHeader,
     e: &mut Entry,
     payload_len: usize,
     scratch: &mut Vec<u8>,
-) -> Result<usize, Errno> {
+) -> (Result<usize, Errno>, usize) {
     let r = Requester {
         uid: h.uid,
         gid: h.gid,
@@ -549,26 +624,31 @@ fn serve_request(
     };
     let mut op_in = [0u8; abi::OP_IN_SIZE];
     op_in.copy_from_slice(&e.header[abi::OP_IN_OFFSET..abi::OP_IN_OFFSET + abi::OP_IN_SIZE]);
-    let given = e.payload.get(..payload_len).ok_or(Errno::EINVAL)?;
+    let Some(given) = e.payload.get(..payload_len) else {
+        return (Err(Errno::EINVAL), 0);
+    };
     if h.opcode == abi::op::WRITE {
         // The data stays where the kernel put it; the 8-byte reply waits aside.
         let mut small = [0u8; 16];
-        let n = {
-            let op = abi::parse(h.opcode, &op_in, given)?;
+        let served = abi::parse(h.opcode, &op_in, given).and_then(|op| {
             let mut out = Out::new(&mut small);
-            dispatch::serve(ctx, h.nodeid, r, op, &mut out)?;
-            out.len()
-        };
-        e.payload[..n].copy_from_slice(&small[..n]);
-        return Ok(n);
+            dispatch::serve(ctx, h.nodeid, r, op, &mut out).map(|()| out.len())
+        });
+        if let Ok(n) = served {
+            e.payload[..n].copy_from_slice(&small[..n]);
+        }
+        return (served, 0);
     }
     // Names and xattr values (small) move aside so the reply can use the payload buffer.
     scratch.clear();
     scratch.extend_from_slice(given);
-    let op: Op = abi::parse(h.opcode, &op_in, scratch)?;
     let mut out = Out::new(&mut e.payload[..]);
-    dispatch::serve(ctx, h.nodeid, r, op, &mut out)?;
-    Ok(out.len())
+    let served = abi::parse(h.opcode, &op_in, scratch)
+        .and_then(|op| dispatch::serve(ctx, h.nodeid, r, op, &mut out))
+        .map(|()| out.len());
+    let written = out.len();
+    scratch.as_mut_slice().zeroize();
+    (served, written)
 }
 
 #[cfg(test)]
