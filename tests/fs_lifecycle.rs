@@ -351,14 +351,7 @@ fn reopening_uses_the_data_key_cache_until_a_key_store_change() {
         assert_eq!(fs::read(m.p("a")).unwrap(), b"cached");
     }
     assert_eq!(decrypts(&m), before, "reopens asked the KMS");
-    let status = m.env.json(&["status", "--events", "0"]);
-    let mine = status["Mounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["MountPoint"].as_str() == m.mnt.to_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("our mount in {status}"));
+    let mine = m.status();
     let dk = &mine["Caches"]["DataKeys"];
     assert!(dk["Hits"].as_u64().unwrap() >= 3, "{dk}");
     assert_eq!(dk["Limit"].as_u64(), Some(16384), "{dk}");

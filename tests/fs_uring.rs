@@ -23,14 +23,7 @@ fn kernel_has_uring() -> bool {
 }
 
 fn transport(m: &Mounted) -> serde_json::Value {
-    let v = m.env.json(&["status", "--events", "0"]);
-    v["Mounts"]
-        .as_array()
-        .expect("mounts")
-        .iter()
-        .find(|x| x["MountPoint"].as_str() == m.mnt.to_str())
-        .map(|x| x["Transport"].clone())
-        .unwrap_or_else(|| panic!("our mount in {v}"))
+    m.status()["Transport"].clone()
 }
 
 fn possible_cpus() -> u64 {

@@ -236,13 +236,7 @@ fn status_reports_mounts_keys_caches_and_audit() {
     let held = fs::File::open(m.p("a")).unwrap();
     let _ = fs::read(m.p("a")).unwrap();
     let v = m.env.json(&["status", "--events", "3"]);
-    let mine = v["Mounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|x| x["MountPoint"].as_str() == m.mnt.to_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("our mount in {v}"));
+    let mine = mount_in(&v, &m.mnt);
     assert_eq!(mine["CipherDir"].as_str(), m.cipher.to_str());
     assert!(mine["OpenFiles"].as_u64().unwrap() >= 1, "{mine}");
     let key = mine["Keys"]

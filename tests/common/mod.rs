@@ -267,6 +267,11 @@ impl Mounted {
             .collect()
     }
 
+    /// This mount's entry in `kmsfs status` (other tests' mounts are listed too).
+    pub fn status(&self) -> serde_json::Value {
+        mount_in(&self.env.json(&["status", "--events", "0"]), &self.mnt)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -285,6 +290,17 @@ impl Drop for Mounted {
             }
         }
     }
+}
+
+/// The entry for mount point `mnt` in `kmsfs status` output.
+pub fn mount_in(status: &serde_json::Value, mnt: &Path) -> serde_json::Value {
+    status["Mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|x| x["MountPoint"].as_str() == mnt.to_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{} in {status}", mnt.display()))
 }
 
 pub fn is_mounted(p: &Path) -> bool {
