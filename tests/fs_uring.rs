@@ -28,8 +28,7 @@ fn transport(m: &Mounted) -> serde_json::Value {
 
 fn possible_cpus() -> u64 {
     let s = fs::read_to_string("/sys/devices/system/cpu/possible").expect("cpu list");
-    let last = s.trim().rsplit([',', '-']).next().expect("last cpu");
-    last.parse::<u64>().expect("cpu number") + 1
+    kmsfs::fs::uring::parse_cpu_list(&s).expect("cpu list") as u64
 }
 
 fn c(p: &Path) -> CString {

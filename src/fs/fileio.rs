@@ -211,22 +211,16 @@ impl FileContent {
         Ok(to - from)
     }
 
+    /// `read_into` a buffer of its own, sized for the whole blocks the range touches.
     pub fn read(&self, offset: u64, len: u32) -> FsResult<PlainBuf> {
-        let size = self.size()?;
-        if offset >= size || len == 0 {
+        if len == 0 {
             return Ok(PlainBuf::new());
         }
-        let end = size.min(offset + u64::from(len));
-        let blocks = ce::blocks_touched(offset, end - offset);
-        let (first, last) = (*blocks.start(), *blocks.end());
-        let mut plain = self.read_blocks(first, last, size)?;
-        let from = (offset - first * BLOCK) as usize;
-        let to = (end - first * BLOCK) as usize;
-        // In place: no second plaintext buffer to fill and wipe.
-        if from > 0 {
-            plain.copy_within(from..to, 0);
-        }
-        plain.truncate(to - from);
+        let room = len as usize + 2 * BLOCK as usize;
+        let mut plain = PlainBuf::with_capacity(room);
+        plain.resize(room, 0);
+        let n = self.read_into(offset, len, &mut plain)?;
+        plain.truncate(n);
         Ok(plain)
     }
 

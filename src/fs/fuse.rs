@@ -1,7 +1,7 @@
 //! FUSE glue: converts fuser requests into `KmsFs` calls and results into replies. No logic here.
 
 use crate::fs::errno::{Errno, FsResult};
-use crate::fs::ops::{KmsFs, Requester};
+use crate::fs::ops::{KmsFs, Requester, XattrReply, xattr_reply};
 use fuser::{
     AccessFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
@@ -52,6 +52,18 @@ impl Fuse {
     fn entry(&self, r: FsResult<crate::fs::ops::Entry>, reply: ReplyEntry) {
         match r {
             Ok(e) => reply.entry(&self.ttl, &e.attr, Generation(e.generation)),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn xattr(r: FsResult<impl AsRef<[u8]>>, size: u32, reply: ReplyXattr) {
+        let v = match r {
+            Ok(v) => v,
+            Err(e) => return reply.error(errno(e)),
+        };
+        match xattr_reply(v.as_ref(), size) {
+            Ok(XattrReply::Size(n)) => reply.size(n),
+            Ok(XattrReply::Data(d)) => reply.data(d),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -443,22 +455,12 @@ impl Filesystem for Fuse {
     }
 
     fn getxattr(&self, r: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(ino.0, name, self.req(r)) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() <= size as usize => reply.data(&v),
-            Ok(_) => reply.error(fuser::Errno::from_i32(libc::ERANGE)),
-            Err(e) => reply.error(errno(e)),
-        }
+        Self::xattr(self.fs.getxattr(ino.0, name, self.req(r)), size, reply);
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.fs.touch();
-        match self.fs.listxattr(ino.0) {
-            Ok(v) if size == 0 => reply.size(v.len() as u32),
-            Ok(v) if v.len() <= size as usize => reply.data(&v),
-            Ok(_) => reply.error(fuser::Errno::from_i32(libc::ERANGE)),
-            Err(e) => reply.error(errno(e)),
-        }
+        Self::xattr(self.fs.listxattr(ino.0), size, reply);
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {

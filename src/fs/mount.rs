@@ -242,7 +242,8 @@ fn start_rings(
                         ttl: o.attr_ttl,
                         owner_only: (!o.allow_other).then(|| nix::unistd::geteuid().as_raw()),
                         // A READ decrypts whole blocks in place: room for two more.
-                        payload_size: crate::fs::fuse::MAX_WRITE as usize + 2 * 4096,
+                        payload_size: crate::fs::fuse::MAX_WRITE as usize
+                            + 2 * crate::fs::contentenc::BLOCK as usize,
                     },
                 )
             })

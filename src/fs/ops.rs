@@ -62,6 +62,25 @@ pub struct Entry {
     pub generation: u64,
 }
 
+/// What a GETXATTR or LISTXATTR answers, whichever front end carries it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum XattrReply<'a> {
+    /// The caller asked for the size (a buffer of 0 bytes).
+    Size(u32),
+    Data(&'a [u8]),
+}
+
+/// The answer for value `v` and a caller's buffer of `size` bytes: ERANGE if it does not fit.
+pub fn xattr_reply(v: &[u8], size: u32) -> FsResult<XattrReply<'_>> {
+    if size == 0 {
+        Ok(XattrReply::Size(v.len() as u32))
+    } else if v.len() <= size as usize {
+        Ok(XattrReply::Data(v))
+    } else {
+        Err(Errno::ERANGE)
+    }
+}
+
 #[derive(Clone)]
 pub struct DirEntry {
     pub ino: u64,
@@ -1632,5 +1651,19 @@ impl KmsFs {
     /// Open handles and known inodes (for status and tests).
     pub fn counts(&self) -> (usize, usize) {
         (lock(&self.handles).len(), lock(&self.inodes).len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xattr_replies_give_the_size_the_bytes_or_erange() {
+        assert_eq!(xattr_reply(b"abc", 0), Ok(XattrReply::Size(3)));
+        assert_eq!(xattr_reply(b"abc", 3), Ok(XattrReply::Data(&b"abc"[..])));
+        assert_eq!(xattr_reply(b"abc", 64), Ok(XattrReply::Data(&b"abc"[..])));
+        assert_eq!(xattr_reply(b"abc", 2), Err(Errno::ERANGE));
+        assert_eq!(xattr_reply(b"", 0), Ok(XattrReply::Size(0)));
     }
 }

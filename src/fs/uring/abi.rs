@@ -91,7 +91,7 @@ fn u16_at(b: &[u8], at: usize) -> FsResult<u16> {
         .ok_or(Errno::EINVAL)
 }
 
-fn u32_at(b: &[u8], at: usize) -> FsResult<u32> {
+pub fn u32_at(b: &[u8], at: usize) -> FsResult<u32> {
     b.get(at..at + 4)
         .and_then(|s| s.try_into().ok())
         .map(u32::from_le_bytes)

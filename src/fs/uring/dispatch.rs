@@ -4,7 +4,7 @@
 
 use super::abi::{Op, Out, SetTime, StatfsOut};
 use crate::fs::errno::{Errno, FsResult};
-use crate::fs::ops::{KmsFs, Requester};
+use crate::fs::ops::{KmsFs, Requester, XattrReply, xattr_reply};
 use std::time::Duration;
 
 /// What every request on a ring is served with.
@@ -174,14 +174,10 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
     }
 }
 
-/// GETXATTR/LISTXATTR: size 0 asks for the size; a value larger than `size` is ERANGE.
+/// GETXATTR/LISTXATTR, encoded as `xattr_reply` says.
 fn xattr(out: &mut Out, size: u32, v: impl AsRef<[u8]>) -> FsResult<()> {
-    let v = v.as_ref();
-    if size == 0 {
-        out.xattr_size(v.len() as u32)
-    } else if v.len() <= size as usize {
-        out.bytes(v)
-    } else {
-        Err(Errno::ERANGE)
+    match xattr_reply(v.as_ref(), size)? {
+        XattrReply::Size(n) => out.xattr_size(n),
+        XattrReply::Data(d) => out.bytes(d),
     }
 }

@@ -84,6 +84,16 @@ pub struct Served {
     pub payload_size: usize,
 }
 
+impl Served {
+    fn ctx(&self) -> dispatch::Ctx<'_> {
+        dispatch::Ctx {
+            fs: &self.fs,
+            ttl: self.ttl,
+            owner_only: self.owner_only,
+        }
+    }
+}
+
 /// Starts one pinned thread per possible CPU, each registering its ring entries on `dev`, the
 /// session's /dev/fuse descriptor. Returns once every queue is registered (or one failed);
 /// threads end when the connection goes away.
@@ -240,14 +250,19 @@ impl Class {
     }
 
     fn apply(self) {
-        let policy = match self {
-            Class::Idle if !idle_class_usable() => return,
-            Class::Idle => libc::SCHED_IDLE,
-            Class::Normal { .. } => libc::SCHED_OTHER,
-        };
-        if let Err(e) = set_policy(policy) {
-            log::warn!("scheduling class {self:?}: {e}");
-        }
+        apply_idle(self == Class::Idle);
+    }
+}
+
+/// Puts the calling thread in the idle class (where it could leave it again) or the normal one.
+fn apply_idle(idle: bool) {
+    let policy = match idle {
+        true if !idle_class_usable() => return,
+        true => libc::SCHED_IDLE,
+        false => libc::SCHED_OTHER,
+    };
+    if let Err(e) = set_policy(policy) {
+        log::warn!("scheduling policy {policy}: {e}");
     }
 }
 
@@ -282,16 +297,9 @@ fn idle_class_usable() -> bool {
     })
 }
 
-/// A normal class for a reason other than starvation.
-fn class_normal() -> Class {
-    Class::Normal {
-        until: std::time::Instant::now(),
-    }
-}
-
 /// Puts the calling thread (and the threads it starts) in the idle scheduling class.
 pub fn set_idle_class() {
-    Class::Idle.apply();
+    apply_idle(true);
 }
 
 /// The user_data of the tick's timeout and of the workers' wake-up; entries use their index.
@@ -329,10 +337,8 @@ fn register(qid: usize, dev: &OwnedFd, payload_size: usize) -> io::Result<Queue>
             abi::cmd_req(0, qid),
             Some(&e.iov),
         );
-        // SAFETY: the entry's buffers and iovecs are boxed and live in the Queue, which drops
-        // its ring (cancelling what the kernel still holds) before them.
-        unsafe { ring.submission().push(&sqe.user_data(i as u64)) }
-            .map_err(|_| io::Error::other("submission queue full"))?;
+        // The entries' buffers live in the Queue, which drops its ring before them.
+        submit(&mut ring, sqe.user_data(i as u64))?;
     }
     ring.submit()?;
     if let Some(c) = ring.completion().next() {
@@ -358,17 +364,14 @@ struct Done {
 /// run where there is room (fio 1 MiB writes: 598-640 vs 697-724 MiB/s).
 fn offloaded(header: &[u8]) -> bool {
     // `size` sits at the same offset in fuse_read_in and fuse_write_in.
-    let size = header
-        .get(abi::OP_IN_OFFSET + 16..abi::OP_IN_OFFSET + 20)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u32::from_le_bytes);
+    let size = abi::u32_at(header, abi::OP_IN_OFFSET + 16).unwrap_or(0);
     InHeader::parse(header).is_ok_and(|h| h.opcode == abi::op::READ || h.opcode == abi::op::WRITE)
         && size >= OFFLOAD_SIZE
 }
 
 fn submit(ring: &mut Ring, sqe: squeue::Entry128) -> io::Result<()> {
-    // SAFETY: every buffer a queued command names (entry buffers, the tick, the wake-up
-    // counter) lives until the ring is dropped, which cancels what is still queued.
+    // SAFETY: every buffer a queued command names (entry buffers and their iovecs, the tick,
+    // the wake-up counter) lives until the ring is dropped, which cancels what is still queued.
     unsafe { ring.submission().push(&sqe) }.map_err(|_| io::Error::other("submission queue full"))
 }
 
@@ -410,7 +413,7 @@ fn workers() -> io::Result<&'static std::sync::mpsc::SyncSender<IoJob>> {
 
 /// How long a request may wait for a worker behind others (readahead queues a few 1 MiB
 /// READs, about 1.5 ms each) before the wait counts as starvation.
-const READ_QUEUEING: Duration = Duration::from_millis(10);
+const QUEUEING: Duration = Duration::from_millis(10);
 
 /// An I/O worker's class before a job queued at `queued` (see `workers`).
 fn worker_class(queued: std::time::Instant) {
@@ -420,9 +423,7 @@ fn worker_class(queued: std::time::Instant) {
     let now = std::time::Instant::now();
     CLASS.with(|c| {
         let waited = now.saturating_duration_since(queued);
-        let next = c
-            .get()
-            .after_tick(now, waited.saturating_sub(READ_QUEUEING));
+        let next = c.get().after_tick(now, waited.saturating_sub(QUEUEING));
         if std::mem::discriminant(&next) != std::mem::discriminant(&c.get()) {
             next.apply();
         }
@@ -432,11 +433,7 @@ fn worker_class(queued: std::time::Instant) {
 
 fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
     let workers = workers()?;
-    let ctx = dispatch::Ctx {
-        fs: &s.fs,
-        ttl: s.ttl,
-        owner_only: s.owner_only,
-    };
+    let ctx = s.ctx();
     let Queue { qid, ring, entries } = q;
     let mut slots: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
     let tick = types::Timespec::new()
@@ -456,7 +453,7 @@ fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
         let normal = outstanding > 0 || matches!(class, Class::Normal { .. });
         if normal != normal_now {
             normal_now = normal;
-            if normal { class_normal() } else { Class::Idle }.apply();
+            apply_idle(!normal);
         }
     };
     let mut tick_armed = std::time::Instant::now();
@@ -493,17 +490,16 @@ fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
         );
         submit(ring, c.user_data(slot as u64))
     };
+    let mut completed: Vec<(u64, i32)> = Vec::new();
     loop {
         match ring.submit_and_wait(1) {
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) => return Err(e),
         }
-        let completed: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (data, res) in completed {
+        completed.clear();
+        completed.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        for &(data, res) in &completed {
             if data == TICK_DATA {
                 let now = std::time::Instant::now();
                 let late = now.duration_since(tick_armed).saturating_sub(TICK);
@@ -547,12 +543,7 @@ fn serve_queue(q: Queue, dev: &OwnedFd, s: &Arc<Served>) -> io::Result<()> {
                 let (s, tx, wake) = (s.clone(), done_tx.clone(), wake.clone());
                 let queued = std::time::Instant::now();
                 let job = move || {
-                    let ctx = dispatch::Ctx {
-                        fs: &s.fs,
-                        ttl: s.ttl,
-                        owner_only: s.owner_only,
-                    };
-                    let commit_id = serve_entry(&ctx, &mut e, &mut Vec::new());
+                    let commit_id = serve_entry(&s.ctx(), &mut e, &mut Vec::new());
                     if tx
                         .send(Done {
                             slot,
