@@ -227,6 +227,41 @@ fn idle_mounts_unmount_once_unused() {
     assert!(m.log_text().contains("idle for 1s: unmounting"));
 }
 
+/// A mount made at a path whose previous mount is still winding down (detached lazily while a
+/// file was open) stays up when the old daemon exits: the old one must not unmount the path.
+#[test]
+fn a_new_mount_survives_the_exit_of_the_previous_daemon_at_that_path() {
+    let m = unmounted();
+    m.mount(&[]);
+    let old = m.status()["Pid"].as_u64().expect("daemon pid");
+    let held = fs::File::open(m.p("hello.txt")).unwrap();
+    m.env.ok(&["umount", "--lazy", m.mnt.to_str().unwrap()]);
+    assert!(wait_unmounted(&m.mnt, Duration::from_secs(5)));
+    m.mount(&[]);
+    let new = m.status()["Pid"].as_u64().expect("daemon pid");
+    assert_ne!(old, new);
+    // The last reference to the detached mount goes: its session ends and its daemon exits.
+    drop(held);
+    let proc_dir = PathBuf::from(format!("/proc/{old}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while daemon_alive(&proc_dir) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!daemon_alive(&proc_dir), "the old daemon did not exit");
+    assert!(is_mounted(&m.mnt), "the old daemon took the new mount down");
+    assert_eq!(fs::read(m.p("hello.txt")).unwrap(), b"from fstab");
+}
+
+/// Whether a process runs (a zombie left for a reaper counts as gone).
+fn daemon_alive(proc_dir: &Path) -> bool {
+    match fs::read_to_string(proc_dir.join("stat")) {
+        Ok(s) => !s
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
 /// `kmsfs status` shows each mount with its cipher dir, the keys its open files use with their
 /// state and version, cache counters and the latest audit events; a disable shows at once.
 #[test]

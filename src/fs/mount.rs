@@ -5,6 +5,7 @@ use crate::fs::fuse::Fuse;
 use crate::fs::ops::KmsFs;
 use crate::fs::uring;
 use fuser::{Config, MountOption, SessionACL};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -229,7 +230,6 @@ fn start_rings(
     o: &MountOptions,
     granted: bool,
 ) -> Result<bool> {
-    use std::os::fd::AsFd;
     let started = if granted {
         session
             .as_fd()
@@ -308,40 +308,99 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     let canonical = mountpoint
         .canonicalize()
         .unwrap_or_else(|_| mountpoint.to_path_buf());
-    let mut session = fuser::Session::new(fuse, mountpoint, &fuse_config(&cipherdir, o, want_ring))
+    let session = fuser::Session::new(fuse, mountpoint, &fuse_config(&cipherdir, o, want_ring))
         .map_err(|e| KmsError::validation(format!("mounting on {}: {e}", mountpoint.display())))?;
     // After the INIT handshake (done by Session::new), which would lower it again.
     if o.readahead_kib > 0 {
         set_readahead(&canonical, o.readahead_kib);
     }
     let rings = want_ring && start_rings(&session, &fs, o, granted.load(Ordering::SeqCst))?;
+    let own = OwnMount {
+        dev: Arc::new(
+            session
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| KmsError::internal(format!("FUSE device: {e}")))?,
+        ),
+        path: canonical,
+    };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let idle = o.idle.map(|limit| (limit, session.unmount_callable()));
+    let idle = o.idle.map(|limit| (limit, own.clone()));
     let watcher = spawn_key_watcher(fs, session.notifier(), idle, stop.clone());
-    let mut unmounter = session.unmount_callable();
-    let mp = mountpoint.to_path_buf();
+    let on_signal = own.clone();
     std::thread::spawn(move || {
         if let Ok(sig) = sigs.wait() {
-            log::info!("{sig:?}: unmounting {}", mp.display());
-            if let Err(e) = unmounter.unmount() {
-                log::error!("unmounting {}: {e}", mp.display());
+            log::info!("{sig:?}: unmounting {}", on_signal.path.display());
+            if let Err(e) = on_signal.unmount(false) {
+                log::error!("{e}");
             }
         }
     });
     ready();
     crate::fs::notify::ready();
     if rings {
-        // The session's thread (started by run, inheriting this thread's class) now only
-        // gets FORGETs: at idle priority it wakes less often and takes them in batches.
+        // The session's thread (started from this one, inheriting its class) now only gets
+        // FORGETs: at idle priority it wakes less often and takes them in batches.
         uring::set_idle_class();
     }
-    let r = session
-        .run()
-        .map_err(|e| KmsError::internal(format!("FUSE session: {e}")));
+    // fuser unmounts the path when its mount handle drops, also after the kernel ended the
+    // session (0.18 reads the device's POLLERR the wrong way round, fixed upstream in
+    // fuser#703): a mount made at the same path since would go down with this daemon. spawn()
+    // moves that handle out of the session; it is never dropped, and unmounting is ours.
+    let mut background = session
+        .spawn()
+        .map_err(|e| KmsError::internal(format!("FUSE session: {e}")))?;
+    let events = std::mem::replace(&mut background.guard, std::thread::spawn(|| Ok(())));
+    let r = match events.join() {
+        Ok(r) => r.map_err(|e| KmsError::internal(format!("FUSE session: {e}"))),
+        Err(_) => Err(KmsError::internal("FUSE session thread panicked")),
+    };
+    // The session ended with an error while the kernel still serves the mount: take it down.
+    if let Err(e) = own.unmount(true) {
+        log::error!("{e}");
+    }
+    std::mem::forget(background);
     crate::fs::notify::stopping();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = watcher.join();
     r
+}
+
+/// This daemon's mount: unmounted only while its kernel session is live, so that a mount made
+/// at the same path after this one ended is never taken down.
+#[derive(Clone)]
+struct OwnMount {
+    dev: Arc<OwnedFd>,
+    path: PathBuf,
+}
+
+impl OwnMount {
+    fn unmount(&self, lazy: bool) -> Result<()> {
+        if !session_live(self.dev.as_fd()) {
+            return Ok(());
+        }
+        unmount(&self.path, lazy)
+    }
+}
+
+/// Whether the kernel still serves the FUSE connection behind `dev`. It reports POLLERR on the
+/// device once the mount is gone or the connection aborted (what libfuse checks before it
+/// unmounts). Any descriptor reporting an error or hang-up counts as ended.
+fn session_live(dev: BorrowedFd<'_>) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(dev, PollFlags::empty())];
+    loop {
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(0) => return true,
+            Ok(_) => {
+                let ended = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
+                return !fds[0].revents().is_some_and(|r| r.intersects(ended));
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            // Cannot tell (ENOMEM): unmount, rather than leave a dead mount behind.
+            Err(_) => return true,
+        }
+    }
 }
 
 /// How often a mount looks for key state changes: well inside the one second in which a
@@ -357,7 +416,7 @@ pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 fn spawn_key_watcher(
     fs: Arc<KmsFs>,
     notifier: fuser::Notifier,
-    mut idle: Option<(Duration, fuser::SessionUnmounter)>,
+    mut idle: Option<(Duration, OwnMount)>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
@@ -369,7 +428,7 @@ fn spawn_key_watcher(
                         "idle for {}: unmounting",
                         humantime::format_duration(*limit)
                     );
-                    match unmounter.unmount() {
+                    match unmounter.unmount(false) {
                         Ok(()) => idle = None,
                         // Busy (a process has its working directory inside): try again later.
                         Err(e) => log::info!("idle unmount: {e}"),
@@ -413,6 +472,16 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_ends_when_its_descriptor_reports_an_error() {
+        // A pipe's write end reports POLLERR once its read end is gone, as /dev/fuse does once
+        // the kernel ends the session.
+        let (r, w) = nix::unistd::pipe().expect("pipe");
+        assert!(session_live(w.as_fd()));
+        drop(r);
+        assert!(!session_live(w.as_fd()));
+    }
 
     #[test]
     fn parses_mountinfo() {
