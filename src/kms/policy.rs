@@ -238,6 +238,33 @@ fn parse_operator(s: &str) -> Result<Operator> {
     })
 }
 
+/// Parsed policies by their text: a key's policy is parsed on every authorization otherwise
+/// (a JSON parse costs more than the rest of a decision). Bounded; texts are compared whole.
+#[derive(Default)]
+pub struct ParsedPolicies {
+    map: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Policy>>>,
+}
+
+/// Distinct policy texts kept; past this the cache starts over (a store holds few policies).
+const PARSED_MAX: usize = 256;
+
+impl ParsedPolicies {
+    /// `parse(text)`, from the cache when this text was parsed before. Errors are not cached.
+    pub fn get(&self, text: &str) -> Result<std::sync::Arc<Policy>> {
+        let lock = || self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = lock().get(text) {
+            return Ok(p.clone());
+        }
+        let p = std::sync::Arc::new(parse(text)?);
+        let mut map = lock();
+        if map.len() >= PARSED_MAX {
+            map.clear();
+        }
+        map.insert(text.to_string(), p.clone());
+        Ok(p)
+    }
+}
+
 /// Parses and validates a policy document. Unknown fields are refused, so that nothing a user
 /// writes (NotAction, say) is silently ignored.
 pub fn parse(text: &str) -> Result<Policy> {
@@ -643,5 +670,20 @@ mod tests {
         fn parse_never_panics(s in ".{0,200}") {
             let _ = parse(&s);
         }
+    }
+
+    #[test]
+    fn parsed_policies_answer_as_parse_and_stay_bounded() {
+        let cache = ParsedPolicies::default();
+        let text = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kms:*","Resource":"*"}]}"#;
+        let a = cache.get(text).unwrap();
+        assert_eq!(*a, parse(text).unwrap());
+        assert!(std::sync::Arc::ptr_eq(&a, &cache.get(text).unwrap()));
+        assert!(cache.get("{not json").is_err());
+        for uid in 1..PARSED_MAX as u32 + 5 {
+            let t = default_policy(uid);
+            assert_eq!(*cache.get(&t).unwrap(), parse(&t).unwrap());
+        }
+        assert!(cache.map.lock().unwrap().len() <= PARSED_MAX);
     }
 }

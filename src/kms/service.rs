@@ -31,6 +31,7 @@ const MAX_TAG_VALUE: usize = 256;
 pub struct Kms {
     store: KeyStore,
     clock: Clock,
+    policies: policy::ParsedPolicies,
 }
 
 /// How a key is named: its id, its ARN, or an alias (with or without the `kmsfs:` prefix).
@@ -147,6 +148,7 @@ struct CreateChecked {
 /// One operation's view of the key database, under the store lock.
 pub(super) struct Txn<'a> {
     pub(super) store: &'a KeyStore,
+    policies: &'a policy::ParsedPolicies,
     caller: &'a Caller,
     db: KeyDb,
     pub(super) now: DateTime<Utc>,
@@ -273,7 +275,7 @@ impl Txn<'_> {
     ) -> Result<Decision> {
         let k = self.key(id)?;
         // A stored policy was validated when put; if it no longer parses, nothing is allowed.
-        let Ok(p) = policy::parse(&k.policy) else {
+        let Ok(p) = self.policies.get(&k.policy) else {
             return Ok(Decision::ImplicitDeny);
         };
         Ok(policy::evaluate(
@@ -631,7 +633,11 @@ impl Txn<'_> {
 
 impl Kms {
     pub fn new(store: KeyStore, clock: Clock) -> Kms {
-        Kms { store, clock }
+        Kms {
+            store,
+            clock,
+            policies: policy::ParsedPolicies::default(),
+        }
     }
 
     pub fn store(&self) -> &KeyStore {
@@ -663,6 +669,7 @@ impl Kms {
         let db = self.store.load(&lock)?;
         let mut txn = Txn {
             store: &self.store,
+            policies: &self.policies,
             caller,
             db,
             now: self.clock.now(),
