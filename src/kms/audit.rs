@@ -59,7 +59,7 @@ pub struct AuditEvent {
     pub message: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Head {
     seq: u64,
     mac: String,
@@ -68,19 +68,62 @@ struct Head {
     head_mac: String,
 }
 
-/// The MAC input is the record's canonical JSON with `mac` removed (serde_json sorts keys).
+/// The MAC input is the record's canonical JSON with `mac` removed: keys sorted, compact (what
+/// serde_json writes for a `Value`, whose maps are sorted). `MacInput` declares the fields in
+/// that order and borrows them, so the form is written directly (a test checks it against the
+/// `Value` route).
 fn record_mac(key: &[u8], rec: &AuditRecord) -> Result<String> {
-    let mut v = serde_json::to_value(rec)
-        .map_err(|e| KmsError::internal(format!("encoding audit record: {e}")))?;
-    if let Some(o) = v.as_object_mut() {
-        o.remove("mac");
-    }
-    let canonical = serde_json::to_vec(&v)
+    let canonical = serde_json::to_vec(&MacInput::of(rec))
         .map_err(|e| KmsError::internal(format!("encoding audit record: {e}")))?;
     Ok(hex::encode(cryptocore::hmac_sha256(
         key,
         &[RECORD_LABEL, &canonical],
     )))
+}
+
+/// An `AuditRecord` without `mac`, its fields (and the caller's) in sorted order.
+#[derive(Serialize)]
+struct MacInput<'a> {
+    caller: MacCaller<'a>,
+    context: &'a EncryptionContext,
+    key_id: &'a Option<String>,
+    key_version: Option<u32>,
+    message: &'a Option<String>,
+    operation: &'a str,
+    prev: &'a str,
+    request_id: &'a str,
+    result: &'a str,
+    seq: u64,
+    time: &'a str,
+}
+
+#[derive(Serialize)]
+struct MacCaller<'a> {
+    pid: u32,
+    uid: u32,
+    user: &'a Option<String>,
+}
+
+impl<'a> MacInput<'a> {
+    fn of(r: &'a AuditRecord) -> Self {
+        MacInput {
+            caller: MacCaller {
+                pid: r.caller.pid,
+                uid: r.caller.uid,
+                user: &r.caller.user,
+            },
+            context: &r.context,
+            key_id: &r.key_id,
+            key_version: r.key_version,
+            message: &r.message,
+            operation: &r.operation,
+            prev: &r.prev,
+            request_id: &r.request_id,
+            result: &r.result,
+            seq: r.seq,
+            time: &r.time,
+        }
+    }
 }
 
 fn head_mac(key: &[u8], seq: u64, mac: &str, len: u64) -> String {
@@ -93,6 +136,61 @@ fn head_mac(key: &[u8], seq: u64, mac: &str, len: u64) -> String {
             &len.to_be_bytes(),
         ],
     ))
+}
+
+/// audit.head holds two slots of this many bytes (JSON padded with spaces). The head after
+/// record `seq` is written in place into slot `seq % 2`: one write, and whatever becomes of it
+/// the other slot still holds the head before it.
+const HEAD_SLOT: usize = 256;
+
+impl Head {
+    fn new(key: &[u8], seq: u64, mac: &str, len: u64) -> Head {
+        Head {
+            seq,
+            head_mac: head_mac(key, seq, mac, len),
+            mac: mac.to_string(),
+            len,
+        }
+    }
+
+    fn slot(&self) -> Result<[u8; HEAD_SLOT]> {
+        let json = serde_json::to_vec(self)
+            .map_err(|e| KmsError::internal(format!("encoding audit head: {e}")))?;
+        let mut slot = [b' '; HEAD_SLOT];
+        if json.len() >= HEAD_SLOT {
+            return Err(KmsError::internal("audit head longer than its slot"));
+        }
+        slot[..json.len()].copy_from_slice(&json);
+        slot[HEAD_SLOT - 1] = b'\n';
+        Ok(slot)
+    }
+
+    /// A head parsed from `bytes` whose MAC is right.
+    fn parse_valid(key: &[u8], bytes: &[u8]) -> Option<Head> {
+        let h: Head = serde_json::from_slice(bytes).ok()?;
+        let want = head_mac(key, h.seq, &h.mac, h.len);
+        cryptocore::ct_eq(want.as_bytes(), h.head_mac.as_bytes()).then_some(h)
+    }
+}
+
+/// What audit.head holds: its valid heads, and whether every part of it was valid.
+#[derive(Debug, PartialEq, Eq)]
+struct HeadState {
+    newest: Option<Head>,
+    intact: bool,
+}
+
+/// Reads audit.head's content: two slots, or (format 1, replaced whole by rename) one JSON head.
+fn read_heads(key: &[u8], data: &[u8]) -> HeadState {
+    let parts: Vec<&[u8]> = if data.len() == 2 * HEAD_SLOT {
+        data.chunks(HEAD_SLOT).collect()
+    } else {
+        vec![data]
+    };
+    let heads: Vec<Option<Head>> = parts.iter().map(|p| Head::parse_valid(key, p)).collect();
+    let intact = heads.iter().all(Option::is_some);
+    let newest = heads.into_iter().flatten().max_by_key(|h| h.seq);
+    HeadState { newest, intact }
 }
 
 pub struct AuditLog<'k> {
@@ -108,6 +206,8 @@ pub struct AuditLog<'k> {
 /// instead of reopening the log and reading audit.head.
 pub struct Tail {
     file: File,
+    /// audit.head, once it has the two-slot form (it is then written in place).
+    head: Option<File>,
     dev: u64,
     ino: u64,
     len: u64,
@@ -166,6 +266,7 @@ impl<'k> AuditLog<'k> {
         };
         Ok(Tail {
             file,
+            head: self.open_head_slots(),
             dev: m.dev(),
             ino: m.ino(),
             len,
@@ -175,14 +276,41 @@ impl<'k> AuditLog<'k> {
     }
 
     fn read_head(&self) -> Option<Head> {
-        let text = std::fs::read_to_string(&self.head).ok()?;
-        let h: Head = serde_json::from_str(&text).ok()?;
-        let want = head_mac(self.key, h.seq, &h.mac, h.len);
-        if cryptocore::ct_eq(want.as_bytes(), h.head_mac.as_bytes()) {
-            Some(h)
-        } else {
-            None
+        self.head_state().and_then(|h| h.newest)
+    }
+
+    /// None if audit.head does not exist (or cannot be read).
+    fn head_state(&self) -> Option<HeadState> {
+        let data = std::fs::read(&self.head).ok()?;
+        Some(read_heads(self.key, &data))
+    }
+
+    /// audit.head opened for writing in place, if it has the two-slot form.
+    fn open_head_slots(&self) -> Option<File> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.head)
+            .ok()?;
+        let len = f.metadata().ok()?.len();
+        (len == 2 * HEAD_SLOT as u64).then_some(f)
+    }
+
+    /// Records `head`: in place into its slot, or, where audit.head is missing or in the old
+    /// form, a new two-slot file (both slots this head) put in place by rename.
+    fn write_head(&self, file: &mut Option<File>, head: &Head) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let slot = head.slot()?;
+        let io = |e| KmsError::io(self.head.display(), e);
+        if let Some(f) = file {
+            return f
+                .write_all_at(&slot, (head.seq % 2) * HEAD_SLOT as u64)
+                .map_err(io);
         }
+        // A head older than the log is tolerated (a crash between the two writes), so its
+        // rename need not be made durable on its own.
+        atomic::write_atomic_lazy_rename(&self.head, &[slot, slot].concat()).map_err(io)?;
+        *file = self.open_head_slots();
+        Ok(())
     }
 
     /// (last seq, last mac, length) from the log itself, for when audit.head is stale after a
@@ -226,6 +354,7 @@ impl<'k> AuditLog<'k> {
         };
         let Tail {
             mut file,
+            head: mut head_file,
             dev,
             ino,
             len,
@@ -261,21 +390,11 @@ impl<'k> AuditLog<'k> {
             return Err(KmsError::io(self.log.display(), e));
         }
         let new_len = len + out.len() as u64;
-        let head = Head {
-            seq,
-            head_mac: head_mac(self.key, seq, &prev, new_len),
-            mac: prev.clone(),
-            len: new_len,
-        };
-        let json = serde_json::to_vec(&head)
-            .map_err(|e| KmsError::internal(format!("encoding audit head: {e}")))?;
-        // A head older than the log is tolerated (a crash between the two writes), so its
-        // rename need not be made durable on its own.
-        atomic::write_atomic_lazy_rename(&self.head, &json)
-            .map_err(|e| KmsError::io(self.head.display(), e))?;
+        self.write_head(&mut head_file, &Head::new(self.key, seq, &prev, new_len))?;
         if let Some(k) = kept.as_mut() {
             **k = Some(Tail {
                 file,
+                head: head_file,
                 dev,
                 ino,
                 len: new_len,
@@ -299,7 +418,12 @@ impl<'k> AuditLog<'k> {
         }
         let (records, head_at) = verify_lines(self.key, &data)?;
         let bad = |m: String| KmsError::new(ErrorKind::AuditInvalid, m);
-        let head = self.read_head();
+        // Both slots must be whole: a write of one slot cannot tear the other.
+        let head = match self.head_state() {
+            Some(h) if h.intact => h.newest,
+            Some(_) => return Err(bad("audit.head was modified".to_string())),
+            None => None,
+        };
         match (head, records.last()) {
             (None, None) if !self.head.exists() => {}
             (None, _) => {
@@ -509,8 +633,92 @@ mod tests {
         assert_eq!(recs.len(), 3);
     }
 
+    /// The MAC input as it was defined first: the record as a JSON value without `mac`.
+    fn mac_input_by_value(rec: &AuditRecord) -> Vec<u8> {
+        let mut v = serde_json::to_value(rec).unwrap();
+        v.as_object_mut().unwrap().remove("mac");
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn the_head_is_two_slots_written_in_turn_and_both_must_be_whole() {
+        let (d, _) = log_with(3);
+        let path = d.path().join("audit.head");
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len(), 2 * HEAD_SLOT);
+        let slot_seq = |data: &[u8], i: usize| {
+            Head::parse_valid(b"key", &data[i * HEAD_SLOT..(i + 1) * HEAD_SLOT]).map(|h| h.seq)
+        };
+        // Record 3 went to slot 1, record 2 to slot 0.
+        assert_eq!((slot_seq(&data, 0), slot_seq(&data, 1)), (Some(2), Some(3)));
+        let log = AuditLog::new(d.path(), b"key");
+        log.read_verified().unwrap();
+        // One slot damaged: refused, though the other still names a record of the log.
+        let mut bad = data.clone();
+        bad[HEAD_SLOT + 10] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let e = log.read_verified().unwrap_err();
+        assert!(
+            e.message.contains("audit.head was modified"),
+            "{}",
+            e.message
+        );
+        // Appending still finds the chain's end (from the log itself) and mends the head.
+        log.append(&[ev("Op3")]).unwrap();
+        log.append(&[ev("Op4")]).unwrap();
+        assert_eq!(log.read_verified().unwrap().1.records, 5);
+    }
+
+    #[test]
+    fn a_head_of_the_first_format_is_read_then_replaced_by_slots() {
+        let (d, _) = log_with(2);
+        let path = d.path().join("audit.head");
+        let newest = read_heads(b"key", &std::fs::read(&path).unwrap())
+            .newest
+            .unwrap();
+        assert_eq!(newest.seq, 2);
+        std::fs::write(&path, serde_json::to_vec(&newest).unwrap()).unwrap();
+        let log = AuditLog::new(d.path(), b"key");
+        assert_eq!(log.read_verified().unwrap().1.records, 2);
+        // A first-format head naming a removed record is caught as before.
+        let text = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
+        let first = text.lines().next().unwrap();
+        std::fs::write(d.path().join("audit.log"), format!("{first}\n")).unwrap();
+        assert!(log.read_verified().is_err());
+        std::fs::write(d.path().join("audit.log"), &text).unwrap();
+        log.append(&[ev("Op2")]).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap().len(), 2 * HEAD_SLOT);
+        assert_eq!(log.read_verified().unwrap().1.records, 3);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The MAC input written directly is byte for byte the sorted JSON value's.
+        #[test]
+        fn mac_input_is_the_sorted_json_of_the_record(
+            strings in prop::collection::vec(any::<String>(), 8),
+            ctx in prop::collection::btree_map(any::<String>(), any::<String>(), 0..4),
+            nums in (any::<u64>(), any::<u32>(), any::<u32>(), any::<Option<u32>>()),
+            some in any::<(bool, bool, bool)>(),
+        ) {
+            let opt = |b: bool, s: &str| b.then(|| s.to_string());
+            let rec = AuditRecord {
+                seq: nums.0,
+                time: strings[0].clone(),
+                request_id: strings[1].clone(),
+                operation: strings[2].clone(),
+                caller: AuditCaller { uid: nums.1, user: opt(some.0, &strings[3]), pid: nums.2 },
+                key_id: opt(some.1, &strings[4]),
+                key_version: nums.3,
+                context: EncryptionContext(ctx),
+                result: strings[5].clone(),
+                message: opt(some.2, &strings[6]),
+                prev: strings[7].clone(),
+                mac: "ignored".into(),
+            };
+            prop_assert_eq!(serde_json::to_vec(&MacInput::of(&rec)).unwrap(), mac_input_by_value(&rec));
+        }
+
         /// Any single changed byte in any line is caught, and at that line or earlier.
         #[test]
         fn any_byte_change_is_caught(pos in any::<prop::sample::Index>(), b in any::<u8>()) {
