@@ -24,6 +24,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -93,7 +94,7 @@ pub struct KeyStore {
     keys: StoreKeys,
     /// The last keys.db this process read or wrote, with the file's identity then: a long-lived
     /// process (a mount) skips reading, decrypting and parsing it while it is unchanged.
-    cache: std::sync::Mutex<Option<(DbStamp, KeyDb)>>,
+    cache: std::sync::Mutex<Option<(DbStamp, Arc<KeyDb>)>>,
     current: std::sync::Mutex<Option<Current>>,
     /// Where this process's last audit append left the log (see `AuditLog::cached`).
     audit_tail: std::sync::Mutex<Option<crate::kms::audit::Tail>>,
@@ -323,13 +324,19 @@ impl KeyStore {
         Some((stamp, generation))
     }
 
-    fn cache(&self) -> std::sync::MutexGuard<'_, Option<(DbStamp, KeyDb)>> {
+    fn cache(&self) -> std::sync::MutexGuard<'_, Option<(DbStamp, Arc<KeyDb>)>> {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Reads and authenticates keys.db (or reuses the copy read last, if the file is the same
     /// one). Requires the lock, so a read never sees a half-done change.
     pub fn load(&self, lock: &StoreLock) -> Result<KeyDb> {
+        Ok(Arc::unwrap_or_clone(self.load_shared(lock)?))
+    }
+
+    /// `load`, sharing the copy kept in memory: no copy is made until the caller changes it
+    /// (`Arc::make_mut`). Most operations only read.
+    pub fn load_shared(&self, lock: &StoreLock) -> Result<Arc<KeyDb>> {
         let id = self.db_identity();
         if let (Some((s, generation)), Some((cs, db))) = (id, &*self.cache()) {
             // The same inode, size and times, and the generation every save increments.
@@ -337,7 +344,7 @@ impl KeyStore {
                 return Ok(db.clone());
             }
         }
-        let db = self.load_file(lock)?;
+        let db = Arc::new(self.load_file(lock)?);
         match id {
             Some((s, generation)) if generation == db.generation => {
                 *self.cache() = Some((s, db.clone()))
@@ -400,7 +407,7 @@ impl KeyStore {
             Some((s, generation)) if generation == db.generation + 1 => {
                 let mut saved = db.clone();
                 saved.generation = generation;
-                *self.cache() = Some((s, saved));
+                *self.cache() = Some((s, Arc::new(saved)));
             }
             _ => {}
         }

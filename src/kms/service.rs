@@ -150,7 +150,8 @@ pub(super) struct Txn<'a> {
     pub(super) store: &'a KeyStore,
     policies: &'a policy::ParsedPolicies,
     caller: &'a Caller,
-    db: KeyDb,
+    /// Shared with the store's cached copy until an operation changes it (`db_mut`).
+    db: std::sync::Arc<KeyDb>,
     pub(super) now: DateTime<Utc>,
     dirty: bool,
     /// Audit events of side effects (scheduled deletions, automatic rotations).
@@ -196,9 +197,11 @@ impl Txn<'_> {
             .map(|k| k.id)
             .collect();
         for id in due {
-            self.db.keys.remove(&id);
-            self.db.aliases.retain(|_, k| *k != id);
-            self.db.deleted.insert(id, self.now);
+            let now = self.now;
+            let db = self.db_mut();
+            db.keys.remove(&id);
+            db.aliases.retain(|_, k| *k != id);
+            db.deleted.insert(id, now);
             self.dirty = true;
             let ev = self.event("DeleteKey", Some(id), None, &Ok(()));
             self.events.push(AuditEvent {
@@ -258,9 +261,14 @@ impl Txn<'_> {
             .ok_or_else(|| KmsError::not_found(format!("key {id} does not exist")))
     }
 
+    /// The database, to change: copied from the shared one on the first change.
+    fn db_mut(&mut self) -> &mut KeyDb {
+        std::sync::Arc::make_mut(&mut self.db)
+    }
+
     fn key_mut(&mut self, id: Uuid) -> Result<&mut KeyRecord> {
         self.dirty = true;
-        self.db
+        self.db_mut()
             .keys
             .get_mut(&id)
             .ok_or_else(|| KmsError::not_found(format!("key {id} does not exist")))
@@ -666,7 +674,7 @@ impl Kms {
         f: impl FnOnce(&mut Txn, &mut Draft) -> Result<T>,
     ) -> Result<T> {
         let lock = self.store.lock()?;
-        let db = self.store.load(&lock)?;
+        let db = self.store.load_shared(&lock)?;
         let mut txn = Txn {
             store: &self.store,
             policies: &self.policies,
@@ -794,13 +802,14 @@ impl Kms {
         self.run(caller, "CreateKey", |t, d| {
             d.key_id = Some(id);
             let c = t.check_create(&req, id)?;
-            t.db.keys.insert(
+            let (created, creator_uid) = (t.now, t.caller.uid);
+            t.db_mut().keys.insert(
                 id,
                 KeyRecord {
                     id,
                     description: req.description.clone(),
-                    created: t.now,
-                    creator_uid: t.caller.uid,
+                    created,
+                    creator_uid,
                     origin: c.origin,
                     state: match c.origin {
                         Origin::AwsKms => KeyState::Enabled,
@@ -824,7 +833,7 @@ impl Kms {
                 });
             }
             if let Some(a) = c.alias {
-                t.db.aliases.insert(a, id);
+                t.db_mut().aliases.insert(a, id);
             }
             t.metadata(id)
         })
@@ -886,7 +895,7 @@ impl Kms {
                 ));
             }
             d.message = Some(alias.clone());
-            t.db.aliases.insert(alias, id);
+            t.db_mut().aliases.insert(alias, id);
             t.dirty = true;
             Ok(())
         })
@@ -898,7 +907,7 @@ impl Kms {
             let id = t.resolve(&alias, d)?;
             t.authorize(id, "kms:DeleteAlias", &EncryptionContext::default())?;
             d.message = Some(alias.clone());
-            t.db.aliases.remove(&alias);
+            t.db_mut().aliases.remove(&alias);
             t.dirty = true;
             Ok(())
         })
