@@ -167,7 +167,8 @@ impl Inodes {
         }
         let node = self.nodes.entry(ino).or_insert_with(|| Node {
             generation: 0,
-            links: Vec::new(),
+            // Most nodes have one link; insert would reserve room for four.
+            links: Vec::with_capacity(1),
             nlookup: 0,
             gone: false,
             dir_keys: None,

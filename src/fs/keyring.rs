@@ -190,7 +190,7 @@ impl Keyring {
         kind: Kind,
         data: &[u8],
         r: Requester,
-        what: &str,
+        what: impl FnOnce() -> String,
     ) -> FsResult<(Unwrapped, Option<String>)> {
         let digest = dekcache::digest(kind as u8, data);
         let cached = lock(&self.deks)
@@ -203,7 +203,7 @@ impl Keyring {
         self.unwraps.fetch_add(1, Ordering::Relaxed);
         let epoch = self.epoch.load(Ordering::SeqCst);
         let u = cipherdir::unwrap_header(kind, data, self.provider.as_ref(), &self.caller(r))
-            .map_err(|f| header_errno(what, f))?;
+            .map_err(|f| header_errno(&what(), f))?;
         let key = self.key_of(&u.blob);
         if let Some(k) = &key {
             self.remember(self.decision_key(r, k, u.id), epoch, Ok(()));

@@ -396,12 +396,13 @@ impl KmsFs {
             return Ok(k);
         }
         let dir = self.dir_fd(ino)?;
-        let label = format!("{}/{DIRKEY_FILE}", self.label(ino));
+        // Built only for a message: a path is a walk up the tree and a few allocations.
+        let label = || format!("{}/{DIRKEY_FILE}", self.label(ino));
         let data = read_at(&dir, OsStr::new(DIRKEY_FILE)).map_err(|e| {
-            log::error!("{label}: errno {}", e.0);
+            log::error!("{}: errno {}", label(), e.0);
             Errno::EIO
         })?;
-        let (u, key) = self.keys.unwrap(Kind::DirKey, &data, r, &label)?;
+        let (u, key) = self.keys.unwrap(Kind::DirKey, &data, r, label)?;
         let keys = Arc::new(DirKeys {
             keys: DataKeys::derive(&u.data_key, &u.id),
             id: u.id,
@@ -561,7 +562,7 @@ impl KmsFs {
             log::error!("{label}: no readable header: {e}");
             Errno::EIO
         })?;
-        let (u, key) = self.keys.unwrap(Kind::File, &h, r, &label)?;
+        let (u, key) = self.keys.unwrap(Kind::File, &h, r, || label.clone())?;
         log::debug!(
             "{label}: data key unwrapped for uid {} (key {})",
             r.uid,
@@ -1255,7 +1256,7 @@ impl KmsFs {
     fn plain_name(
         &self,
         dir: &OwnedFd,
-        label: &str,
+        label: &dyn Fn() -> String,
         keys: &DataKeys,
         entry: &OsStr,
     ) -> Option<OsString> {
@@ -1271,7 +1272,7 @@ impl KmsFs {
                 {
                     Some(full) if nt::long_name_matches(s, &full) => full,
                     _ => {
-                        log::warn!("{label}/{s}: long name without a valid side file");
+                        log::warn!("{}/{s}: long name without a valid side file", label());
                         return None;
                     }
                 }
@@ -1280,7 +1281,7 @@ impl KmsFs {
         match nt::decrypt(&keys.names, &encoded) {
             Ok(n) => Some(OsString::from_vec(n)),
             Err(_) => {
-                log::warn!("{label}/{s}: name does not decrypt in this directory");
+                log::warn!("{}/{s}: name does not decrypt in this directory", label());
                 None
             }
         }
@@ -1295,7 +1296,7 @@ impl KmsFs {
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
-        let label = self.label(ino);
+        let label = || self.label(ino);
         let (parent, mut entries) = {
             let inodes = lock(&self.inodes);
             let parent = inodes
@@ -1448,7 +1449,7 @@ impl KmsFs {
             f.read_exact_at(&mut h, 0).map_err(|_| Errno::EIO)?;
             (Kind::File, h)
         };
-        let (u, _) = self.keys.unwrap(kind, &data, r, &self.label(ino))?;
+        let (u, _) = self.keys.unwrap(kind, &data, r, || self.label(ino))?;
         Ok((DataKeys::derive(&u.data_key, &u.id).xattr, u.id))
     }
 
