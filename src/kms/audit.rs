@@ -207,12 +207,19 @@ pub struct AuditLog<'k> {
 pub struct Tail {
     file: File,
     /// audit.head, once it has the two-slot form (it is then written in place).
-    head: Option<File>,
+    head: Option<HeadFile>,
     dev: u64,
     ino: u64,
     len: u64,
     seq: u64,
     mac: String,
+}
+
+/// audit.head held open, with the identity it had when opened.
+struct HeadFile {
+    file: File,
+    dev: u64,
+    ino: u64,
 }
 
 /// The outcome of a full verification.
@@ -240,9 +247,20 @@ impl<'k> AuditLog<'k> {
 
     /// The kept tail, if the file at the log's path is still that file at that length.
     fn take_tail(&self, kept: &mut Option<Tail>) -> Option<Tail> {
-        let t = kept.take()?;
+        let mut t = kept.take()?;
         let m = std::fs::metadata(&self.log).ok()?;
-        (m.dev() == t.dev && m.ino() == t.ino && m.len() == t.len).then_some(t)
+        if !(m.dev() == t.dev && m.ino() == t.ino && m.len() == t.len) {
+            return None;
+        }
+        // A head removed or replaced meanwhile is made anew, not written where no one reads.
+        if let Some(h) = &t.head {
+            let same =
+                std::fs::metadata(&self.head).is_ok_and(|m| (m.dev(), m.ino()) == (h.dev, h.ino));
+            if !same {
+                t.head = None;
+            }
+        }
+        Some(t)
     }
 
     /// The log opened for appending, with its length and last (seq, mac): from audit.head if
@@ -286,23 +304,28 @@ impl<'k> AuditLog<'k> {
     }
 
     /// audit.head opened for writing in place, if it has the two-slot form.
-    fn open_head_slots(&self) -> Option<File> {
-        let f = std::fs::OpenOptions::new()
+    fn open_head_slots(&self) -> Option<HeadFile> {
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .open(&self.head)
             .ok()?;
-        let len = f.metadata().ok()?.len();
-        (len == 2 * HEAD_SLOT as u64).then_some(f)
+        let m = file.metadata().ok()?;
+        (m.len() == 2 * HEAD_SLOT as u64).then(|| HeadFile {
+            file,
+            dev: m.dev(),
+            ino: m.ino(),
+        })
     }
 
     /// Records `head`: in place into its slot, or, where audit.head is missing or in the old
     /// form, a new two-slot file (both slots this head) put in place by rename.
-    fn write_head(&self, file: &mut Option<File>, head: &Head) -> Result<()> {
+    fn write_head(&self, file: &mut Option<HeadFile>, head: &Head) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let slot = head.slot()?;
         let io = |e| KmsError::io(self.head.display(), e);
-        if let Some(f) = file {
-            return f
+        if let Some(h) = file {
+            return h
+                .file
                 .write_all_at(&slot, (head.seq % 2) * HEAD_SLOT as u64)
                 .map_err(io);
         }
@@ -667,6 +690,17 @@ mod tests {
         log.append(&[ev("Op3")]).unwrap();
         log.append(&[ev("Op4")]).unwrap();
         assert_eq!(log.read_verified().unwrap().1.records, 5);
+    }
+
+    #[test]
+    fn a_kept_tail_makes_a_removed_head_anew() {
+        let d = tempfile::tempdir().unwrap();
+        let tail = Mutex::new(None);
+        let log = || AuditLog::new(d.path(), b"key").cached(&tail);
+        log().append(&[ev("A1")]).unwrap();
+        std::fs::remove_file(d.path().join("audit.head")).unwrap();
+        log().append(&[ev("A2")]).unwrap();
+        assert_eq!(log().read_verified().unwrap().1.records, 2);
     }
 
     #[test]
