@@ -240,6 +240,15 @@ fn a_new_mount_survives_the_exit_of_the_previous_daemon_at_that_path() {
     m.mount(&[]);
     let new = m.status()["Pid"].as_u64().expect("daemon pid");
     assert_ne!(old, new);
+    // Told to stop while its detached mount still serves the open file, the old daemon must
+    // leave the path alone: the mount there is not its own.
+    let old_pid = nix::unistd::Pid::from_raw(i32::try_from(old).unwrap());
+    nix::sys::signal::kill(old_pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        is_mounted(&m.mnt),
+        "the old daemon's SIGTERM took the new mount down"
+    );
     // The last reference to the detached mount goes: its session ends and its daemon exits.
     drop(held);
     let proc_dir = PathBuf::from(format!("/proc/{old}"));

@@ -322,6 +322,9 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
                 .try_clone_to_owned()
                 .map_err(|e| KmsError::internal(format!("FUSE device: {e}")))?,
         ),
+        device: std::fs::read_to_string("/proc/self/mountinfo")
+            .ok()
+            .and_then(|info| device_of(&info, &canonical)),
         path: canonical,
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -359,6 +362,8 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     if let Err(e) = own.unmount(true) {
         log::error!("{e}");
     }
+    // What it holds (the mount handle, a sender on the device) goes with the process, which
+    // ends once serve returns.
     std::mem::forget(background);
     crate::fs::notify::stopping();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -366,18 +371,32 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     r
 }
 
-/// This daemon's mount: unmounted only while its kernel session is live, so that a mount made
-/// at the same path after this one ended is never taken down.
+/// This daemon's mount: unmounted only while its kernel session is live and the topmost mount
+/// at its path is still this one, so that a mount made at the same path since (after this one
+/// ended, or was detached lazily and still serves open files) is never taken down.
 #[derive(Clone)]
 struct OwnMount {
     dev: Arc<OwnedFd>,
     path: PathBuf,
+    /// The mount's device number in mountinfo, as found once mounted.
+    device: Option<String>,
 }
 
 impl OwnMount {
     fn unmount(&self, lazy: bool) -> Result<()> {
         if !session_live(self.dev.as_fd()) {
             return Ok(());
+        }
+        if let Some(ours) = &self.device {
+            // mountinfo, not a stat of the path: that could wait on a session that hangs.
+            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            if device_of(&info, &self.path).as_ref() != Some(ours) {
+                log::info!(
+                    "{} is no longer this daemon's mount: not unmounting it",
+                    self.path.display()
+                );
+                return Ok(());
+            }
         }
         unmount(&self.path, lazy)
     }
