@@ -16,6 +16,7 @@ use std::sync::Mutex;
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 const RECORD_LABEL: &[u8] = b"kmsfs audit record v1";
 const HEAD_LABEL: &[u8] = b"kmsfs audit head v1";
+const SLOT_LABEL: &[u8] = b"kmsfs audit head slot v2";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,6 +127,7 @@ impl<'a> MacInput<'a> {
     }
 }
 
+/// The MAC of a first-format head (the whole of audit.head).
 fn head_mac(key: &[u8], seq: u64, mac: &str, len: u64) -> String {
     hex::encode(cryptocore::hmac_sha256(
         key,
@@ -138,16 +140,31 @@ fn head_mac(key: &[u8], seq: u64, mac: &str, len: u64) -> String {
     ))
 }
 
+/// The MAC of a head in slot `seq % 2`: bound to that slot, so a slot copied over the other
+/// one (or cut out as a whole file) does not verify.
+fn slot_mac(key: &[u8], seq: u64, mac: &str, len: u64) -> String {
+    hex::encode(cryptocore::hmac_sha256(
+        key,
+        &[
+            SLOT_LABEL,
+            &[(seq % 2) as u8],
+            &seq.to_be_bytes(),
+            mac.as_bytes(),
+            &len.to_be_bytes(),
+        ],
+    ))
+}
+
 /// audit.head holds two slots of this many bytes (JSON padded with spaces). The head after
-/// record `seq` is written in place into slot `seq % 2`: one write, and whatever becomes of it
-/// the other slot still holds the head before it.
+/// record `seq` is written in place into slot `seq % 2`, and the other slot holds the head
+/// before it (record `seq - 1`; seq 0 is the empty log).
 const HEAD_SLOT: usize = 256;
 
 impl Head {
-    fn new(key: &[u8], seq: u64, mac: &str, len: u64) -> Head {
+    fn for_slot(key: &[u8], seq: u64, mac: &str, len: u64) -> Head {
         Head {
             seq,
-            head_mac: head_mac(key, seq, mac, len),
+            head_mac: slot_mac(key, seq, mac, len),
             mac: mac.to_string(),
             len,
         }
@@ -165,32 +182,71 @@ impl Head {
         Ok(slot)
     }
 
-    /// A head parsed from `bytes` whose MAC is right.
-    fn parse_valid(key: &[u8], bytes: &[u8]) -> Option<Head> {
+    /// The head in slot `index`, if it belongs there and its MAC is right.
+    fn parse_slot(key: &[u8], index: u64, bytes: &[u8]) -> Option<Head> {
+        let h: Head = serde_json::from_slice(bytes).ok()?;
+        let want = slot_mac(key, h.seq, &h.mac, h.len);
+        (h.seq % 2 == index && cryptocore::ct_eq(want.as_bytes(), h.head_mac.as_bytes()))
+            .then_some(h)
+    }
+
+    /// A first-format head whose MAC is right.
+    fn parse_first_format(key: &[u8], bytes: &[u8]) -> Option<Head> {
         let h: Head = serde_json::from_slice(bytes).ok()?;
         let want = head_mac(key, h.seq, &h.mac, h.len);
         cryptocore::ct_eq(want.as_bytes(), h.head_mac.as_bytes()).then_some(h)
     }
+
+    /// Whether this head names the empty log (the one before record 1).
+    fn is_genesis(&self) -> bool {
+        self.seq == 0 && self.mac == GENESIS && self.len == 0
+    }
 }
 
-/// What audit.head holds: its valid heads, and whether every part of it was valid.
+/// What audit.head holds.
 #[derive(Debug, PartialEq, Eq)]
-struct HeadState {
-    newest: Option<Head>,
-    intact: bool,
+enum HeadState {
+    /// Both slots valid, one record apart.
+    Slots { newest: Head, older: Head },
+    /// One slot valid and the other, the next one to be written, not: a crash tore the write
+    /// of the head after `newest`, whose record must then be in the log.
+    Torn { newest: Head },
+    /// The first format: one head, the whole file.
+    Single(Head),
+    /// Anything else: damaged or modified.
+    Bad,
+}
+
+impl HeadState {
+    fn newest(&self) -> Option<&Head> {
+        match self {
+            HeadState::Slots { newest, .. } | HeadState::Torn { newest } => Some(newest),
+            HeadState::Single(h) => Some(h),
+            HeadState::Bad => None,
+        }
+    }
 }
 
 /// Reads audit.head's content: two slots, or (format 1, replaced whole by rename) one JSON head.
 fn read_heads(key: &[u8], data: &[u8]) -> HeadState {
-    let parts: Vec<&[u8]> = if data.len() == 2 * HEAD_SLOT {
-        data.chunks(HEAD_SLOT).collect()
-    } else {
-        vec![data]
-    };
-    let heads: Vec<Option<Head>> = parts.iter().map(|p| Head::parse_valid(key, p)).collect();
-    let intact = heads.iter().all(Option::is_some);
-    let newest = heads.into_iter().flatten().max_by_key(|h| h.seq);
-    HeadState { newest, intact }
+    if data.len() != 2 * HEAD_SLOT {
+        return Head::parse_first_format(key, data).map_or(HeadState::Bad, HeadState::Single);
+    }
+    let a = Head::parse_slot(key, 0, &data[..HEAD_SLOT]);
+    let b = Head::parse_slot(key, 1, &data[HEAD_SLOT..]);
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let (newest, older) = if a.seq > b.seq { (a, b) } else { (b, a) };
+            if newest.seq == older.seq + 1 {
+                HeadState::Slots { newest, older }
+            } else {
+                HeadState::Bad
+            }
+        }
+        // The invalid slot is the other one, (newest.seq + 1) % 2: the next to be written.
+        (Some(newest), None) | (None, Some(newest)) => HeadState::Torn { newest },
+        (None, None) => HeadState::Bad,
+    }
 }
 
 pub struct AuditLog<'k> {
@@ -254,8 +310,8 @@ impl<'k> AuditLog<'k> {
         }
         // A head removed or replaced meanwhile is made anew, not written where no one reads.
         if let Some(h) = &t.head {
-            let same =
-                std::fs::metadata(&self.head).is_ok_and(|m| (m.dev(), m.ino()) == (h.dev, h.ino));
+            let same = std::fs::symlink_metadata(&self.head)
+                .is_ok_and(|m| (m.dev(), m.ino()) == (h.dev, h.ino));
             if !same {
                 t.head = None;
             }
@@ -274,17 +330,33 @@ impl<'k> AuditLog<'k> {
         let mut len = file
             .seek(SeekFrom::End(0))
             .map_err(|e| KmsError::io(self.log.display(), e))?;
-        let (seq, mac) = match self.read_head() {
-            Some(h) if h.len == len => (h.seq, h.mac),
+        let state = self.head_state();
+        let newest = state.as_ref().and_then(HeadState::newest);
+        if let Some(h) = newest.filter(|h| h.len > len) {
+            log::error!(
+                "{} is shorter than audit.head says ({len} < {} bytes): records were removed from its end",
+                self.log.display(),
+                h.len
+            );
+        }
+        let current = newest.is_some_and(|h| h.len == len);
+        let (seq, mac) = match newest {
+            Some(h) if current => (h.seq, h.mac.clone()),
             _ => {
                 let (s, m, l) = self.tail_of_log(&file)?;
                 len = l;
                 (s, m)
             }
         };
+        // Written in place only while whole and current (the other slot then holds the head
+        // before the next one); otherwise the next append makes it anew.
+        let head = match state {
+            Some(HeadState::Slots { .. }) if current => self.open_head_slots(),
+            _ => None,
+        };
         Ok(Tail {
             file,
-            head: self.open_head_slots(),
+            head,
             dev: m.dev(),
             ino: m.ino(),
             len,
@@ -293,37 +365,50 @@ impl<'k> AuditLog<'k> {
         })
     }
 
-    fn read_head(&self) -> Option<Head> {
-        self.head_state().and_then(|h| h.newest)
-    }
-
     /// None if audit.head does not exist (or cannot be read).
     fn head_state(&self) -> Option<HeadState> {
         let data = std::fs::read(&self.head).ok()?;
         Some(read_heads(self.key, &data))
     }
 
-    /// audit.head opened for writing in place, if it has the two-slot form.
+    /// audit.head opened for writing in place, if it is a regular file of two slots (never
+    /// through a symbolic link).
     fn open_head_slots(&self) -> Option<HeadFile> {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&self.head)
             .ok()?;
         let m = file.metadata().ok()?;
-        (m.len() == 2 * HEAD_SLOT as u64).then(|| HeadFile {
+        (m.is_file() && m.len() == 2 * HEAD_SLOT as u64).then(|| HeadFile {
             file,
             dev: m.dev(),
             ino: m.ino(),
         })
     }
 
-    /// Records `head`: in place into its slot, or, where audit.head is missing or in the old
-    /// form, a new two-slot file (both slots this head) put in place by rename.
-    fn write_head(&self, file: &mut Option<HeadFile>, head: &Head) -> Result<()> {
+    /// Records `head`: in place into its slot, or, where audit.head is missing, damaged or in
+    /// the first format, as a new two-slot file (`head` and `before`, the head one record
+    /// earlier) put in place by rename. `batch`: more than one record was appended.
+    fn write_head(
+        &self,
+        file: &mut Option<HeadFile>,
+        head: &Head,
+        before: &Head,
+        batch: bool,
+    ) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let slot = head.slot()?;
         let io = |e| KmsError::io(self.head.display(), e);
         if let Some(h) = file {
+            // After a batch of records the other slot is behind too: `before` goes first, so the
+            // slots are one record apart after each write.
+            if batch {
+                h.file
+                    .write_all_at(&before.slot()?, (before.seq % 2) * HEAD_SLOT as u64)
+                    .map_err(io)?;
+            }
             return h
                 .file
                 .write_all_at(&slot, (head.seq % 2) * HEAD_SLOT as u64)
@@ -331,7 +416,10 @@ impl<'k> AuditLog<'k> {
         }
         // A head older than the log is tolerated (a crash between the two writes), so its
         // rename need not be made durable on its own.
-        atomic::write_atomic_lazy_rename(&self.head, &[slot, slot].concat()).map_err(io)?;
+        let mut both = [[0u8; HEAD_SLOT]; 2];
+        both[(head.seq % 2) as usize] = slot;
+        both[(before.seq % 2) as usize] = before.slot()?;
+        atomic::write_atomic_lazy_rename(&self.head, both.as_flattened()).map_err(io)?;
         *file = self.open_head_slots();
         Ok(())
     }
@@ -385,7 +473,10 @@ impl<'k> AuditLog<'k> {
             mac: mut prev,
         } = tail;
         let mut out = Vec::new();
+        // The chain's end before the last record: the head the other slot holds.
+        let mut before = (seq, prev.clone(), len);
         for ev in events {
+            before = (seq, prev.clone(), len + out.len() as u64);
             seq += 1;
             let mut rec = AuditRecord {
                 seq,
@@ -413,7 +504,9 @@ impl<'k> AuditLog<'k> {
             return Err(KmsError::io(self.log.display(), e));
         }
         let new_len = len + out.len() as u64;
-        self.write_head(&mut head_file, &Head::new(self.key, seq, &prev, new_len))?;
+        let head = Head::for_slot(self.key, seq, &prev, new_len);
+        let before = Head::for_slot(self.key, before.0, &before.1, before.2);
+        self.write_head(&mut head_file, &head, &before, events.len() > 1)?;
         if let Some(k) = kept.as_mut() {
             **k = Some(Tail {
                 file,
@@ -441,27 +534,41 @@ impl<'k> AuditLog<'k> {
         }
         let (records, head_at) = verify_lines(self.key, &data)?;
         let bad = |m: String| KmsError::new(ErrorKind::AuditInvalid, m);
-        // Both slots must be whole: a write of one slot cannot tear the other.
-        let head = match self.head_state() {
-            Some(h) if h.intact => h.newest,
-            Some(_) => return Err(bad("audit.head was modified".to_string())),
-            None => None,
+        let names = |h: &Head| {
+            h.is_genesis()
+                || head_at
+                    .iter()
+                    .any(|(s, mac, end)| *s == h.seq && *mac == h.mac && *end == h.len)
         };
-        match (head, records.last()) {
-            (None, None) if !self.head.exists() => {}
-            (None, _) => {
+        let removed = |seq: u64| {
+            bad(format!(
+                "the log ends before record {seq} named by audit.head: records were removed from the end"
+            ))
+        };
+        // Records after the newest head are allowed: a crash may land between log and head.
+        match self.head_state() {
+            None if records.is_empty() && !self.head.exists() => {}
+            None | Some(HeadState::Bad) => {
                 return Err(bad("audit.head is missing or was modified".to_string()));
             }
-            (Some(h), _) => match head_at.iter().find(|(s, _, _)| *s == h.seq) {
-                // Records after the head are allowed: a crash may land between log and head.
-                Some((_, mac, end)) if *mac == h.mac && *end == h.len => {}
-                _ => {
-                    return Err(bad(format!(
-                        "the log ends before record {} named by audit.head: records were removed from the end",
-                        h.seq
-                    )));
+            Some(HeadState::Single(h)) if !names(&h) => return Err(removed(h.seq)),
+            Some(HeadState::Single(_)) => {}
+            Some(HeadState::Slots { newest, older }) => {
+                for h in [&older, &newest] {
+                    if !names(h) {
+                        return Err(removed(h.seq));
+                    }
                 }
-            },
+            }
+            // A torn slot is the write of the head after `newest`: that record was appended.
+            Some(HeadState::Torn { newest }) => {
+                if !names(&newest) {
+                    return Err(removed(newest.seq));
+                }
+                if !head_at.iter().any(|(s, _, _)| *s == newest.seq + 1) {
+                    return Err(removed(newest.seq + 1));
+                }
+            }
         }
         let n = records.len() as u64;
         Ok((records, Verified { records: n }))
@@ -663,33 +770,89 @@ mod tests {
         serde_json::to_vec(&v).unwrap()
     }
 
+    fn slot_seqs(path: &Path) -> (Option<u64>, Option<u64>) {
+        let data = std::fs::read(path).unwrap();
+        assert_eq!(data.len(), 2 * HEAD_SLOT);
+        let seq = |i: usize| {
+            Head::parse_slot(b"key", i as u64, &data[i * HEAD_SLOT..(i + 1) * HEAD_SLOT])
+                .map(|h| h.seq)
+        };
+        (seq(0), seq(1))
+    }
+
+    fn drop_last_record(d: &Path) {
+        let log = d.join("audit.log");
+        let text = std::fs::read_to_string(&log).unwrap();
+        let keep: String = text
+            .split_inclusive('\n')
+            .take(text.lines().count() - 1)
+            .collect();
+        std::fs::write(&log, keep).unwrap();
+    }
+
     #[test]
-    fn the_head_is_two_slots_written_in_turn_and_both_must_be_whole() {
+    fn the_head_is_two_slots_one_record_apart() {
+        let (d, _) = log_with(3);
+        let path = d.path().join("audit.head");
+        // Record 3's head in slot 1, record 2's in slot 0.
+        assert_eq!(slot_seqs(&path), (Some(2), Some(3)));
+        let log = AuditLog::new(d.path(), b"key");
+        log.read_verified().unwrap();
+        // A batch of records: both slots move, still one record apart.
+        log.append(&[ev("Op3"), ev("Op4")]).unwrap();
+        assert_eq!(slot_seqs(&path), (Some(4), Some(5)));
+        let tail = Mutex::new(None);
+        let kept = || AuditLog::new(d.path(), b"key").cached(&tail);
+        kept().append(&[ev("Op5")]).unwrap();
+        kept().append(&[ev("Op6"), ev("Op7"), ev("Op8")]).unwrap();
+        assert_eq!(slot_seqs(&path), (Some(8), Some(9)));
+        assert_eq!(log.read_verified().unwrap().1.records, 9);
+    }
+
+    #[test]
+    fn the_last_record_cannot_be_cut_with_the_older_slot() {
         let (d, _) = log_with(3);
         let path = d.path().join("audit.head");
         let data = std::fs::read(&path).unwrap();
-        assert_eq!(data.len(), 2 * HEAD_SLOT);
-        let slot_seq = |data: &[u8], i: usize| {
-            Head::parse_valid(b"key", &data[i * HEAD_SLOT..(i + 1) * HEAD_SLOT]).map(|h| h.seq)
-        };
-        // Record 3 went to slot 1, record 2 to slot 0.
-        assert_eq!((slot_seq(&data, 0), slot_seq(&data, 1)), (Some(2), Some(3)));
         let log = AuditLog::new(d.path(), b"key");
-        log.read_verified().unwrap();
-        // One slot damaged: refused, though the other still names a record of the log.
-        let mut bad = data.clone();
-        bad[HEAD_SLOT + 10] ^= 1;
-        std::fs::write(&path, &bad).unwrap();
-        let e = log.read_verified().unwrap_err();
-        assert!(
-            e.message.contains("audit.head was modified"),
-            "{}",
-            e.message
-        );
-        // Appending still finds the chain's end (from the log itself) and mends the head.
+        drop_last_record(d.path());
+        // The older slot (record 2's) copied over the newer one: it does not belong there.
+        let mut copied = data.clone();
+        copied.copy_within(..HEAD_SLOT, HEAD_SLOT);
+        std::fs::write(&path, &copied).unwrap();
+        assert!(log.read_verified().is_err());
+        // The file cut to the older slot alone is no first-format head either.
+        std::fs::write(&path, &data[..HEAD_SLOT]).unwrap();
+        assert!(log.read_verified().is_err());
+        // The newer slot damaged: taken for a torn write, which needs record 3 in the log.
+        let mut torn = data.clone();
+        torn[HEAD_SLOT + 10] ^= 1;
+        std::fs::write(&path, &torn).unwrap();
+        assert!(log.read_verified().is_err());
+    }
+
+    #[test]
+    fn a_torn_slot_is_a_crash_while_its_record_is_in_the_log() {
+        let (d, _) = log_with(3);
+        let path = d.path().join("audit.head");
+        let mut data = std::fs::read(&path).unwrap();
+        // Record 3's head (slot 1) torn by a crash: record 3 is in the log, so this is no
+        // tampering; the next append makes the head whole again.
+        data[HEAD_SLOT + 10] ^= 1;
+        std::fs::write(&path, &data).unwrap();
+        let log = AuditLog::new(d.path(), b"key");
+        assert_eq!(log.read_verified().unwrap().1.records, 3);
         log.append(&[ev("Op3")]).unwrap();
-        log.append(&[ev("Op4")]).unwrap();
-        assert_eq!(log.read_verified().unwrap().1.records, 5);
+        assert_eq!(slot_seqs(&path), (Some(4), Some(3)));
+        // The older slot damaged instead: that would be the write for record 4, which the log
+        // does not have.
+        let (d, _) = log_with(3);
+        let path = d.path().join("audit.head");
+        let mut data = std::fs::read(&path).unwrap();
+        data[10] ^= 1;
+        std::fs::write(&path, &data).unwrap();
+        let e = AuditLog::new(d.path(), b"key").read_verified().unwrap_err();
+        assert!(e.message.contains("record 4"), "{}", e.message);
     }
 
     #[test]
@@ -705,23 +868,26 @@ mod tests {
 
     #[test]
     fn a_head_of_the_first_format_is_read_then_replaced_by_slots() {
-        let (d, _) = log_with(2);
+        let (d, text) = log_with(2);
         let path = d.path().join("audit.head");
-        let newest = read_heads(b"key", &std::fs::read(&path).unwrap())
-            .newest
-            .unwrap();
-        assert_eq!(newest.seq, 2);
-        std::fs::write(&path, serde_json::to_vec(&newest).unwrap()).unwrap();
+        // What version 1 wrote after record 2: one head, the whole file.
+        let end = text.len() as u64;
+        let last: AuditRecord = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        let v1 = Head {
+            seq: 2,
+            head_mac: head_mac(b"key", 2, &last.mac, end),
+            mac: last.mac.clone(),
+            len: end,
+        };
+        std::fs::write(&path, serde_json::to_vec(&v1).unwrap()).unwrap();
         let log = AuditLog::new(d.path(), b"key");
         assert_eq!(log.read_verified().unwrap().1.records, 2);
         // A first-format head naming a removed record is caught as before.
-        let text = std::fs::read_to_string(d.path().join("audit.log")).unwrap();
-        let first = text.lines().next().unwrap();
-        std::fs::write(d.path().join("audit.log"), format!("{first}\n")).unwrap();
+        drop_last_record(d.path());
         assert!(log.read_verified().is_err());
         std::fs::write(d.path().join("audit.log"), &text).unwrap();
         log.append(&[ev("Op2")]).unwrap();
-        assert_eq!(std::fs::read(&path).unwrap().len(), 2 * HEAD_SLOT);
+        assert_eq!(slot_seqs(&path), (Some(2), Some(3)));
         assert_eq!(log.read_verified().unwrap().1.records, 3);
     }
 
