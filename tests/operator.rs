@@ -211,6 +211,33 @@ fn the_systemd_unit_command_signals_readiness() {
     assert!(wait_unmounted(&m.mnt, Duration::from_secs(5)));
 }
 
+/// SIGTERM while a process has its working directory inside: the unmount is refused (busy) and
+/// the mount keeps serving; once that process is gone, the next SIGTERM unmounts.
+#[test]
+fn a_refused_unmount_is_tried_again_at_the_next_signal() {
+    let m = unmounted();
+    m.mount(&[]);
+    let pid = nix::unistd::Pid::from_raw(
+        i32::try_from(m.status()["Pid"].as_u64().expect("daemon pid")).unwrap(),
+    );
+    let mut inside = Command::new("sleep")
+        .arg("60")
+        .current_dir(&m.mnt)
+        .spawn()
+        .unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(is_mounted(&m.mnt), "unmounted while busy");
+    assert_eq!(fs::read(m.p("hello.txt")).unwrap(), b"from fstab");
+    inside.kill().unwrap();
+    inside.wait().unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(
+        wait_unmounted(&m.mnt, Duration::from_secs(5)),
+        "the second SIGTERM did not unmount"
+    );
+}
+
 /// `--idle`: no unmount while a file is open, unmount soon after the last use.
 #[test]
 fn idle_mounts_unmount_once_unused() {

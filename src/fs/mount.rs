@@ -331,8 +331,10 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     let idle = o.idle.map(|limit| (limit, own.clone()));
     let watcher = spawn_key_watcher(fs, session.notifier(), idle, stop.clone());
     let on_signal = own.clone();
+    // Every signal tries again: an unmount refused while the mount is busy (a process has its
+    // working directory inside) can be asked for once that process has left.
     std::thread::spawn(move || {
-        if let Ok(sig) = sigs.wait() {
+        while let Ok(sig) = sigs.wait() {
             log::info!("{sig:?}: unmounting {}", on_signal.path.display());
             if let Err(e) = on_signal.unmount(false) {
                 log::error!("{e}");
