@@ -114,13 +114,18 @@ pub fn device_of(mountinfo: &str, point: &Path) -> Option<String> {
         .map(|e| e.device)
 }
 
-/// Sets the kernel's readahead for the mount at `mountpoint` (a sysfs file only root may
-/// write). Reads mountinfo rather than stat'ing the mount point, which would wait on this
-/// daemon before it serves requests.
-fn set_readahead(mountpoint: &Path, kib: u32) {
-    let dev = std::fs::read_to_string("/proc/self/mountinfo")
+/// The device number of the topmost mount at `point`, from this process's mountinfo: read
+/// rather than a stat of the mount point, which could wait on a daemon that does not serve (yet
+/// or any more).
+fn mounted_device(point: &Path) -> Option<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
         .ok()
-        .and_then(|info| device_of(&info, mountpoint));
+        .and_then(|info| device_of(&info, point))
+}
+
+/// Sets the kernel's readahead for the mount whose device is `dev` (a sysfs file only root may
+/// write).
+fn set_readahead(dev: Option<&str>, kib: u32) {
     let Some(dev) = dev else {
         log::info!("readahead left at the kernel's default: mount not found in mountinfo");
         return;
@@ -310,9 +315,10 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
         .unwrap_or_else(|_| mountpoint.to_path_buf());
     let session = fuser::Session::new(fuse, mountpoint, &fuse_config(&cipherdir, o, want_ring))
         .map_err(|e| KmsError::validation(format!("mounting on {}: {e}", mountpoint.display())))?;
+    let device = mounted_device(&canonical);
     // After the INIT handshake (done by Session::new), which would lower it again.
     if o.readahead_kib > 0 {
-        set_readahead(&canonical, o.readahead_kib);
+        set_readahead(device.as_deref(), o.readahead_kib);
     }
     let rings = want_ring && start_rings(&session, &fs, o, granted.load(Ordering::SeqCst))?;
     let own = OwnMount {
@@ -322,9 +328,7 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
                 .try_clone_to_owned()
                 .map_err(|e| KmsError::internal(format!("FUSE device: {e}")))?,
         ),
-        device: std::fs::read_to_string("/proc/self/mountinfo")
-            .ok()
-            .and_then(|info| device_of(&info, &canonical)),
+        device,
         path: canonical,
     };
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -390,9 +394,7 @@ impl OwnMount {
             return Ok(());
         }
         if let Some(ours) = &self.device {
-            // mountinfo, not a stat of the path: that could wait on a session that hangs.
-            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            if device_of(&info, &self.path).as_ref() != Some(ours) {
+            if mounted_device(&self.path).as_ref() != Some(ours) {
                 log::info!(
                     "{} is no longer this daemon's mount: not unmounting it",
                     self.path.display()
