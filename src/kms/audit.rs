@@ -182,19 +182,21 @@ impl Head {
         Ok(slot)
     }
 
+    /// The head in `bytes`, if its `head_mac` is the one `mac_of` computes for it.
+    fn parse_checked(bytes: &[u8], mac_of: impl Fn(&Head) -> String) -> Option<Head> {
+        let h: Head = serde_json::from_slice(bytes).ok()?;
+        cryptocore::ct_eq(mac_of(&h).as_bytes(), h.head_mac.as_bytes()).then_some(h)
+    }
+
     /// The head in slot `index`, if it belongs there and its MAC is right.
     fn parse_slot(key: &[u8], index: u64, bytes: &[u8]) -> Option<Head> {
-        let h: Head = serde_json::from_slice(bytes).ok()?;
-        let want = slot_mac(key, h.seq, &h.mac, h.len);
-        (h.seq % 2 == index && cryptocore::ct_eq(want.as_bytes(), h.head_mac.as_bytes()))
-            .then_some(h)
+        Self::parse_checked(bytes, |h| slot_mac(key, h.seq, &h.mac, h.len))
+            .filter(|h| h.seq % 2 == index)
     }
 
     /// A first-format head whose MAC is right.
     fn parse_first_format(key: &[u8], bytes: &[u8]) -> Option<Head> {
-        let h: Head = serde_json::from_slice(bytes).ok()?;
-        let want = head_mac(key, h.seq, &h.mac, h.len);
-        cryptocore::ct_eq(want.as_bytes(), h.head_mac.as_bytes()).then_some(h)
+        Self::parse_checked(bytes, |h| head_mac(key, h.seq, &h.mac, h.len))
     }
 
     /// Whether this head names the empty log (the one before record 1).
