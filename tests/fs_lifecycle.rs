@@ -339,6 +339,23 @@ fn decrypts(m: &Mounted) -> usize {
         .count()
 }
 
+/// Reads a file and waits until the daemon has let go of it: the kernel sends RELEASE after
+/// close() returns, and an open that comes first shares the open file's key (no Decrypt and no
+/// cache lookup to count).
+fn read_and_release(m: &Mounted, name: &str) -> Vec<u8> {
+    let data = fs::read(m.p(name)).unwrap();
+    released(m);
+    data
+}
+
+fn released(m: &Mounted) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while m.status()["OpenFiles"].as_u64() != Some(0) {
+        assert!(std::time::Instant::now() < deadline, "a file is still open");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// A file reopened soon after it was made or closed takes its data key from the daemon's cache,
 /// not from a KMS Decrypt; a disable wipes the cache at once (the reopen fails), and with
 /// `--data-key-cache 0` every open asks the KMS again.
@@ -346,9 +363,10 @@ fn decrypts(m: &Mounted) -> usize {
 fn reopening_uses_the_data_key_cache_until_a_key_store_change() {
     let m = Mounted::new();
     fs::write(m.p("a"), b"cached").unwrap();
+    released(&m);
     let before = decrypts(&m);
     for _ in 0..3 {
-        assert_eq!(fs::read(m.p("a")).unwrap(), b"cached");
+        assert_eq!(read_and_release(&m, "a"), b"cached");
     }
     assert_eq!(decrypts(&m), before, "reopens asked the KMS");
     let mine = m.status();
@@ -382,7 +400,7 @@ fn reopening_uses_the_data_key_cache_until_a_key_store_change() {
     m.mount(&["--data-key-cache", "0"]);
     let before = decrypts(&m);
     for _ in 0..3 {
-        assert_eq!(fs::read(m.p("a")).unwrap(), b"cached");
+        assert_eq!(read_and_release(&m, "a"), b"cached");
     }
     assert_eq!(
         decrypts(&m),
