@@ -20,6 +20,24 @@ pub const HEADER_LEN: u64 = crate::fs::header::HEADER_LEN as u64;
 pub const MAX_BLOCK_ENCRYPTIONS: u64 = 1 << 32;
 /// Runs of at least this many blocks are encrypted and decrypted on several threads.
 const PARALLEL_BLOCKS: usize = 64;
+/// Blocks per piece when a long run is sealed and handed on piece by piece (128 KiB).
+pub const PIECE_BLOCKS: usize = 32;
+
+/// Why a streamed run stopped: the random source, or the sink.
+#[derive(Debug)]
+pub enum StreamError<E> {
+    Random(cryptocore::RandomError),
+    Sink(E),
+}
+
+/// A piece of a streamed run: its first block's position in the run, its plaintext blocks and
+/// nonces, and where its sealed bytes go.
+struct Piece<'a, 'p> {
+    k0: usize,
+    blocks: &'a [(&'p [u8], bool)],
+    nonces: &'a [u8],
+    out: &'a mut [u8],
+}
 
 /// What a backing file's length says about its plaintext.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,6 +246,92 @@ impl ContentCipher {
         })
     }
 
+    /// Seals a run as `encrypt_run` does, handing each piece of `PIECE_BLOCKS` blocks to
+    /// `sink(byte offset in the run, sealed bytes)` in order as soon as it is sealed. The first
+    /// piece is sealed on this thread and the rest, one after the other, on one crypto worker,
+    /// so that the sink's work on one piece (writing it out) overlaps the sealing of the next.
+    /// A failing sink stops the run. Must not be called from a crypto worker: it waits for one.
+    pub fn seal_run_streamed<E: Send>(
+        &self,
+        first: u64,
+        blocks: &[(&[u8], bool)],
+        mut sink: impl FnMut(usize, &[u8]) -> Result<(), E>,
+    ) -> Result<(), StreamError<E>> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let mut nonces = vec![0u8; blocks.len() * NONCE_LEN];
+        cryptocore::fill_random(&mut nonces).map_err(StreamError::Random)?;
+        let lens: Vec<usize> = blocks
+            .iter()
+            .map(|(p, _)| p.len() + OVERHEAD as usize)
+            .collect();
+        let piece_lens: Vec<usize> = lens.chunks(PIECE_BLOCKS).map(|c| c.iter().sum()).collect();
+        let mut out = vec![0u8; lens.iter().sum()];
+        let mut pieces = blocks
+            .chunks(PIECE_BLOCKS)
+            .zip(nonces.chunks(PIECE_BLOCKS * NONCE_LEN))
+            .zip(carve(&mut out, &piece_lens))
+            .enumerate()
+            .map(|(p, ((blocks, nonces), out))| Piece {
+                k0: p * PIECE_BLOCKS,
+                blocks,
+                nonces,
+                out,
+            });
+        let Some(head) = pieces.next() else {
+            return Ok(());
+        };
+        let rest: Vec<Piece<'_, '_>> = pieces.collect();
+        let stop = AtomicBool::new(false);
+        rayon::in_place_scope(|s| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let stop = &stop;
+            s.spawn(move |_| {
+                for p in rest {
+                    if stop.load(Ordering::Relaxed) || tx.send(self.seal_piece(first, p)).is_err() {
+                        break;
+                    }
+                }
+            });
+            let mut at = 0;
+            for r in std::iter::once(self.seal_piece(first, head)).chain(rx) {
+                let step = r.map_err(StreamError::Random).and_then(|sealed| {
+                    sink(at, sealed).map_err(StreamError::Sink)?;
+                    at += sealed.len();
+                    Ok(())
+                });
+                if step.is_err() {
+                    // The worker stops before its next piece (or when its send fails).
+                    stop.store(true, Ordering::Relaxed);
+                    return step;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn seal_piece<'a>(
+        &self,
+        first: u64,
+        p: Piece<'a, '_>,
+    ) -> Result<&'a [u8], cryptocore::RandomError> {
+        let lens: Vec<usize> = p
+            .blocks
+            .iter()
+            .map(|(b, _)| b.len() + OVERHEAD as usize)
+            .collect();
+        let slots = carve(&mut *p.out, &lens);
+        for (j, ((&(plain, last), nonce), slot)) in p
+            .blocks
+            .iter()
+            .zip(p.nonces.chunks(NONCE_LEN))
+            .zip(slots)
+            .enumerate()
+        {
+            self.seal_into(nonce, first + (p.k0 + j) as u64, last, plain, slot)?;
+        }
+        Ok(p.out)
+    }
+
     /// Decrypts consecutive blocks of `raw` (each CIPHER_BLOCK long but the file's final one),
     /// the first being block `first` and `final_index` the file's final block, appending the
     /// plaintext to `out`. Large runs are spread over the CPUs. On failure nothing is appended
@@ -388,6 +492,47 @@ mod tests {
                 .is_ok()
         );
         assert_eq!(short.len(), 10 * BLOCK as usize);
+    }
+
+    /// A streamed run reaches the sink piece by piece, in order and contiguous, and decrypts
+    /// like one sealed in one go; a failing sink stops it at once with its error.
+    #[test]
+    fn streamed_runs_arrive_in_order_and_stop_at_a_failing_sink() {
+        let c = ContentCipher::new(&[4u8; 32], [2u8; 16]);
+        let n = 2 * PIECE_BLOCKS + 5;
+        let plains: Vec<Vec<u8>> = (0..n)
+            .map(|i| vec![i as u8; if i == n - 1 { 1000 } else { BLOCK as usize }])
+            .collect();
+        let blocks: Vec<(&[u8], bool)> = plains
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (&p[..], i == n - 1))
+            .collect();
+        let mut raw = Vec::new();
+        let mut calls = Vec::new();
+        let r: Result<(), StreamError<()>> = c.seal_run_streamed(3, &blocks, |at, sealed| {
+            assert_eq!(at, raw.len());
+            calls.push(sealed.len());
+            raw.extend_from_slice(sealed);
+            Ok(())
+        });
+        assert!(r.is_ok());
+        let piece = PIECE_BLOCKS * CIPHER_BLOCK as usize;
+        assert_eq!(calls, [piece, piece, raw.len() - 2 * piece]);
+        let mut all = Vec::new();
+        c.decrypt_run(3, 3 + n as u64 - 1, &raw, &mut all).unwrap();
+        assert_eq!(all, plains.concat());
+
+        let mut seen = 0;
+        let r = c.seal_run_streamed(3, &blocks, |_, _| {
+            seen += 1;
+            if seen == 2 { Err("disk full") } else { Ok(()) }
+        });
+        assert!(matches!(r, Err(StreamError::Sink("disk full"))));
+        assert_eq!(seen, 2);
+        // Nothing to seal: the sink is never called.
+        let r: Result<(), StreamError<()>> = c.seal_run_streamed(0, &[], |_, _| panic!("called"));
+        assert!(r.is_ok());
     }
 
     #[test]

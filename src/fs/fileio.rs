@@ -13,6 +13,8 @@ use zeroize::Zeroize;
 
 /// Block encryptions reserved in the header at a time (4 GiB of writes).
 const RESERVATION: u64 = 1 << 20;
+/// Runs of at least this many blocks (256 KiB) are sealed and written piece by piece.
+const STREAM_BLOCKS: usize = 64;
 
 pub struct FileContent {
     file: File,
@@ -251,15 +253,33 @@ impl FileContent {
         }
         self.cipher()?;
         self.spend(blocks.len() as u64)?;
+        let start = ce::block_offset(first);
+        let end = start
+            + blocks
+                .iter()
+                .map(|(p, _)| p.len() as u64 + ce::OVERHEAD)
+                .sum::<u64>();
+        // Long runs are written piece by piece while the next piece is sealed (not from a
+        // crypto worker, which must never wait for another).
+        if blocks.len() >= STREAM_BLOCKS && rayon::current_thread_index().is_none() {
+            return self.in_place(start, end, |s| {
+                let file = &s.file;
+                s.cipher()?
+                    .seal_run_streamed(first, blocks, |at, sealed| {
+                        file.write_all_at(sealed, start + at as u64)
+                    })
+                    .map_err(|e| match e {
+                        ce::StreamError::Random(_) => Errno::EIO,
+                        ce::StreamError::Sink(e) => Errno::from(e),
+                    })
+            });
+        }
         let cipher = self.cipher()?;
         let mut out = Vec::with_capacity(blocks.len() * CIPHER_BLOCK as usize);
         cipher
             .encrypt_run(first, blocks, &mut out)
             .map_err(|_| Errno::EIO)?;
-        let start = ce::block_offset(first);
-        self.in_place(start, start + out.len() as u64, |s| {
-            Ok(s.file.write_all_at(&out, start)?)
-        })
+        self.in_place(start, end, |s| Ok(s.file.write_all_at(&out, start)?))
     }
 
     /// Runs `f`, which overwrites bytes `start..end` (and may change the length), so that a
@@ -656,6 +676,39 @@ mod tests {
         let mut want = vec![1u8; 3 * 4096];
         want[100..110].fill(3);
         assert_eq!(&c.read(0, 3 * 4096).unwrap()[..], &want[..]);
+    }
+
+    /// Long runs take the streamed path (sealed and written piece by piece): appends and
+    /// rewrites read back, and a rewrite that fails leaves the record of what it replaced.
+    #[test]
+    fn long_runs_written_piece_by_piece_read_back_and_fail_under_their_record() {
+        use crate::fs::undo::Pending;
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), true).unwrap().unwrap();
+        let (t, mut c) = content(0);
+        c.journal_to(j.clone());
+        let n = (STREAM_BLOCKS + 3 * ce::PIECE_BLOCKS) * BLOCK as usize + 123;
+        let data: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
+        c.write(0, &data).unwrap();
+        let patch = vec![7u8; STREAM_BLOCKS * BLOCK as usize + 10];
+        c.write(5 * BLOCK + 1, &patch).unwrap();
+        let mut want = data.clone();
+        want[5 * BLOCK as usize + 1..][..patch.len()].copy_from_slice(&patch);
+        assert_eq!(&c.read(0, n as u32).unwrap()[..], &want[..]);
+        assert!(c.bad_blocks().unwrap().is_empty());
+        assert_eq!(j.pending(&c.id).unwrap(), Pending::Empty);
+        let before = std::fs::read(t.path()).unwrap();
+        let writable = std::mem::replace(&mut c.file, std::fs::File::open(t.path()).unwrap());
+        assert!(c.write(BLOCK, &patch).is_err());
+        let Pending::Restore(r) = j.pending(&c.id).unwrap() else {
+            panic!("no undo record")
+        };
+        let b1 = ce::block_offset(1) as usize;
+        assert_eq!(r.offset, b1 as u64);
+        assert_eq!(r.bytes, before[b1..][..r.bytes.len()]);
+        c.file = writable;
+        assert!(j.recover(&c.id, &c.file, "test").unwrap());
+        assert_eq!(std::fs::read(t.path()).unwrap(), before);
     }
 
     #[test]
