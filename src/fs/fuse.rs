@@ -361,7 +361,7 @@ impl Filesystem for Fuse {
         self.fs.touch();
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
-                for (off, e) in entries {
+                for (off, e) in entries.iter() {
                     if reply.add(INodeNo(e.ino), off, e.kind, &e.name) {
                         break;
                     }

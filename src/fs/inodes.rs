@@ -5,8 +5,10 @@
 //! links keep working when one of their names goes away.
 
 use crate::fs::keyring::DirKeys;
-use std::collections::HashMap;
+use hashbrown::hash_map::RawEntryMut;
+use hashbrown::{Equivalent, HashMap};
 use std::ffi::{OsStr, OsString};
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +17,8 @@ pub const ROOT: u64 = 1;
 
 pub struct Node {
     pub generation: u64,
-    pub links: Vec<(u64, OsString)>,
+    /// (parent, backing name); the name is shared with the name index.
+    pub links: Vec<(u64, Arc<OsStr>)>,
     pub nlookup: u64,
     /// Its last name is gone: a new file with the same backing inode number is another inode.
     pub gone: bool,
@@ -39,11 +42,30 @@ fn dir_fds_max() -> usize {
     })
 }
 
+/// A borrowed `(parent, name)` key, so lookups need not copy the name. It hashes as the stored
+/// tuple does.
+struct NameRef<'a>(u64, &'a OsStr);
+
+type NameKey = (u64, Arc<OsStr>);
+
+impl Hash for NameRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl Equivalent<NameKey> for NameRef<'_> {
+    fn equivalent(&self, key: &NameKey) -> bool {
+        self.0 == key.0 && self.1 == &*key.1
+    }
+}
+
 pub struct Inodes {
     root: PathBuf,
     root_backing_ino: u64,
     nodes: HashMap<u64, Node>,
-    by_name: HashMap<(u64, OsString), u64>,
+    by_name: HashMap<NameKey, u64>,
     dir_fds: usize,
 }
 
@@ -95,7 +117,7 @@ impl Inodes {
         let mut cur = ino;
         while cur != ROOT {
             let (parent, name) = self.nodes.get(&cur)?.links.first()?;
-            parts.push(name.clone());
+            parts.push(name.to_os_string());
             cur = *parent;
             if parts.len() > 4096 {
                 return None;
@@ -120,7 +142,7 @@ impl Inodes {
                 break;
             }
             let (parent, name) = node.links.first()?;
-            parts.push(name.clone());
+            parts.push(name.to_os_string());
             cur = *parent;
             if parts.len() > 4096 {
                 return None;
@@ -158,11 +180,43 @@ impl Inodes {
     /// Records that `parent/name` reaches backing inode `backing_ino`, counting one lookup.
     /// Returns the node id and its generation.
     pub fn link(&mut self, parent: u64, name: &OsStr, backing_ino: u64) -> (u64, u64) {
+        self.link_with(parent, name, || Arc::from(name), backing_ino)
+    }
+
+    /// `link` for a name already shared (a listing's entry): no copy of it is made.
+    pub fn link_shared(&mut self, parent: u64, name: &Arc<OsStr>, backing_ino: u64) -> (u64, u64) {
+        self.link_with(parent, name, || name.clone(), backing_ino)
+    }
+
+    fn link_with(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        shared: impl FnOnce() -> Arc<OsStr>,
+        backing_ino: u64,
+    ) -> (u64, u64) {
         let ino = self.node_id(backing_ino);
-        let key = (parent, name.to_os_string());
-        if let Some(old) = self.by_name.get(&key).copied() {
-            if old != ino {
-                self.drop_link(old, parent, name);
+        // One hash of the name: the index entry is found, or made, in place.
+        let key = NameRef(parent, name);
+        let hash = self.by_name.hasher().hash_one(&key);
+        let (old, name_rc) = match self
+            .by_name
+            .raw_entry_mut()
+            .from_key_hashed_nocheck(hash, &key)
+        {
+            RawEntryMut::Occupied(mut e) => {
+                let old = std::mem::replace(e.get_mut(), ino);
+                (Some(old), e.key().1.clone())
+            }
+            RawEntryMut::Vacant(e) => {
+                let n = shared();
+                e.insert_hashed_nocheck(hash, (parent, n.clone()), ino);
+                (None, n)
+            }
+        };
+        if let Some(old) = old.filter(|&o| o != ino) {
+            if let Some(n) = self.nodes.get_mut(&old) {
+                n.links.retain(|(p, m)| !(*p == parent && **m == *name));
             }
         }
         let node = self.nodes.entry(ino).or_insert_with(|| Node {
@@ -184,19 +238,17 @@ impl Inodes {
             node.gone = false;
         }
         node.nlookup += 1;
-        if !node.links.iter().any(|(p, m)| *p == parent && m == name) {
-            node.links.insert(0, (parent, name.to_os_string()));
+        if !node.links.iter().any(|(p, m)| *p == parent && **m == *name) {
+            node.links.insert(0, (parent, name_rc));
         }
-        let generation = node.generation;
-        self.by_name.insert(key, ino);
-        (ino, generation)
+        (ino, node.generation)
     }
 
     fn drop_link(&mut self, ino: u64, parent: u64, name: &OsStr) {
         if let Some(n) = self.nodes.get_mut(&ino) {
-            n.links.retain(|(p, m)| !(*p == parent && m == name));
+            n.links.retain(|(p, m)| !(*p == parent && **m == *name));
         }
-        self.by_name.remove(&(parent, name.to_os_string()));
+        self.by_name.remove(&NameRef(parent, name));
     }
 
     /// `parent/name` no longer exists; `gone` says the backing inode went with it.
@@ -218,7 +270,7 @@ impl Inodes {
 
     /// The node reached through `parent/name`, if known.
     pub fn find(&self, parent: u64, name: &OsStr) -> Option<u64> {
-        self.by_name.get(&(parent, name.to_os_string())).copied()
+        self.by_name.get(&NameRef(parent, name)).copied()
     }
 
     /// A rename moved `from` to `to`, replacing whatever `to` reached.
@@ -233,10 +285,11 @@ impl Inodes {
     }
 
     fn add_link(&mut self, ino: u64, to: (u64, &OsStr)) {
+        let name: Arc<OsStr> = Arc::from(to.1);
         if let Some(n) = self.nodes.get_mut(&ino) {
-            n.links.insert(0, (to.0, to.1.to_os_string()));
+            n.links.insert(0, (to.0, name.clone()));
         }
-        self.by_name.insert((to.0, to.1.to_os_string()), ino);
+        self.by_name.insert((to.0, name), ino);
     }
 
     /// Swaps what two names reach (RENAME_EXCHANGE).
@@ -279,9 +332,18 @@ impl Inodes {
                 if node.dir_fd.is_some() {
                     self.dir_fds -= 1;
                 }
-                for l in node.links {
-                    if self.by_name.get(&l) == Some(&ino) {
-                        self.by_name.remove(&l);
+                for (parent, name) in &node.links {
+                    // Unless the name reaches another node by now (a rename over it).
+                    let key = NameRef(*parent, name);
+                    let hash = self.by_name.hasher().hash_one(&key);
+                    if let RawEntryMut::Occupied(e) = self
+                        .by_name
+                        .raw_entry_mut()
+                        .from_key_hashed_nocheck(hash, &key)
+                    {
+                        if *e.get() == ino {
+                            e.remove();
+                        }
                     }
                 }
             }
@@ -334,5 +396,31 @@ mod tests {
         assert_eq!(t.find(d, OsStr::new("new")), None);
         t.forget(ROOT, 100);
         assert!(t.get(ROOT).is_some());
+    }
+
+    /// A name that comes to reach another inode (replaced behind our back, or a listing's shared
+    /// name) moves in the index; forgetting the old node leaves the new mapping alone.
+    #[test]
+    fn a_name_moves_to_its_new_inode_and_survives_the_old_one_being_forgotten() {
+        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+        let shared: Arc<OsStr> = Arc::from(OsStr::new("n"));
+        let (a, _) = t.link_shared(ROOT, &shared, 20);
+        assert_eq!(t.find(ROOT, OsStr::new("n")), Some(a));
+        assert!(Arc::ptr_eq(&t.get(a).unwrap().links[0].1, &shared));
+        let (b, _) = t.link(ROOT, OsStr::new("n"), 21);
+        assert_ne!(a, b);
+        assert_eq!(t.find(ROOT, OsStr::new("n")), Some(b));
+        assert!(t.get(a).unwrap().links.is_empty());
+        t.forget(a, 1);
+        assert!(t.get(a).is_none());
+        assert_eq!(t.find(ROOT, OsStr::new("n")), Some(b));
+        assert_eq!(t.path(b).unwrap(), PathBuf::from("/c/n"));
+        // A second lookup of the same name counts, and adds no second link.
+        assert_eq!(t.link_shared(ROOT, &shared, 21).0, b);
+        assert_eq!(t.get(b).unwrap().links.len(), 1);
+        assert_eq!(t.get(b).unwrap().nlookup, 2);
+        t.forget(b, 2);
+        assert_eq!(t.find(ROOT, OsStr::new("n")), None);
+        assert_eq!(t.len(), 1);
     }
 }

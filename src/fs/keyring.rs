@@ -264,15 +264,16 @@ impl Keyring {
         kind: Kind,
         id: [u8; 16],
     ) -> FsResult<()> {
-        self.authorize_ctx(r, key, &kind.context(&id), id)
+        self.authorize_ctx(r, key, || kind.context(&id), id)
     }
 
-    /// `authorize` for any encryption context; `id` keys the cached decision.
+    /// `authorize` for any encryption context, built only when the KMS is asked (a cached
+    /// decision needs none); `id` keys the cached decision.
     pub fn authorize_ctx(
         &self,
         r: Requester,
         key: Option<&str>,
-        ctx: &EncryptionContext,
+        ctx: impl FnOnce() -> EncryptionContext,
         id: [u8; 16],
     ) -> FsResult<()> {
         let Some(key) = key else { return Ok(()) };
@@ -285,7 +286,7 @@ impl Keyring {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let d = self
             .provider
-            .authorize(&self.caller(r), key, "kms:Decrypt", ctx)
+            .authorize(&self.caller(r), key, "kms:Decrypt", &ctx())
             .map_err(|e| errno::from_kms(&e));
         self.remember(dk, epoch, d);
         d

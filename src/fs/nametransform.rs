@@ -84,12 +84,27 @@ pub fn encrypt(key: &[u8; 64], name: &[u8]) -> Result<BackingName, NameError> {
 
 /// Decrypts an encoded name (the full encoding, for long names).
 pub fn decrypt(key: &[u8; 64], encoded: &str) -> Result<Vec<u8>, NameError> {
-    let ct = URL_SAFE_NO_PAD
-        .decode(encoded)
-        .map_err(|_| NameError::Undecryptable)?;
-    siv(key)
-        .decrypt([NAME_AD], &ct)
-        .map_err(|_| NameError::Undecryptable)
+    NameCipher::new(key).decrypt(encoded)
+}
+
+/// A directory's name key made ready once, for decrypting a whole listing (the AES key
+/// schedules are the larger part of decrypting one short name).
+pub struct NameCipher(Aes256Siv);
+
+impl NameCipher {
+    pub fn new(key: &[u8; 64]) -> NameCipher {
+        NameCipher(siv(key))
+    }
+
+    /// As `decrypt`.
+    pub fn decrypt(&mut self, encoded: &str) -> Result<Vec<u8>, NameError> {
+        let ct = URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|_| NameError::Undecryptable)?;
+        self.0
+            .decrypt([NAME_AD], &ct)
+            .map_err(|_| NameError::Undecryptable)
+    }
 }
 
 /// Checks that a long-name side file's content belongs to the entry `entry`.

@@ -53,7 +53,7 @@ impl OpenFile {
 
 enum Handle {
     File { file: Arc<OpenFile> },
-    Dir { entries: Vec<DirEntry> },
+    Dir { entries: Arc<[DirEntry]> },
 }
 
 /// A looked-up entry: attributes and the node's generation.
@@ -87,7 +87,25 @@ pub struct DirEntry {
     pub name: OsString,
     pub kind: FileType,
     /// The backing (encrypted) name; empty for "." and "..".
-    pub backing: OsString,
+    pub backing: Arc<OsStr>,
+}
+
+/// A directory handle's entries from an offset on, shared with the handle rather than copied (a
+/// listing is read in several requests).
+pub struct Listing {
+    entries: Arc<[DirEntry]>,
+    from: usize,
+}
+
+impl Listing {
+    /// Entries with their offsets (positions + 1).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &DirEntry)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(self.from)
+            .map(|(i, e)| (i as u64 + 1, e))
+    }
 }
 
 pub struct KmsFs {
@@ -212,7 +230,7 @@ pub type DirFd = Arc<OwnedFd>;
 
 pub struct At {
     pub dir: DirFd,
-    pub name: OsString,
+    pub name: Arc<OsStr>,
 }
 
 fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
@@ -374,7 +392,7 @@ impl KmsFs {
         if ino == ROOT {
             return Ok(At {
                 dir: self.dir_fd(ROOT)?,
-                name: ".".into(),
+                name: Arc::from(OsStr::new(".")),
             });
         }
         let (parent, name) = lock(&self.inodes)
@@ -537,18 +555,13 @@ impl KmsFs {
 
     fn open_backing(a: &At) -> FsResult<File> {
         let flags = OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        match openat(
-            &a.dir,
-            a.name.as_os_str(),
-            flags | OFlag::O_RDWR,
-            Mode::empty(),
-        ) {
+        match openat(&a.dir, &*a.name, flags | OFlag::O_RDWR, Mode::empty()) {
             Ok(fd) => Ok(File::from(fd)),
             Err(
                 nix::errno::Errno::EACCES | nix::errno::Errno::EROFS | nix::errno::Errno::EPERM,
             ) => Ok(File::from(openat(
                 &a.dir,
-                a.name.as_os_str(),
+                &*a.name,
                 flags | OFlag::O_RDONLY,
                 Mode::empty(),
             )?)),
@@ -791,7 +804,7 @@ impl KmsFs {
         let a = self.at(ino)?;
         let fd = openat(
             &a.dir,
-            a.name.as_os_str(),
+            &*a.name,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
@@ -878,7 +891,7 @@ impl KmsFs {
             match (&a, &fd) {
                 (Some(a), _) => nix::sys::stat::fchmodat(
                     &a.dir,
-                    a.name.as_os_str(),
+                    &*a.name,
                     m,
                     nix::sys::stat::FchmodatFlags::NoFollowSymlink,
                 )?,
@@ -892,13 +905,9 @@ impl KmsFs {
                 gid.map(nix::unistd::Gid::from_raw),
             );
             match (&a, &fd) {
-                (Some(a), _) => nix::unistd::fchownat(
-                    &a.dir,
-                    a.name.as_os_str(),
-                    u,
-                    g,
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )?,
+                (Some(a), _) => {
+                    nix::unistd::fchownat(&a.dir, &*a.name, u, g, AtFlags::AT_SYMLINK_NOFOLLOW)?
+                }
                 (None, Some(f)) => nix::unistd::fchown(f, u, g)?,
                 (None, None) => return Err(Errno::ENOENT),
             }
@@ -918,7 +927,7 @@ impl KmsFs {
             match (&a, &fd) {
                 (Some(a), _) => nix::sys::stat::utimensat(
                     &a.dir,
-                    a.name.as_os_str(),
+                    &*a.name,
                     &ts(atime),
                     &ts(mtime),
                     nix::sys::stat::UtimensatFlags::NoFollowSymlink,
@@ -1108,12 +1117,15 @@ impl KmsFs {
 
     pub fn readlink(&self, ino: u64, r: Requester) -> FsResult<Vec<u8>> {
         let v = &self.volume.config;
-        let ctx = cipherdir::volume_context(&v.volume_id);
         let cmk = lock(&self.volume_cmk).clone();
-        self.keys
-            .authorize_ctx(r, Some(cmk.as_str()), &ctx, *v.volume_id.as_bytes())?;
+        self.keys.authorize_ctx(
+            r,
+            Some(cmk.as_str()),
+            || cipherdir::volume_context(&v.volume_id),
+            *v.volume_id.as_bytes(),
+        )?;
         let a = self.at(ino)?;
-        let stored = nix::fcntl::readlinkat(&a.dir, a.name.as_os_str())?;
+        let stored = nix::fcntl::readlinkat(&a.dir, &*a.name)?;
         cipherdir::decrypt_symlink(&self.volume.keys, stored.as_bytes())
             .map(|t| t.to_vec())
             .ok_or_else(|| {
@@ -1236,13 +1248,9 @@ impl KmsFs {
         let src = self.at(ino)?;
         let (dir, bn) = self.child(newparent, newname, req)?;
         self.write_side_file(&dir, &bn)?;
-        if let Err(e) = nix::unistd::linkat(
-            &src.dir,
-            src.name.as_os_str(),
-            &dir,
-            bn.entry(),
-            AtFlags::empty(),
-        ) {
+        if let Err(e) =
+            nix::unistd::linkat(&src.dir, &*src.name, &dir, bn.entry(), AtFlags::empty())
+        {
             if e != nix::errno::Errno::EEXIST {
                 self.remove_side_file(&dir, &bn);
             }
@@ -1257,20 +1265,21 @@ impl KmsFs {
         &self,
         dir: &OwnedFd,
         label: &dyn Fn() -> String,
-        keys: &DataKeys,
+        names: &mut nt::NameCipher,
         entry: &OsStr,
     ) -> Option<OsString> {
         let s = entry.to_str()?;
+        let side;
         let encoded = match nt::classify(s) {
             EntryKind::Internal => return None,
-            EntryKind::Encrypted => s.to_string(),
+            EntryKind::Encrypted => s,
             EntryKind::LongName => {
-                let side = format!("{s}{}", nt::LONGNAME_SUFFIX);
-                match read_at(dir, OsStr::new(&side))
+                let file = format!("{s}{}", nt::LONGNAME_SUFFIX);
+                side = read_at(dir, OsStr::new(&file))
                     .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                {
-                    Some(full) if nt::long_name_matches(s, &full) => full,
+                    .and_then(|b| String::from_utf8(b).ok());
+                match &side {
+                    Some(full) if nt::long_name_matches(s, full) => full.as_str(),
                     _ => {
                         log::warn!("{}/{s}: long name without a valid side file", label());
                         return None;
@@ -1278,7 +1287,7 @@ impl KmsFs {
                 }
             }
         };
-        match nt::decrypt(&keys.names, &encoded) {
+        match names.decrypt(encoded) {
             Ok(n) => Some(OsString::from_vec(n)),
             Err(_) => {
                 log::warn!("{}/{s}: name does not decrypt in this directory", label());
@@ -1292,7 +1301,7 @@ impl KmsFs {
         let a = self.at(ino)?;
         let dir = openat(
             &a.dir,
-            a.name.as_os_str(),
+            &*a.name,
             OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
             Mode::empty(),
         )?;
@@ -1310,25 +1319,26 @@ impl KmsFs {
                 ino: i,
                 name: n.into(),
                 kind: FileType::Directory,
-                backing: OsString::new(),
+                backing: Arc::from(OsStr::new("")),
             });
         }
         let mut d = nix::dir::Dir::from_fd(dir.try_clone()?)?;
         let mut found = Vec::new();
         for e in d.iter() {
             let e = e?;
-            let raw = OsStr::from_bytes(e.file_name().to_bytes()).to_os_string();
+            let raw = OsStr::from_bytes(e.file_name().to_bytes());
             if raw == "." || raw == ".." {
                 continue;
             }
-            found.push((raw, e.ino(), e.file_type()));
+            found.push((Arc::<OsStr>::from(raw), e.ino(), e.file_type()));
         }
+        let mut names = nt::NameCipher::new(&keys.keys.names);
         let inodes_ids: Vec<u64> = {
             let inodes = lock(&self.inodes);
             found.iter().map(|(_, i, _)| inodes.node_id(*i)).collect()
         };
         for ((raw, _, t), id) in found.iter().zip(inodes_ids) {
-            let Some(name) = self.plain_name(&dir, &label, &keys.keys, raw) else {
+            let Some(name) = self.plain_name(&dir, &label, &mut names, raw) else {
                 continue;
             };
             use nix::dir::Type;
@@ -1352,24 +1362,22 @@ impl KmsFs {
                 backing: raw.clone(),
             });
         }
-        Ok(self.new_handle(Handle::Dir { entries }))
+        Ok(self.new_handle(Handle::Dir {
+            entries: entries.into(),
+        }))
     }
 
     /// Entries from `offset` on (offsets are positions + 1).
-    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<(u64, DirEntry)>> {
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Listing> {
         match lock(&self.handles).get(&fh) {
-            Some(Handle::Dir { entries }) => Ok(entries
-                .iter()
-                .enumerate()
-                .skip(offset as usize)
-                .map(|(i, e)| (i as u64 + 1, e.clone()))
-                .collect()),
+            Some(Handle::Dir { entries }) => Ok(Listing {
+                entries: entries.clone(),
+                from: usize::try_from(offset).unwrap_or(usize::MAX),
+            }),
             _ => Err(Errno::EBADF),
         }
     }
 
-    /// Like `readdir`, with each entry looked up (counted, as the kernel expects). `add` returns
-    /// true when the reply is full; that entry's lookup is then taken back.
     pub fn readdirplus(
         &self,
         ino: u64,
@@ -1377,10 +1385,10 @@ impl KmsFs {
         offset: u64,
         mut add: impl FnMut(u64, &DirEntry, &Entry) -> bool,
     ) -> FsResult<()> {
-        let entries = self.readdir(fh, offset)?;
+        let listing = self.readdir(fh, offset)?;
         let dir = self.dir_fd(ino)?;
         let own = self.getattr(ino)?;
-        for (off, e) in entries {
+        for (off, e) in listing.iter() {
             if e.backing.is_empty() {
                 let dot = Entry {
                     attr: FileAttr {
@@ -1389,7 +1397,7 @@ impl KmsFs {
                     },
                     generation: 0,
                 };
-                if add(off, &e, &dot) {
+                if add(off, e, &dot) {
                     break;
                 }
                 continue;
@@ -1397,12 +1405,12 @@ impl KmsFs {
             let Ok(st) = stat_at(&dir, &e.backing) else {
                 continue;
             };
-            let (id, generation) = lock(&self.inodes).link(ino, &e.backing, st.st_ino);
+            let (id, generation) = lock(&self.inodes).link_shared(ino, &e.backing, st.st_ino);
             let entry = Entry {
                 attr: to_attr(id, &st),
                 generation,
             };
-            if add(off, &e, &entry) {
+            if add(off, e, &entry) {
                 self.forget(id, 1);
                 break;
             }
@@ -1427,7 +1435,7 @@ impl KmsFs {
         }
         let fd = openat(
             &a.dir,
-            a.name.as_os_str(),
+            &*a.name,
             OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
             Mode::empty(),
         )?;

@@ -52,7 +52,7 @@ impl KmsFs {
             ))
         } else if is_file(&st) {
             Ok((
-                File::from(openat(&a.dir, a.name.as_os_str(), flags, Mode::empty())?),
+                File::from(openat(&a.dir, &*a.name, flags, Mode::empty())?),
                 Kind::File,
             ))
         } else {
@@ -293,7 +293,7 @@ impl KmsFs {
                 let mt = nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
                 nix::sys::stat::futimens(fresh.file(), &at, &mt)?;
                 fresh.file().sync_all()?;
-                nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, a.name.as_os_str())?;
+                nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, &*a.name)?;
                 Ok::<_, Errno>(fresh)
             })();
             match made {

@@ -125,7 +125,7 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
         Op::Flush => Err(Errno(libc::ENOSYS)),
         Op::Opendir => out.open_out(fs.opendir(ino, r)?),
         Op::Readdir { fh, offset, size } => {
-            for (off, e) in fs.readdir(fh, offset)? {
+            for (off, e) in fs.readdir(fh, offset)?.iter() {
                 if !out.dirent(size as usize, e.ino, off, e.kind, &e.name)? {
                     break;
                 }
