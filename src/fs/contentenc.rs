@@ -8,6 +8,7 @@
 //! A backing block of all zeros is a hole and reads as zeros.
 
 use crate::cryptocore::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
+use aes_gcm::aead::inout::InOutBuf;
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use zeroize::Zeroize;
@@ -209,11 +210,12 @@ impl ContentCipher {
         let (n, rest) = slot.split_at_mut(NONCE_LEN);
         n.copy_from_slice(nonce);
         let (body, tag_out) = rest.split_at_mut(plaintext.len());
-        body.copy_from_slice(plaintext);
         let nonce = Nonce::try_from(nonce).map_err(|_| cryptocore::RandomError)?;
+        // Straight from the plaintext into the slot, without copying it there first.
+        let buf = InOutBuf::new(plaintext, body).map_err(|_| cryptocore::RandomError)?;
         let tag = self
             .aead
-            .encrypt_inout_detached(&nonce, &self.aad(index, last), body.into())
+            .encrypt_inout_detached(&nonce, &self.aad(index, last), buf)
             .map_err(|_| cryptocore::RandomError)?;
         tag_out.copy_from_slice(&tag);
         Ok(())
@@ -380,20 +382,25 @@ impl ContentCipher {
         r
     }
 
-    fn open(&self, index: u64, last: bool, nonce: &[u8], body: &mut [u8], tag: &[u8]) -> bool {
-        let (Ok(nonce), Ok(tag)) = (
+    /// Authenticates and decrypts `body` into `out` (same length) in one pass over each.
+    fn open(
+        &self,
+        index: u64,
+        last: bool,
+        nonce: &[u8],
+        body: &[u8],
+        out: &mut [u8],
+        tag: &[u8],
+    ) -> bool {
+        let (Ok(nonce), Ok(tag), Ok(buf)) = (
             <[u8; NONCE_LEN]>::try_from(nonce),
             <[u8; TAG_LEN]>::try_from(tag),
+            InOutBuf::new(body, out),
         ) else {
             return false;
         };
         self.aead
-            .decrypt_inout_detached(
-                &Nonce::from(nonce),
-                &self.aad(index, last),
-                body.into(),
-                &Tag::from(tag),
-            )
+            .decrypt_inout_detached(&Nonce::from(nonce), &self.aad(index, last), buf, &Tag::from(tag))
             .is_ok()
     }
 
@@ -435,14 +442,11 @@ impl ContentCipher {
         }
         let (nonce, rest) = block.split_at(NONCE_LEN);
         let (body, tag) = rest.split_at(rest.len() - TAG_LEN);
-        slot.copy_from_slice(body);
         let ok = if is_final {
-            self.open(index, true, nonce, slot, tag)
+            self.open(index, true, nonce, body, slot, tag)
         } else {
-            self.open(index, false, nonce, slot, tag) || {
-                slot.copy_from_slice(body);
-                self.open(index, true, nonce, slot, tag)
-            }
+            self.open(index, false, nonce, body, slot, tag)
+                || self.open(index, true, nonce, body, slot, tag)
         };
         if ok { Ok(()) } else { Err(err) }
     }
