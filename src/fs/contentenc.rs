@@ -400,7 +400,12 @@ impl ContentCipher {
             return false;
         };
         self.aead
-            .decrypt_inout_detached(&Nonce::from(nonce), &self.aad(index, last), buf, &Tag::from(tag))
+            .decrypt_inout_detached(
+                &Nonce::from(nonce),
+                &self.aad(index, last),
+                buf,
+                &Tag::from(tag),
+            )
             .is_ok()
     }
 

@@ -21,6 +21,7 @@ pub struct Fuse {
     pub ttl: Duration,
     /// Some: ask the kernel for FUSE over io_uring, and say here whether it agreed.
     pub io_uring: Option<Arc<AtomicBool>>,
+    pub forget_pace: crate::fs::uring::pace::ForgetPace,
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -118,7 +119,11 @@ impl Filesystem for Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        if self.fs.ring.queues.load(Ordering::Relaxed) > 0 {
+            self.forget_pace.run(|| self.fs.forget(ino.0, nlookup));
+        } else {
+            self.fs.forget(ino.0, nlookup);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

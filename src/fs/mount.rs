@@ -308,6 +308,7 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
         fs: fs.clone(),
         ttl: o.attr_ttl,
         io_uring: want_ring.then(|| granted.clone()),
+        forget_pace: Default::default(),
     };
     // Resolved before mounting: once mounted, the path's last step is served by this daemon.
     let canonical = mountpoint

@@ -10,6 +10,7 @@
 
 pub mod abi;
 mod dispatch;
+pub mod pace;
 
 use crate::fs::errno::Errno;
 use crate::fs::ops::{KmsFs, Requester};
