@@ -253,7 +253,7 @@ impl ContentCipher {
     /// piece is sealed on this thread and the rest, one after the other, on one crypto worker,
     /// so that the sink's work on one piece (writing it out) overlaps the sealing of the next.
     /// A failing sink stops the run. Must not be called from a crypto worker: it waits for one.
-    pub fn seal_run_streamed<E: Send>(
+    pub fn seal_run_streamed<E>(
         &self,
         first: u64,
         blocks: &[(&[u8], bool)],
@@ -382,7 +382,8 @@ impl ContentCipher {
         r
     }
 
-    /// Authenticates and decrypts `body` into `out` (same length) in one pass over each.
+    /// Authenticates and decrypts `body` into `out` (same length), without copying it there
+    /// first.
     fn open(
         &self,
         index: u64,

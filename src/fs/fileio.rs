@@ -711,6 +711,48 @@ mod tests {
         assert_eq!(std::fs::read(t.path()).unwrap(), before);
     }
 
+    /// A streamed rewrite whose backing write fails after two pieces went out is undone at once
+    /// from its record, also where it reached past the old end.
+    #[test]
+    fn a_streamed_rewrite_failing_midway_is_undone_at_once() {
+        use crate::fs::undo::Pending;
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), true).unwrap().unwrap();
+        let (t, mut c) = content(0);
+        c.journal_to(j.clone());
+        let blocks = STREAM_BLOCKS + 2 * ce::PIECE_BLOCKS;
+        c.write(0, &vec![1u8; blocks * BLOCK as usize]).unwrap();
+        let before = std::fs::read(t.path()).unwrap();
+        let patch = [9u8; BLOCK as usize];
+        let run: Vec<(&[u8], bool)> = (0..blocks).map(|_| (&patch[..], false)).collect();
+        let piece = ce::PIECE_BLOCKS * CIPHER_BLOCK as usize;
+        for first in [2, blocks as u64 - 3] {
+            let start = ce::block_offset(first);
+            let end = start + (blocks as u64) * CIPHER_BLOCK;
+            let mut written = 0;
+            let r = c.in_place(start, end, |s| {
+                let file = &s.file;
+                s.cipher()?
+                    .seal_run_streamed(first, &run, |at, sealed| {
+                        if at >= 2 * piece {
+                            return Err(std::io::Error::other("disk full"));
+                        }
+                        written += 1;
+                        file.write_all_at(sealed, start + at as u64)
+                    })
+                    .map_err(|_| Errno::EIO)
+            });
+            assert_eq!(r, Err(Errno::EIO));
+            assert_eq!(written, 2, "two pieces went out first");
+            assert_eq!(
+                std::fs::read(t.path()).unwrap(),
+                before,
+                "from block {first}"
+            );
+            assert_eq!(j.pending(&c.id).unwrap(), Pending::Empty);
+        }
+    }
+
     #[test]
     fn a_torn_append_is_cut_back_to_the_last_intact_end() {
         let (t, mut c) = content(0);

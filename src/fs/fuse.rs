@@ -21,6 +21,7 @@ pub struct Fuse {
     pub ttl: Duration,
     /// Some: ask the kernel for FUSE over io_uring, and say here whether it agreed.
     pub io_uring: Option<Arc<AtomicBool>>,
+    /// Batches forgets once the rings carry the requests (see `uring::pace`).
     pub forget_pace: crate::fs::uring::pace::ForgetPace,
 }
 
@@ -119,7 +120,9 @@ impl Filesystem for Fuse {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if self.fs.ring.queues.load(Ordering::Relaxed) > 0 {
+        // Only once a request came through a ring: until the kernel has every queue, the
+        // other requests still share this thread.
+        if self.fs.ring.requests.load(Ordering::Relaxed) > 0 {
             self.forget_pace.run(|| self.fs.forget(ino.0, nlookup));
         } else {
             self.fs.forget(ino.0, nlookup);

@@ -8,7 +8,7 @@ use crate::fs::keyring::DirKeys;
 use hashbrown::hash_map::RawEntryMut;
 use hashbrown::{Equivalent, HashMap};
 use std::ffi::{OsStr, OsString};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,6 +48,10 @@ struct NameRef<'a>(u64, &'a OsStr);
 
 type NameKey = (u64, Arc<OsStr>);
 
+/// Names and inode numbers come from the cipher directory, which others may write: std's keyed
+/// SipHash, so colliding keys cannot be planted.
+type Map<K, V> = HashMap<K, V, RandomState>;
+
 impl Hash for NameRef<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.0.hash(state);
@@ -64,14 +68,14 @@ impl Equivalent<NameKey> for NameRef<'_> {
 pub struct Inodes {
     root: PathBuf,
     root_backing_ino: u64,
-    nodes: HashMap<u64, Node>,
-    by_name: HashMap<NameKey, u64>,
+    nodes: Map<u64, Node>,
+    by_name: Map<NameKey, u64>,
     dir_fds: usize,
 }
 
 impl Inodes {
     pub fn new(root: PathBuf, root_backing_ino: u64) -> Inodes {
-        let mut nodes = HashMap::new();
+        let mut nodes = Map::default();
         nodes.insert(
             ROOT,
             Node {
@@ -87,7 +91,7 @@ impl Inodes {
             root,
             root_backing_ino,
             nodes,
-            by_name: HashMap::new(),
+            by_name: Map::default(),
             dir_fds: 0,
         }
     }
@@ -215,9 +219,7 @@ impl Inodes {
             }
         };
         if let Some(old) = old.filter(|&o| o != ino) {
-            if let Some(n) = self.nodes.get_mut(&old) {
-                n.links.retain(|(p, m)| !(*p == parent && **m == *name));
-            }
+            self.drop_node_link(old, parent, name);
         }
         let node = self.nodes.entry(ino).or_insert_with(|| Node {
             generation: 0,
@@ -230,6 +232,12 @@ impl Inodes {
         });
         if node.gone {
             node.generation += 1;
+            // Names it had that the index still gives it (removed behind our back) go too.
+            let stale = node
+                .links
+                .iter()
+                .filter(|(p, m)| !(*p == parent && **m == *name));
+            unindex(&mut self.by_name, ino, stale);
             node.links.clear();
             node.dir_keys = None;
             if node.dir_fd.take().is_some() {
@@ -245,10 +253,15 @@ impl Inodes {
     }
 
     fn drop_link(&mut self, ino: u64, parent: u64, name: &OsStr) {
+        self.drop_node_link(ino, parent, name);
+        self.by_name.remove(&NameRef(parent, name));
+    }
+
+    /// Takes `parent/name` out of node `ino`'s links (the index is the caller's).
+    fn drop_node_link(&mut self, ino: u64, parent: u64, name: &OsStr) {
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.links.retain(|(p, m)| !(*p == parent && **m == *name));
         }
-        self.by_name.remove(&NameRef(parent, name));
     }
 
     /// `parent/name` no longer exists; `gone` says the backing inode went with it.
@@ -332,20 +345,7 @@ impl Inodes {
                 if node.dir_fd.is_some() {
                     self.dir_fds -= 1;
                 }
-                for (parent, name) in &node.links {
-                    // Unless the name reaches another node by now (a rename over it).
-                    let key = NameRef(*parent, name);
-                    let hash = self.by_name.hasher().hash_one(&key);
-                    if let RawEntryMut::Occupied(e) = self
-                        .by_name
-                        .raw_entry_mut()
-                        .from_key_hashed_nocheck(hash, &key)
-                    {
-                        if *e.get() == ino {
-                            e.remove();
-                        }
-                    }
-                }
+                unindex(&mut self.by_name, ino, &node.links);
             }
         }
     }
@@ -361,6 +361,25 @@ impl Inodes {
 
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
+    }
+}
+
+/// Removes `links` from the index where they still lead to `ino` (one hash of each name).
+fn unindex<'a>(
+    by_name: &mut Map<NameKey, u64>,
+    ino: u64,
+    links: impl IntoIterator<Item = &'a (u64, Arc<OsStr>)>,
+) {
+    for (parent, name) in links {
+        let key = NameRef(*parent, name);
+        let hash = by_name.hasher().hash_one(&key);
+        if let RawEntryMut::Occupied(e) =
+            by_name.raw_entry_mut().from_key_hashed_nocheck(hash, &key)
+        {
+            if *e.get() == ino {
+                e.remove();
+            }
+        }
     }
 }
 
@@ -398,6 +417,21 @@ mod tests {
         assert!(t.get(ROOT).is_some());
     }
 
+    /// Lookups by borrowed name rely on it hashing as the stored key does.
+    #[test]
+    fn a_borrowed_name_hashes_as_the_stored_key() {
+        let s = RandomState::new();
+        let owned: NameKey = (7, Arc::from(OsStr::new("abc")));
+        assert_eq!(
+            s.hash_one(&owned),
+            s.hash_one(NameRef(7, OsStr::new("abc")))
+        );
+        assert_ne!(
+            s.hash_one(&owned),
+            s.hash_one(NameRef(8, OsStr::new("abc")))
+        );
+    }
+
     /// A name that comes to reach another inode (replaced behind our back, or a listing's shared
     /// name) moves in the index; forgetting the old node leaves the new mapping alone.
     #[test]
@@ -422,5 +456,20 @@ mod tests {
         t.forget(b, 2);
         assert_eq!(t.find(ROOT, OsStr::new("n")), None);
         assert_eq!(t.len(), 1);
+
+        // Two names of one inode: one removed behind our back, then the other through us,
+        // which finds the inode gone. When its number comes back as a new file, the stale
+        // name stops reaching it, and the name it comes back under stays.
+        let (h, _) = t.link(ROOT, OsStr::new("h1"), 30);
+        t.link(ROOT, OsStr::new("h2"), 30);
+        t.unlink(ROOT, OsStr::new("h1"), true);
+        assert_eq!(t.find(ROOT, OsStr::new("h2")), Some(h));
+        let (again, _) = t.link(ROOT, OsStr::new("h3"), 30);
+        assert_eq!(again, h);
+        assert_eq!(t.find(ROOT, OsStr::new("h2")), None);
+        assert_eq!(t.find(ROOT, OsStr::new("h3")), Some(h));
+        t.unlink(ROOT, OsStr::new("h3"), true);
+        t.link(ROOT, OsStr::new("h3"), 30);
+        assert_eq!(t.find(ROOT, OsStr::new("h3")), Some(h));
     }
 }

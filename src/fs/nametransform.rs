@@ -87,8 +87,8 @@ pub fn decrypt(key: &[u8; 64], encoded: &str) -> Result<Vec<u8>, NameError> {
     NameCipher::new(key).decrypt(encoded)
 }
 
-/// A directory's name key made ready once, for decrypting a whole listing (the AES key
-/// schedules are the larger part of decrypting one short name).
+/// A directory's name key set up once for a whole listing (the CMAC half of AES-SIV; its CTR
+/// half is keyed per name inside the crate).
 pub struct NameCipher(Aes256Siv);
 
 impl NameCipher {
@@ -138,6 +138,22 @@ mod tests {
     use proptest::prelude::*;
 
     const K: [u8; 64] = [5u8; 64];
+
+    /// One prepared cipher decrypts a whole listing, also after a name that fails.
+    #[test]
+    fn a_name_cipher_serves_a_listing() {
+        let mut c = NameCipher::new(&K);
+        let names: Vec<String> = ["a", "b.txt", "dir"]
+            .iter()
+            .map(|n| encrypt(&K, n.as_bytes()).unwrap().entry().to_string())
+            .collect();
+        assert_eq!(c.decrypt(&names[0]).unwrap(), b"a");
+        let other = encrypt(&[6u8; 64], b"a").unwrap();
+        assert_eq!(c.decrypt(other.entry()), Err(NameError::Undecryptable));
+        assert_eq!(c.decrypt("not base64!"), Err(NameError::Undecryptable));
+        assert_eq!(c.decrypt(&names[1]).unwrap(), b"b.txt");
+        assert_eq!(c.decrypt(&names[2]).unwrap(), b"dir");
+    }
 
     #[test]
     fn short_and_long_names() {

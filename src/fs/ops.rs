@@ -1378,6 +1378,8 @@ impl KmsFs {
         }
     }
 
+    /// Like `readdir`, with each entry looked up (counted, as the kernel expects). `add` returns
+    /// true when the reply is full; that entry's lookup is then taken back.
     pub fn readdirplus(
         &self,
         ino: u64,

@@ -2,13 +2,15 @@
 //! only FORGETs (and INTERRUPTs), and the kernel wakes the thread blocked on it for every forget
 //! it queues: after each unlink, say, an inter-processor interrupt and VM exits in the path of
 //! the process that unlinked. Resting a moment before serving a new batch lets forgets collect,
-//! so the next read takes them all at once (`find -delete` of 10,000 files: 0.22-0.28 s ->
-//! 0.16-0.18 s). Forgets only free the daemon's inode table entries; nothing waits for them.
+//! so the next read takes them all at once (`find -delete` of 10,000 files: 0.22-0.30 s ->
+//! 0.16-0.18 s). Forgets only release the daemon's inode table entries (with a directory's
+//! cached descriptor and name keys), a few milliseconds later; no request waits for them.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Forgets handled closer together than this came from one read of the device.
+/// A forget that starts within this time of the previous one's end is part of the same batch
+/// (fuser serves a batch's forgets back to back; a new read of the device takes longer).
 const BATCH_GAP: Duration = Duration::from_micros(10);
 /// How long the thread rests before serving a new batch.
 const REST: Duration = Duration::from_millis(2);
@@ -20,14 +22,16 @@ pub struct ForgetPace {
 }
 
 impl ForgetPace {
-    /// Runs `forget`, resting first if it opens a new batch.
-    pub fn run(&self, forget: impl FnOnce()) {
+    /// Runs `forget`, resting first if it opens a new batch; says whether it rested.
+    pub fn run(&self, forget: impl FnOnce()) -> bool {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if opens_batch(*last, Instant::now()) {
+        let rest = opens_batch(*last, Instant::now());
+        if rest {
             std::thread::sleep(REST);
         }
         forget();
         *last = Some(Instant::now());
+        rest
     }
 }
 
@@ -52,16 +56,15 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_rests_once_and_runs_every_forget() {
+    fn a_batch_rests_before_its_first_forget_only() {
         let p = ForgetPace::default();
         let mut done = 0;
         let t0 = Instant::now();
-        for _ in 0..50 {
-            p.run(|| done += 1);
-        }
+        let rests = (0..50).filter(|_| p.run(|| done += 1)).count();
         assert_eq!(done, 50);
-        // One rest, not fifty.
-        let took = t0.elapsed();
-        assert!(took >= REST && took < REST * 10, "{took:?}");
+        assert!(t0.elapsed() >= REST);
+        // The first rests; back-to-back ones do not (a few may if the test thread is preempted
+        // for longer than the gap, never most of them).
+        assert!((1..10).contains(&rests), "{rests} rests");
     }
 }
