@@ -202,7 +202,6 @@ impl Txn<'_> {
             db.keys.remove(&id);
             db.aliases.retain(|_, k| *k != id);
             db.deleted.insert(id, now);
-            self.dirty = true;
             let ev = self.event("DeleteKey", Some(id), None, &Ok(()));
             self.events.push(AuditEvent {
                 message: Some("scheduled deletion: key material destroyed".into()),
@@ -261,13 +260,14 @@ impl Txn<'_> {
             .ok_or_else(|| KmsError::not_found(format!("key {id} does not exist")))
     }
 
-    /// The database, to change: copied from the shared one on the first change.
+    /// The database, to change: copied from the shared one on the first change, and saved
+    /// when the operation ends.
     fn db_mut(&mut self) -> &mut KeyDb {
+        self.dirty = true;
         std::sync::Arc::make_mut(&mut self.db)
     }
 
     fn key_mut(&mut self, id: Uuid) -> Result<&mut KeyRecord> {
-        self.dirty = true;
         self.db_mut()
             .keys
             .get_mut(&id)
@@ -825,7 +825,6 @@ impl Kms {
                     key_usage: c.key_usage,
                 },
             );
-            t.dirty = true;
             if c.origin == Origin::AwsKms {
                 d.key_version = Some(match &pregenerated {
                     Some(m) => t.add_sealed(id, VersionSource::Initial, m)?,
@@ -896,7 +895,6 @@ impl Kms {
             }
             d.message = Some(alias.clone());
             t.db_mut().aliases.insert(alias, id);
-            t.dirty = true;
             Ok(())
         })
     }
@@ -908,7 +906,6 @@ impl Kms {
             t.authorize(id, "kms:DeleteAlias", &EncryptionContext::default())?;
             d.message = Some(alias.clone());
             t.db_mut().aliases.remove(&alias);
-            t.dirty = true;
             Ok(())
         })
     }
