@@ -23,6 +23,23 @@ pub const MAX_BLOCK_ENCRYPTIONS: u64 = 1 << 32;
 const PARALLEL_BLOCKS: usize = 64;
 /// Blocks per piece when a long run is sealed and handed on piece by piece (128 KiB).
 pub const PIECE_BLOCKS: usize = 32;
+// Each piece is sealed on one thread (the streamed run supplies the parallelism).
+const _: () = assert!(PIECE_BLOCKS < PARALLEL_BLOCKS);
+
+/// Backing bytes of consecutive blocks: each one's plaintext with its nonce and tag.
+pub fn sealed_len(blocks: &[(&[u8], bool)]) -> usize {
+    blocks
+        .iter()
+        .map(|(p, _)| p.len() + OVERHEAD as usize)
+        .sum()
+}
+
+/// Nonces for `n` blocks, from one call to the random source.
+fn nonces_for(n: usize) -> Result<Vec<u8>, cryptocore::RandomError> {
+    let mut nonces = vec![0u8; n * NONCE_LEN];
+    cryptocore::fill_random(&mut nonces)?;
+    Ok(nonces)
+}
 
 /// Why a streamed run stopped: the random source, or the sink.
 #[derive(Debug)]
@@ -230,18 +247,29 @@ impl ContentCipher {
         blocks: &[(&[u8], bool)],
         out: &mut Vec<u8>,
     ) -> Result<(), cryptocore::RandomError> {
-        let mut nonces = vec![0u8; blocks.len() * NONCE_LEN];
-        cryptocore::fill_random(&mut nonces)?;
+        let nonces = nonces_for(blocks.len())?;
         let start = out.len();
+        out.resize(start + sealed_len(blocks), 0);
+        self.seal_blocks(first, blocks, &nonces, &mut out[start..])
+    }
+
+    /// Seals `blocks` (block `first` on), with one nonce each from `nonces`, into `out`, which
+    /// is exactly their sealed length: on several threads for long runs.
+    fn seal_blocks(
+        &self,
+        first: u64,
+        blocks: &[(&[u8], bool)],
+        nonces: &[u8],
+        out: &mut [u8],
+    ) -> Result<(), cryptocore::RandomError> {
         let lens: Vec<usize> = blocks
             .iter()
             .map(|(p, _)| p.len() + OVERHEAD as usize)
             .collect();
-        out.resize(start + lens.iter().sum::<usize>(), 0);
         let jobs: Vec<_> = blocks
             .iter()
             .zip(nonces.chunks(NONCE_LEN))
-            .zip(carve(&mut out[start..], &lens))
+            .zip(carve(out, &lens))
             .collect();
         for_each_block(jobs, |k, ((&(plain, last), nonce), slot)| {
             self.seal_into(nonce, first + k as u64, last, plain, slot)
@@ -260,14 +288,9 @@ impl ContentCipher {
         mut sink: impl FnMut(usize, &[u8]) -> Result<(), E>,
     ) -> Result<(), StreamError<E>> {
         use std::sync::atomic::{AtomicBool, Ordering};
-        let mut nonces = vec![0u8; blocks.len() * NONCE_LEN];
-        cryptocore::fill_random(&mut nonces).map_err(StreamError::Random)?;
-        let lens: Vec<usize> = blocks
-            .iter()
-            .map(|(p, _)| p.len() + OVERHEAD as usize)
-            .collect();
-        let piece_lens: Vec<usize> = lens.chunks(PIECE_BLOCKS).map(|c| c.iter().sum()).collect();
-        let mut out = vec![0u8; lens.iter().sum()];
+        let nonces = nonces_for(blocks.len()).map_err(StreamError::Random)?;
+        let piece_lens: Vec<usize> = blocks.chunks(PIECE_BLOCKS).map(sealed_len).collect();
+        let mut out = vec![0u8; sealed_len(blocks)];
         let mut pieces = blocks
             .chunks(PIECE_BLOCKS)
             .zip(nonces.chunks(PIECE_BLOCKS * NONCE_LEN))
@@ -311,26 +334,14 @@ impl ContentCipher {
         })
     }
 
+    /// Seals a piece (on this thread: a piece is shorter than a parallel run) and hands back its
+    /// sealed bytes.
     fn seal_piece<'a>(
         &self,
         first: u64,
         p: Piece<'a, '_>,
     ) -> Result<&'a [u8], cryptocore::RandomError> {
-        let lens: Vec<usize> = p
-            .blocks
-            .iter()
-            .map(|(b, _)| b.len() + OVERHEAD as usize)
-            .collect();
-        let slots = carve(&mut *p.out, &lens);
-        for (j, ((&(plain, last), nonce), slot)) in p
-            .blocks
-            .iter()
-            .zip(p.nonces.chunks(NONCE_LEN))
-            .zip(slots)
-            .enumerate()
-        {
-            self.seal_into(nonce, first + (p.k0 + j) as u64, last, plain, slot)?;
-        }
+        self.seal_blocks(first + p.k0 as u64, p.blocks, p.nonces, &mut *p.out)?;
         Ok(p.out)
     }
 

@@ -254,11 +254,7 @@ impl FileContent {
         self.cipher()?;
         self.spend(blocks.len() as u64)?;
         let start = ce::block_offset(first);
-        let end = start
-            + blocks
-                .iter()
-                .map(|(p, _)| p.len() as u64 + ce::OVERHEAD)
-                .sum::<u64>();
+        let end = start + ce::sealed_len(blocks) as u64;
         // Long runs are written piece by piece while the next piece is sealed (not from a
         // crypto worker, which must never wait for another).
         if blocks.len() >= STREAM_BLOCKS && rayon::current_thread_index().is_none() {
