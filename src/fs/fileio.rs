@@ -577,6 +577,20 @@ mod tests {
         (t, c)
     }
 
+    /// `content` with an undo journal (kept in the returned directory).
+    fn journaled_content() -> (
+        tempfile::TempDir,
+        std::sync::Arc<Journal>,
+        tempfile::NamedTempFile,
+        FileContent,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path(), true).unwrap().unwrap();
+        let (t, mut c) = content(0);
+        c.journal_to(j.clone());
+        (dir, j, t, c)
+    }
+
     #[test]
     fn write_read_truncate_on_a_plain_file() {
         let (_t, mut c) = content(0);
@@ -636,10 +650,7 @@ mod tests {
     #[test]
     fn in_place_rewrites_leave_an_undo_record_until_they_finish() {
         use crate::fs::undo::Pending;
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path(), true).unwrap().unwrap();
-        let (t, mut c) = content(0);
-        c.journal_to(j.clone());
+        let (_dir, j, t, mut c) = journaled_content();
         c.write(0, &[1u8; 3 * 4096]).unwrap();
         c.write(100, &[3u8; 10]).unwrap();
         assert_eq!(j.pending(&c.id).unwrap(), Pending::Empty, "finished writes");
@@ -679,10 +690,7 @@ mod tests {
     #[test]
     fn long_runs_written_piece_by_piece_read_back_and_fail_under_their_record() {
         use crate::fs::undo::Pending;
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path(), true).unwrap().unwrap();
-        let (t, mut c) = content(0);
-        c.journal_to(j.clone());
+        let (_dir, j, t, mut c) = journaled_content();
         let n = (STREAM_BLOCKS + 3 * ce::PIECE_BLOCKS) * BLOCK as usize + 123;
         let data: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
         c.write(0, &data).unwrap();
@@ -712,10 +720,7 @@ mod tests {
     #[test]
     fn a_streamed_rewrite_failing_midway_is_undone_at_once() {
         use crate::fs::undo::Pending;
-        let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path(), true).unwrap().unwrap();
-        let (t, mut c) = content(0);
-        c.journal_to(j.clone());
+        let (_dir, j, t, mut c) = journaled_content();
         let blocks = STREAM_BLOCKS + 2 * ce::PIECE_BLOCKS;
         c.write(0, &vec![1u8; blocks * BLOCK as usize]).unwrap();
         let before = std::fs::read(t.path()).unwrap();
