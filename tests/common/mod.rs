@@ -239,7 +239,24 @@ impl Mounted {
     }
 
     pub fn unmount(&self) {
-        self.env.ok(&["umount", self.mnt.to_str().expect("utf8")]);
+        // A file this test just closed can still be open for a moment in a child that another
+        // test thread is starting (fork copies descriptors until exec closes them), which makes
+        // the unmount EBUSY: that one answer is tried again, for a few seconds at most.
+        let args = ["umount", self.mnt.to_str().expect("utf8")];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let out = self.env.run(&args);
+            if out.status.success() {
+                break;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("EBUSY") && std::time::Instant::now() < deadline,
+                "kmsfs {args:?} failed ({:?}): {err}",
+                out.status.code()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         // The daemon exits when the kernel ends the session.
         for _ in 0..100 {
             if !is_mounted(&self.mnt) {
