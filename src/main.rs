@@ -1,3 +1,9 @@
+/// mimalloc rather than glibc's malloc: a directory listing allocates and frees many small
+/// names and nodes, after which glibc walks its fast bins (`malloc_consolidate`) at the next
+/// large allocation. find+stat of 10,000 files ~7% faster, find -delete ~8% (README).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{CommandFactory, Parser};
 use kmsfs::cli::args::{Cli, Command, OutputFormat};
 use kmsfs::cli::fstab;
