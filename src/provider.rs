@@ -274,14 +274,15 @@ impl KeyProvider for LocalProvider {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::clock::Clock;
     use crate::keystore::KeyStore;
     use crate::keystore::rootkey::{KdfParams, MIN_MEMORY_KIB, RootSecret};
     use crate::kms::types::CreateKeyRequest;
 
-    fn provider() -> (tempfile::TempDir, LocalProvider) {
+    /// A local KMS in a fresh key store (cheap KDF settings).
+    pub(crate) fn provider() -> (tempfile::TempDir, LocalProvider) {
         let d = tempfile::tempdir().unwrap();
         let secret = RootSecret::passphrase(b"p".to_vec()).unwrap();
         let kdf = KdfParams {

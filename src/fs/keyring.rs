@@ -332,3 +332,58 @@ impl Keyring {
             .is_ok()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kms::types::CreateKeyRequest;
+    use std::cell::Cell;
+
+    #[test]
+    fn a_cached_decision_is_answered_without_building_the_context_until_the_store_changes() {
+        let (_d, local) = crate::provider::tests::provider();
+        let local = Arc::new(local);
+        let root = Caller::from_ids(0, vec![0], std::process::id());
+        let key = local
+            .kms()
+            .create_key(&root, CreateKeyRequest::default())
+            .unwrap()
+            .key_id;
+        let ring = Keyring::new(local.clone(), root.clone());
+        let me = Requester {
+            uid: 0,
+            gid: 0,
+            pid: std::process::id(),
+        };
+        let id = [7u8; 16];
+        let built = Cell::new(0);
+        let ask = |r: Requester| {
+            ring.authorize_ctx(
+                r,
+                Some(&key),
+                || {
+                    built.set(built.get() + 1);
+                    Kind::File.context(&id)
+                },
+                id,
+            )
+        };
+        assert_eq!(ask(me), Ok(()));
+        assert_eq!(ask(me), Ok(()));
+        assert_eq!(built.get(), 1, "the second answer came from the cache");
+        let s = ring.decision_stats();
+        assert_eq!((s.hits, s.misses), (1, 1));
+
+        // Another user is decided (and cached) on its own: the default policy denies it.
+        let other = Requester { uid: 4242, ..me };
+        assert_eq!(ask(other), Err(Errno::EACCES));
+        assert_eq!(ask(other), Err(Errno::EACCES));
+        assert_eq!(built.get(), 2);
+
+        // A disable changes the store: the cached allow goes, and the KMS is asked again.
+        local.kms().disable_key(&root, &key).unwrap();
+        assert!(ring.refresh());
+        assert!(ask(me).is_err());
+        assert_eq!(built.get(), 3);
+    }
+}
