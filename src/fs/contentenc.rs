@@ -281,20 +281,26 @@ impl ContentCipher {
     /// piece is sealed on this thread and the rest, one after the other, on one crypto worker,
     /// so that the sink's work on one piece (writing it out) overlaps the sealing of the next.
     /// A failing sink stops the run. Must not be called from a crypto worker: it waits for one.
+    /// The pieces are sealed into `scratch`, grown as needed and left holding ciphertext (not
+    /// secret): a caller that keeps it saves zeroing a fresh buffer for every run.
     pub fn seal_run_streamed<E>(
         &self,
         first: u64,
         blocks: &[(&[u8], bool)],
+        scratch: &mut Vec<u8>,
         mut sink: impl FnMut(usize, &[u8]) -> Result<(), E>,
     ) -> Result<(), StreamError<E>> {
         use std::sync::atomic::{AtomicBool, Ordering};
         let nonces = nonces_for(blocks.len()).map_err(StreamError::Random)?;
         let piece_lens: Vec<usize> = blocks.chunks(PIECE_BLOCKS).map(sealed_len).collect();
-        let mut out = vec![0u8; sealed_len(blocks)];
+        let n = sealed_len(blocks);
+        if scratch.len() < n {
+            scratch.resize(n, 0);
+        }
         let mut pieces = blocks
             .chunks(PIECE_BLOCKS)
             .zip(nonces.chunks(PIECE_BLOCKS * NONCE_LEN))
-            .zip(carve(&mut out, &piece_lens))
+            .zip(carve(&mut scratch[..n], &piece_lens))
             .enumerate()
             .map(|(p, ((blocks, nonces), out))| Piece {
                 k0: p * PIECE_BLOCKS,
@@ -531,12 +537,15 @@ mod tests {
             .collect();
         let mut raw = Vec::new();
         let mut calls = Vec::new();
-        let r: Result<(), StreamError<()>> = c.seal_run_streamed(3, &blocks, |at, sealed| {
-            assert_eq!(at, raw.len());
-            calls.push(sealed.len());
-            raw.extend_from_slice(sealed);
-            Ok(())
-        });
+        // A reused buffer, longer than the run and holding old bytes, changes nothing.
+        let mut scratch = vec![0xa5u8; 2 * n * CIPHER_BLOCK as usize];
+        let r: Result<(), StreamError<()>> =
+            c.seal_run_streamed(3, &blocks, &mut scratch, |at, sealed| {
+                assert_eq!(at, raw.len());
+                calls.push(sealed.len());
+                raw.extend_from_slice(sealed);
+                Ok(())
+            });
         assert!(r.is_ok());
         let piece = PIECE_BLOCKS * CIPHER_BLOCK as usize;
         assert_eq!(calls, [piece, piece, raw.len() - 2 * piece]);
@@ -545,14 +554,15 @@ mod tests {
         assert_eq!(all, plains.concat());
 
         let mut seen = 0;
-        let r = c.seal_run_streamed(3, &blocks, |_, _| {
+        let r = c.seal_run_streamed(3, &blocks, &mut Vec::new(), |_, _| {
             seen += 1;
             if seen == 2 { Err("disk full") } else { Ok(()) }
         });
         assert!(matches!(r, Err(StreamError::Sink("disk full"))));
         assert_eq!(seen, 2);
         // Nothing to seal: the sink is never called.
-        let r: Result<(), StreamError<()>> = c.seal_run_streamed(0, &[], |_, _| panic!("called"));
+        let r: Result<(), StreamError<()>> =
+            c.seal_run_streamed(0, &[], &mut Vec::new(), |_, _| panic!("called"));
         assert!(r.is_ok());
     }
 

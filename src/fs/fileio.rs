@@ -7,14 +7,29 @@ use crate::fs::contentenc::{self as ce, BLOCK, BlockError, CIPHER_BLOCK, Content
 use crate::fs::errno::{Errno, FsResult};
 use crate::fs::header::{self, COUNTER_OFFSET, DataKeys};
 use crate::fs::undo::{Journal, Record, UndoLog};
+use std::cell::RefCell;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::thread::LocalKey;
 use zeroize::Zeroize;
 
 /// Block encryptions reserved in the header at a time (4 GiB of writes).
 const RESERVATION: u64 = 1 << 20;
 /// Runs of at least this many blocks (256 KiB) are sealed and written piece by piece.
 const STREAM_BLOCKS: usize = 64;
+
+/// Runs `f` with this thread's buffer in `cell`, kept from call to call so that a large read or
+/// write does not allocate and zero a fresh one (a nested use gets a buffer of its own). The
+/// buffers hold ciphertext only.
+fn with_buffer<T>(
+    cell: &'static LocalKey<RefCell<Vec<u8>>>,
+    f: impl FnOnce(&mut Vec<u8>) -> T,
+) -> T {
+    cell.with(|c| match c.try_borrow_mut() {
+        Ok(mut b) => f(&mut b),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
 
 pub struct FileContent {
     file: File,
@@ -144,19 +159,12 @@ impl FileContent {
         f: impl FnOnce(&[u8]) -> FsResult<T>,
     ) -> FsResult<T> {
         thread_local! {
-            static RAW: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+            static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
         let start = ce::block_offset(first);
         let end = ce::block_offset(last) + ce::block_plain_len(last, size) + ce::OVERHEAD;
         let n = (end - start) as usize;
-        RAW.with(|cell| {
-            // A nested use on this thread (none today) gets a buffer of its own.
-            let mut own = Vec::new();
-            let mut guard = cell.try_borrow_mut();
-            let raw = match guard.as_mut() {
-                Ok(b) => &mut **b,
-                Err(_) => &mut own,
-            };
+        with_buffer(&RAW, |raw| {
             if raw.len() < n {
                 raw.resize(n, 0);
             }
@@ -258,16 +266,22 @@ impl FileContent {
         // Long runs are written piece by piece while the next piece is sealed (not from a
         // crypto worker, which must never wait for another).
         if blocks.len() >= STREAM_BLOCKS && rayon::current_thread_index().is_none() {
+            thread_local! {
+                static SEALED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+            }
             return self.in_place(start, end, |s| {
                 let file = &s.file;
-                s.cipher()?
-                    .seal_run_streamed(first, blocks, |at, sealed| {
-                        file.write_all_at(sealed, start + at as u64)
-                    })
-                    .map_err(|e| match e {
-                        ce::StreamError::Random(_) => Errno::EIO,
-                        ce::StreamError::Sink(e) => Errno::from(e),
-                    })
+                let cipher = s.cipher()?;
+                with_buffer(&SEALED, |scratch| {
+                    cipher
+                        .seal_run_streamed(first, blocks, scratch, |at, sealed| {
+                            file.write_all_at(sealed, start + at as u64)
+                        })
+                        .map_err(|e| match e {
+                            ce::StreamError::Random(_) => Errno::EIO,
+                            ce::StreamError::Sink(e) => Errno::from(e),
+                        })
+                })
             });
         }
         let cipher = self.cipher()?;
@@ -694,6 +708,8 @@ mod tests {
         let n = (STREAM_BLOCKS + 3 * ce::PIECE_BLOCKS) * BLOCK as usize + 123;
         let data: Vec<u8> = (0..n).map(|i| (i % 253) as u8).collect();
         c.write(0, &data).unwrap();
+        // Shorter than the first run: sealed into this thread's buffer, longer and holding
+        // the first run's ciphertext.
         let patch = vec![7u8; STREAM_BLOCKS * BLOCK as usize + 10];
         c.write(5 * BLOCK + 1, &patch).unwrap();
         let mut want = data.clone();
@@ -734,7 +750,7 @@ mod tests {
             let r = c.in_place(start, end, |s| {
                 let file = &s.file;
                 s.cipher()?
-                    .seal_run_streamed(first, &run, |at, sealed| {
+                    .seal_run_streamed(first, &run, &mut Vec::new(), |at, sealed| {
                         if at >= 2 * piece {
                             return Err(std::io::Error::other("disk full"));
                         }
