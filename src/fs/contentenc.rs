@@ -34,6 +34,16 @@ pub fn sealed_len(blocks: &[(&[u8], bool)]) -> usize {
         .sum()
 }
 
+/// The first `n` bytes of `scratch`, grown to that length if shorter, for sealed output. The
+/// bytes there are overwritten, so a caller that keeps `scratch` from run to run saves zeroing
+/// a fresh buffer each time; it is left holding ciphertext (not secret).
+fn sized(scratch: &mut Vec<u8>, n: usize) -> &mut [u8] {
+    if scratch.len() < n {
+        scratch.resize(n, 0);
+    }
+    &mut scratch[..n]
+}
+
 /// Nonces for `n` blocks, from one call to the random source.
 fn nonces_for(n: usize) -> Result<Vec<u8>, cryptocore::RandomError> {
     let mut nonces = vec![0u8; n * NONCE_LEN];
@@ -238,19 +248,19 @@ impl ContentCipher {
         Ok(())
     }
 
-    /// Appends the encryption of consecutive blocks `first, first + 1, ...` (each at most BLOCK
-    /// bytes, with its last flag) to `out`: one call to the random source for all nonces, and
-    /// large runs spread over the CPUs.
-    pub fn encrypt_run(
+    /// Seals consecutive blocks `first, first + 1, ...` (each at most BLOCK bytes, with its last
+    /// flag) into `scratch` and returns the sealed bytes: one call to the random source for all
+    /// nonces, and large runs spread over the CPUs. See `sized` for `scratch`.
+    pub fn encrypt_run<'s>(
         &self,
         first: u64,
         blocks: &[(&[u8], bool)],
-        out: &mut Vec<u8>,
-    ) -> Result<(), cryptocore::RandomError> {
+        scratch: &'s mut Vec<u8>,
+    ) -> Result<&'s [u8], cryptocore::RandomError> {
         let nonces = nonces_for(blocks.len())?;
-        let start = out.len();
-        out.resize(start + sealed_len(blocks), 0);
-        self.seal_blocks(first, blocks, &nonces, &mut out[start..])
+        let out = sized(scratch, sealed_len(blocks));
+        self.seal_blocks(first, blocks, &nonces, out)?;
+        Ok(out)
     }
 
     /// Seals `blocks` (block `first` on), with one nonce each from `nonces`, into `out`, which
@@ -281,8 +291,7 @@ impl ContentCipher {
     /// piece is sealed on this thread and the rest, one after the other, on one crypto worker,
     /// so that the sink's work on one piece (writing it out) overlaps the sealing of the next.
     /// A failing sink stops the run. Must not be called from a crypto worker: it waits for one.
-    /// The pieces are sealed into `scratch`, grown as needed and left holding ciphertext (not
-    /// secret): a caller that keeps it saves zeroing a fresh buffer for every run.
+    /// The pieces are sealed into `scratch` (see `sized`).
     pub fn seal_run_streamed<E>(
         &self,
         first: u64,
@@ -293,14 +302,10 @@ impl ContentCipher {
         use std::sync::atomic::{AtomicBool, Ordering};
         let nonces = nonces_for(blocks.len()).map_err(StreamError::Random)?;
         let piece_lens: Vec<usize> = blocks.chunks(PIECE_BLOCKS).map(sealed_len).collect();
-        let n = sealed_len(blocks);
-        if scratch.len() < n {
-            scratch.resize(n, 0);
-        }
         let mut pieces = blocks
             .chunks(PIECE_BLOCKS)
             .zip(nonces.chunks(PIECE_BLOCKS * NONCE_LEN))
-            .zip(carve(&mut scratch[..n], &piece_lens))
+            .zip(carve(sized(scratch, sealed_len(blocks)), &piece_lens))
             .enumerate()
             .map(|(p, ((blocks, nonces), out))| Piece {
                 k0: p * PIECE_BLOCKS,
@@ -493,9 +498,10 @@ mod tests {
             .enumerate()
             .map(|(i, p)| (&p[..], i == 99))
             .collect();
-        let mut raw = b"prefix".to_vec();
-        c.encrypt_run(7, &blocks, &mut raw).unwrap();
-        let raw = raw.split_off(6);
+        // A kept buffer, longer than the run and holding old bytes: only the run comes back.
+        let mut scratch = vec![0xa5u8; 200 * CIPHER_BLOCK as usize];
+        let raw = c.encrypt_run(7, &blocks, &mut scratch).unwrap().to_vec();
+        assert_eq!(raw.len(), sealed_len(&blocks));
         for (k, chunk) in raw.chunks(CIPHER_BLOCK as usize).enumerate() {
             let mut one = Vec::new();
             c.decrypt_block(7 + k as u64, k == 99, chunk, &mut one)

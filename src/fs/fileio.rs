@@ -263,12 +263,12 @@ impl FileContent {
         self.spend(blocks.len() as u64)?;
         let start = ce::block_offset(first);
         let end = start + ce::sealed_len(blocks) as u64;
+        thread_local! {
+            static SEALED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
         // Long runs are written piece by piece while the next piece is sealed (not from a
         // crypto worker, which must never wait for another).
         if blocks.len() >= STREAM_BLOCKS && rayon::current_thread_index().is_none() {
-            thread_local! {
-                static SEALED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-            }
             return self.in_place(start, end, |s| {
                 let file = &s.file;
                 let cipher = s.cipher()?;
@@ -284,12 +284,13 @@ impl FileContent {
                 })
             });
         }
-        let cipher = self.cipher()?;
-        let mut out = Vec::with_capacity(blocks.len() * CIPHER_BLOCK as usize);
-        cipher
-            .encrypt_run(first, blocks, &mut out)
-            .map_err(|_| Errno::EIO)?;
-        self.in_place(start, end, |s| Ok(s.file.write_all_at(&out, start)?))
+        with_buffer(&SEALED, |scratch| {
+            let sealed = self
+                .cipher()?
+                .encrypt_run(first, blocks, scratch)
+                .map_err(|_| Errno::EIO)?;
+            self.in_place(start, end, |s| Ok(s.file.write_all_at(sealed, start)?))
+        })
     }
 
     /// Runs `f`, which overwrites bytes `start..end` (and may change the length), so that a
