@@ -64,26 +64,8 @@ impl KmsFs {
         Ok((File::from(fd), st))
     }
 
-    /// The key and id that protect an inode's xattr values: a file's data key, or a directory's.
-    fn xattr_key(
-        &self,
-        ino: u64,
-        f: &File,
-        st: &FileStat,
-        r: Requester,
-    ) -> FsResult<(crate::cryptocore::SecretKey, [u8; 16])> {
-        let (kind, data) = if is_dir(st) {
-            (Kind::DirKey, read_at(f, OsStr::new(DIRKEY_FILE))?)
-        } else {
-            let mut h = vec![0u8; header::HEADER_LEN];
-            f.read_exact_at(&mut h, 0).map_err(|_| Errno::EIO)?;
-            (Kind::File, h)
-        };
-        let (u, _) = self.keys.unwrap(kind, &data, r, || self.label(ino))?;
-        Ok((DataKeys::derive(&u.data_key, &u.id).xattr, u.id))
-    }
-
-    /// The xattr key of an inode: from its open state if it is an open file, else unwrapped.
+    /// The key and id that protect an inode's xattr values: a file's data key (from its open
+    /// state if it is open, else unwrapped from its header), or a directory's.
     fn xattr_key_for(
         &self,
         ino: u64,
@@ -97,7 +79,15 @@ impl KmsFs {
             let c = of.content.read().map_err(|_| Errno::EIO)?;
             return Ok((c.xattr_key()?.clone(), c.id));
         }
-        self.xattr_key(ino, f, st, r)
+        let (kind, data) = if is_dir(st) {
+            (Kind::DirKey, read_at(f, OsStr::new(DIRKEY_FILE))?)
+        } else {
+            let mut h = vec![0u8; header::HEADER_LEN];
+            f.read_exact_at(&mut h, 0).map_err(|_| Errno::EIO)?;
+            (Kind::File, h)
+        };
+        let (u, _) = self.keys.unwrap(kind, &data, r, || self.label(ino))?;
+        Ok((DataKeys::derive(&u.data_key, &u.id).xattr, u.id))
     }
 
     fn check_xattr_name(name: &OsStr) -> FsResult<()> {
