@@ -34,10 +34,11 @@ pub fn sealed_len(blocks: &[(&[u8], bool)]) -> usize {
         .sum()
 }
 
-/// The first `n` bytes of `scratch`, grown to that length if shorter, for sealed output. The
-/// bytes there are overwritten, so a caller that keeps `scratch` from run to run saves zeroing
-/// a fresh buffer each time; it is left holding ciphertext (not secret).
-fn sized(scratch: &mut Vec<u8>, n: usize) -> &mut [u8] {
+/// The first `n` bytes of `scratch`, grown to that length if shorter, for ciphertext (sealed
+/// output, or blocks read from a file). The bytes there are overwritten, so a caller that keeps
+/// `scratch` from run to run saves zeroing a fresh buffer each time; it is left holding
+/// ciphertext only (not secret).
+pub fn sized(scratch: &mut Vec<u8>, n: usize) -> &mut [u8] {
     if scratch.len() < n {
         scratch.resize(n, 0);
     }

@@ -148,7 +148,6 @@ impl FileContent {
         Errno::EIO
     }
 
-    /// Decrypts blocks `first..=last` of a file of `size` bytes, reading them in one call.
     /// Runs `f` on the encrypted blocks `first..=last` of a file of `size` bytes, read in one
     /// call into this thread's buffer (reused: ciphertext needs no wiping, nor zeroing first).
     fn with_raw<T>(
@@ -164,15 +163,13 @@ impl FileContent {
         let start = ce::block_offset(first);
         let end = ce::block_offset(last) + ce::block_plain_len(last, size) + ce::OVERHEAD;
         let n = (end - start) as usize;
-        with_buffer(&RAW, |raw| {
-            if raw.len() < n {
-                raw.resize(n, 0);
-            }
-            self.file.read_exact_at(&mut raw[..n], start).map_err(|e| {
+        with_buffer(&RAW, |buf| {
+            let raw = ce::sized(buf, n);
+            self.file.read_exact_at(raw, start).map_err(|e| {
                 log::error!("{}: reading blocks {first}..={last}: {e}", self.label);
                 Errno::EIO
             })?;
-            f(&raw[..n])
+            f(raw)
         })
     }
 

@@ -179,6 +179,16 @@ fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
     )?)
 }
 
+/// `open_dir_at`, readable: for listing the directory or writing into it.
+fn open_listable_dir(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
+    Ok(openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
 fn stat_at(dir: &OwnedFd, name: &OsStr) -> FsResult<FileStat> {
     Ok(fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?)
 }

@@ -71,12 +71,7 @@ impl KmsFs {
     pub fn opendir(&self, ino: u64, req: Requester) -> FsResult<u64> {
         let keys = self.dir_keys(ino, req)?;
         let a = self.at(ino)?;
-        let dir = openat(
-            &a.dir,
-            &*a.name,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
+        let dir = open_listable_dir(&a.dir, &a.name)?;
         let label = || self.label(ino);
         let (parent, mut entries) = {
             let inodes = lock(&self.inodes);

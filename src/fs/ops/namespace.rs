@@ -125,12 +125,7 @@ impl KmsFs {
         let made = (|| {
             let key = self.key_for_new(parent, req)?;
             let (h, _) = self.keys.new_header(Kind::DirKey, &key, req)?;
-            let sub = openat(
-                &dir,
-                entry_name,
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )?;
+            let sub = open_listable_dir(&dir, entry_name)?;
             atomic::write_atomic_at(&sub, DIRKEY_FILE, &h)?;
             // Through the new directory's own descriptor: nothing can swap a symlink in.
             if self.is_root {
@@ -215,12 +210,7 @@ impl KmsFs {
     /// Removes an (encrypted-)empty directory's key file so the backing directory can go,
     /// returning the key file's bytes to put back if that fails.
     fn strip_dirkey(dir: &OwnedFd, name: &OsStr) -> FsResult<(OwnedFd, Vec<u8>)> {
-        let sub = openat(
-            dir,
-            name,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
+        let sub = open_listable_dir(dir, name)?;
         let mut d = nix::dir::Dir::from_fd(sub.try_clone()?)?;
         for e in d.iter() {
             let e = e?;
