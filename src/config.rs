@@ -43,6 +43,8 @@ pub struct MountConfig {
     pub io_uring: Option<crate::fs::mount::IoUringMode>,
     /// Data keys kept for reopening files without a KMS Decrypt (0: none).
     pub data_key_cache: Option<usize>,
+    /// Descriptors opened for writing bypass the page cache (see `kmsfs mount --help`).
+    pub direct_writes: Option<bool>,
     /// How long the kernel may cache attributes and names, in milliseconds.
     pub attr_ttl_ms: Option<u64>,
     pub log_file: Option<PathBuf>,

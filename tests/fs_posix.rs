@@ -393,6 +393,86 @@ fn shared_writable_mmap() {
     assert_eq!(data.len(), 3 * 4096);
 }
 
+/// Pages of a mapping of `len` bytes that are in the page cache.
+fn resident_pages(map: *mut libc::c_void, len: usize) -> usize {
+    let mut v = vec![0u8; len.div_ceil(4096)];
+    assert_eq!(
+        unsafe { libc::mincore(map, len, v.as_mut_ptr()) },
+        0,
+        "mincore"
+    );
+    v.iter().filter(|b| **b & 1 != 0).count()
+}
+
+/// Through a shared read-only mapping made before the write: the pages of a 64 KiB file in the
+/// page cache right after a write through a read-write descriptor, and after a read through a
+/// new read-only one (each open without FOPEN_KEEP_CACHE drops what was cached). The mapping
+/// must show the written bytes either way.
+fn cached_pages_after_write_and_read(extra: &[&str]) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    const LEN: usize = 64 * 1024;
+    let m = Mounted::with_args(extra);
+    let p = m.p("f");
+    fs::write(&p, vec![0u8; LEN]).unwrap();
+    let ro = fs::File::open(&p).unwrap();
+    let map = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            ro.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(map, libc::MAP_FAILED);
+    let rw = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    let want: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    rw.write_all_at(&want, 0).unwrap();
+    let after_write = resident_pages(map, LEN);
+    let seen = unsafe { std::slice::from_raw_parts(map as *const u8, LEN) }.to_vec();
+    assert!(
+        seen == want,
+        "the mapping shows stale bytes after a write ({extra:?})"
+    );
+    let ro2 = fs::File::open(&p).unwrap();
+    let mut back = vec![0u8; LEN];
+    ro2.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == want);
+    let after_read = resident_pages(map, LEN);
+    unsafe { libc::munmap(map, LEN) };
+    (after_write, after_read)
+}
+
+/// A descriptor opened for writing bypasses the page cache (direct I/O), so written plaintext
+/// is not left in kernel memory and shared mappings stay coherent with the writes; read-only
+/// descriptors keep the cache. `--direct-writes off` caches writes again. On both transports.
+#[test]
+fn writable_descriptors_bypass_the_page_cache_unless_turned_off() {
+    let mut transports = vec!["off"];
+    if Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        transports.push("on");
+    }
+    for t in transports {
+        let io = ["--io-uring", t];
+        assert_eq!(
+            cached_pages_after_write_and_read(&io),
+            (0, 16),
+            "io_uring {t}"
+        );
+        let cached = ["--io-uring", t, "--direct-writes", "off"];
+        assert_eq!(
+            cached_pages_after_write_and_read(&cached),
+            (16, 16),
+            "io_uring {t}"
+        );
+    }
+}
+
 /// Writers replace whole 8 KiB records (spanning two blocks) while readers check that every
 /// record they see is entirely one writer's. Both use O_DIRECT, so every request reaches the
 /// daemon: the kernel's page cache by itself does not promise atomic reads against writes.

@@ -309,6 +309,11 @@ pub struct MountArgs {
     /// [default: from the config, else 16384]
     #[arg(long, value_name = "ENTRIES")]
     pub data_key_cache: Option<usize>,
+    /// Descriptors opened for writing bypass the kernel's page cache: writes skip a copy and
+    /// leave no plaintext in it, reads through them are not cached; read-only opens keep the
+    /// cache [default: from the config, else on]
+    #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+    pub direct_writes: Option<bool>,
     /// Append the daemon's log to FILE [default: syslog when daemonized]
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,

@@ -130,6 +130,7 @@ pub fn translate(argv: &[OsString]) -> Result<Option<Vec<OsString>>, String> {
             "readahead_kib" => mount.extend(["--readahead-kib".into(), value(k)?]),
             "io_uring" => mount.extend(["--io-uring".into(), value(k)?]),
             "data_key_cache" => mount.extend(["--data-key-cache".into(), value(k)?]),
+            "direct_writes" => mount.extend(["--direct-writes".into(), value(k)?]),
             "log_file" => mount.extend(["--log-file".into(), value(k)?]),
             "foreground" => mount.push("--foreground".into()),
             k if IGNORED.contains(&k) || k.starts_with("x-") || k == "comment" => {}
@@ -182,7 +183,7 @@ mod tests {
             "/m",
             "-n",
             "-o",
-            "rw,noauto,ro,noexec,allow_other,keystore=/s,key=/k,idle=15m,io_uring=off,x-systemd.automount,_netdev",
+            "rw,noauto,ro,noexec,allow_other,keystore=/s,key=/k,idle=15m,io_uring=off,direct_writes=off,x-systemd.automount,_netdev",
         ]))
         .unwrap()
         .unwrap();
@@ -203,6 +204,8 @@ mod tests {
                 "--idle",
                 "15m",
                 "--io-uring",
+                "off",
+                "--direct-writes",
                 "off"
             ])
         );

@@ -113,6 +113,7 @@ fn options(a: &MountArgs, cfg: &Config) -> Result<mount::MountOptions> {
             .data_key_cache
             .or(m.data_key_cache)
             .unwrap_or(crate::fs::dekcache::DEFAULT_ENTRIES),
+        direct_writes: a.direct_writes.or(m.direct_writes).unwrap_or(true),
     })
 }
 

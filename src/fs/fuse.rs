@@ -2,6 +2,7 @@
 
 use crate::fs::errno::{Errno, FsResult};
 use crate::fs::ops::{KmsFs, Requester, XattrReply, xattr_reply};
+use crate::fs::pagecache;
 use fuser::{
     AccessFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
@@ -23,6 +24,9 @@ pub struct Fuse {
     pub io_uring: Option<Arc<AtomicBool>>,
     /// Batches forgets once the rings carry the requests (see `uring::pace`).
     pub forget_pace: crate::fs::uring::pace::ForgetPace,
+    /// Writable opens bypass the page cache (see `pagecache`); cleared at INIT if the kernel
+    /// cannot map such files shared.
+    pub direct_writes: Arc<AtomicBool>,
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -45,6 +49,11 @@ fn time(t: Option<TimeOrNow>) -> Option<Option<SystemTime>> {
 }
 
 impl Fuse {
+    fn open_flags(&self, flags: i32) -> FopenFlags {
+        let direct = self.direct_writes.load(Ordering::Relaxed);
+        FopenFlags::from_bits_retain(pagecache::open_reply_flags(flags, direct))
+    }
+
     /// The caller of a request, which also counts as activity (idle unmount).
     fn req(&self, r: &Request) -> Requester {
         self.fs.touch();
@@ -105,6 +114,16 @@ impl Filesystem for Fuse {
         // We clear set-id bits on unprivileged writes and truncates ourselves, so the kernel
         // need not ask for security.capability before every write (a round trip each).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        if self.direct_writes.load(Ordering::SeqCst) {
+            // Without it (kernels before 6.6) a shared mapping of a direct-I/O file fails.
+            let ok = config
+                .add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+                .is_ok();
+            if !ok {
+                log::info!("the kernel cannot map direct-I/O files shared: writes stay cached");
+            }
+            self.direct_writes.store(ok, Ordering::SeqCst);
+        }
         if let Some(granted) = &self.io_uring {
             // Offered only while the fuse module's enable_uring is on.
             let ok = config
@@ -268,9 +287,9 @@ impl Filesystem for Fuse {
         );
     }
 
-    fn open(&self, r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, r: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, self.req(r)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(flags.0)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -502,7 +521,7 @@ impl Filesystem for Fuse {
                 &e.attr,
                 Generation(e.generation),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                self.open_flags(flags),
             ),
             Err(e) => reply.error(errno(e)),
         }

@@ -15,6 +15,7 @@ pub mod mount;
 pub mod nametransform;
 pub mod notify;
 pub mod ops;
+pub mod pagecache;
 pub mod rewrap;
 pub mod sys;
 pub mod undo;

@@ -217,7 +217,10 @@ pub enum Op<'a> {
         oldnodeid: u64,
         newname: &'a OsStr,
     },
-    Open,
+    Open {
+        /// The open(2) flags (`struct fuse_open_in`).
+        flags: i32,
+    },
     Read {
         fh: u64,
         offset: u64,
@@ -378,7 +381,9 @@ pub fn parse<'a>(opcode: u32, a: &[u8], p: &'a [u8]) -> FsResult<Op<'a>> {
             oldnodeid: u64_at(a, 0)?,
             newname: name(p)?.0,
         },
-        OPEN => Op::Open,
+        OPEN => Op::Open {
+            flags: u32_at(a, 0)? as i32,
+        },
         OPENDIR => Op::Opendir,
         READ | READDIR | READDIRPLUS => {
             let (fh, offset, size) = (u64_at(a, 0)?, u64_at(a, 8)?, u32_at(a, 16)?);
@@ -527,10 +532,10 @@ impl<'a> Out<'a> {
         self.attr(a)
     }
 
-    /// `struct fuse_open_out`, no open flags.
-    pub fn open_out(&mut self, fh: u64) -> FsResult<()> {
+    /// `struct fuse_open_out`: the handle and the FOPEN_* flags.
+    pub fn open_out(&mut self, fh: u64, open_flags: u32) -> FsResult<()> {
         self.u64(fh)?;
-        self.u32(0)?;
+        self.u32(open_flags)?;
         self.u32(0)
     }
 
@@ -737,6 +742,13 @@ mod tests {
             }
         );
         let mut a = [0u8; OP_IN_SIZE];
+        a[0..4].copy_from_slice(&(libc::O_RDWR as u32).to_le_bytes());
+        assert_eq!(
+            parse(op::OPEN, &a, b"").expect("open"),
+            Op::Open {
+                flags: libc::O_RDWR
+            }
+        );
         a[0..8].copy_from_slice(&5u64.to_le_bytes());
         a[8..12].copy_from_slice(&1u32.to_le_bytes());
         assert_eq!(
@@ -845,8 +857,17 @@ mod tests {
         let mut o = Out::new(&mut buf);
         o.entry(&attr(), 3, Duration::new(1, 5)).expect("entry");
         assert_eq!(o.len(), ENTRY_OUT_SIZE);
-        o.open_out(9).expect("open");
+        o.open_out(9, 1).expect("open");
         assert_eq!(o.len(), ENTRY_OUT_SIZE + OPEN_OUT_SIZE);
+        // fuse_open_out after the entry: fh, open_flags, padding.
+        assert_eq!(
+            &buf[ENTRY_OUT_SIZE..ENTRY_OUT_SIZE + 8],
+            &9u64.to_le_bytes()
+        );
+        assert_eq!(
+            &buf[ENTRY_OUT_SIZE + 8..ENTRY_OUT_SIZE + 12],
+            &1u32.to_le_bytes()
+        );
         // fuse_entry_out: nodeid, generation, entry_valid, attr_valid, their nsecs, then attr.
         assert_eq!(&buf[0..8], &7u64.to_le_bytes());
         assert_eq!(&buf[8..16], &3u64.to_le_bytes());
@@ -924,6 +945,6 @@ mod tests {
         assert_eq!(o.bytes(&[1]), Err(Errno::ERANGE));
         let mut o = Out::new(&mut buf);
         // A reply that does not fit fails as a whole (its partial bytes are never sent).
-        assert_eq!(o.open_out(1), Err(Errno::ERANGE));
+        assert_eq!(o.open_out(1, 0), Err(Errno::ERANGE));
     }
 }

@@ -5,6 +5,7 @@
 use super::abi::{Op, Out, SetTime, StatfsOut};
 use crate::fs::errno::{Errno, FsResult};
 use crate::fs::ops::{KmsFs, Requester, XattrReply, xattr_reply};
+use crate::fs::pagecache;
 use std::time::Duration;
 
 /// What every request on a ring is served with.
@@ -14,6 +15,8 @@ pub struct Ctx<'a> {
     /// Some(uid): only that user may make requests the kernel sends on a user's behalf (the
     /// /dev/fuse session's `SessionACL::Owner`); None with allow_other.
     pub owner_only: Option<u32>,
+    /// Writable opens bypass the page cache (see `pagecache`).
+    pub direct_writes: bool,
 }
 
 /// Requests the kernel may make without a meaningful caller (writeback, readahead, release),
@@ -30,6 +33,10 @@ fn callerless(op: &Op) -> bool {
             | Op::Release { .. }
             | Op::Releasedir { .. }
     )
+}
+
+fn open_flags(c: &Ctx, flags: i32) -> u32 {
+    pagecache::open_reply_flags(flags, c.direct_writes)
 }
 
 fn time(t: Option<SetTime>) -> Option<Option<std::time::SystemTime>> {
@@ -88,7 +95,7 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
             flags,
         } => fs.rename(ino, name, newdir, newname, flags, r),
         Op::Link { oldnodeid, newname } => entry(out, fs.link(oldnodeid, ino, newname, r)?),
-        Op::Open => out.open_out(fs.open(ino, r)?),
+        Op::Open { flags } => out.open_out(fs.open(ino, r)?, open_flags(c, flags)),
         Op::Read { fh, offset, size } => out.fill(|b| fs.read_into(fh, offset, size, r, b)),
         Op::Write {
             fh,
@@ -123,7 +130,7 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
         Op::Removexattr { name } => fs.removexattr(ino, name),
         // Nothing is buffered here; ENOSYS stops the kernel sending FLUSH on every close.
         Op::Flush => Err(Errno(libc::ENOSYS)),
-        Op::Opendir => out.open_out(fs.opendir(ino, r)?),
+        Op::Opendir => out.open_out(fs.opendir(ino, r)?, 0),
         Op::Readdir { fh, offset, size } => {
             for (off, e) in fs.readdir(fh, offset)?.iter() {
                 if !out.dirent(size as usize, e.ino, off, e.kind, &e.name)? {
@@ -160,7 +167,7 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
         } => {
             let (e, fh) = fs.create(ino, name, mode & !umask, r, flags & libc::O_EXCL != 0)?;
             out.entry(&e.attr, e.generation, c.ttl)?;
-            out.open_out(fh)
+            out.open_out(fh, open_flags(c, flags))
         }
         // No ioctls; programs probe with TCGETS (isatty).
         Op::Ioctl => Err(Errno(libc::ENOTTY)),
