@@ -45,6 +45,8 @@ pub struct MountConfig {
     pub data_key_cache: Option<usize>,
     /// Descriptors opened for writing bypass the page cache (see `kmsfs mount --help`).
     pub direct_writes: Option<bool>,
+    /// Cached pages survive reopening an unchanged file (see `kmsfs mount --help`).
+    pub keep_cache: Option<bool>,
     /// How long the kernel may cache attributes and names, in milliseconds.
     pub attr_ttl_ms: Option<u64>,
     pub log_file: Option<PathBuf>,

@@ -473,6 +473,121 @@ fn writable_descriptors_bypass_the_page_cache_unless_turned_off() {
     }
 }
 
+/// A shared read-only mapping of a whole file, for `resident_pages`.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+    _file: fs::File,
+}
+
+impl Mapping {
+    fn new(p: &Path, len: usize) -> Mapping {
+        use std::os::fd::AsRawFd;
+        let file = fs::File::open(p).unwrap();
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        Mapping {
+            ptr,
+            len,
+            _file: file,
+        }
+    }
+
+    fn resident(&self) -> usize {
+        resident_pages(self.ptr, self.len)
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// Reads a whole file through a new read-only descriptor.
+fn read_through_new_open(p: &Path, len: usize) {
+    let mut b = vec![0u8; len];
+    fs::File::open(p).unwrap().read_exact_at(&mut b, 0).unwrap();
+}
+
+/// What the kernel cached of a file survives its next open while the backing file is unchanged,
+/// and is dropped at the next open after a change behind the mount or a key store change
+/// (and, for open files, at the change). `--keep-cache off` drops it at every open. A state is
+/// only trusted once its ctime is older than a timestamp tick (100 ms here): hence the pauses.
+#[test]
+fn cached_pages_survive_reopening_only_an_unchanged_file() {
+    const LEN: usize = 64 * 1024;
+    const SETTLE: std::time::Duration = std::time::Duration::from_millis(150);
+    let mut transports = vec!["off"];
+    if Path::new("/sys/module/fuse/parameters/enable_uring").exists() {
+        transports.push("on");
+    }
+    for t in transports {
+        let m = Mounted::with_args(&["--io-uring", t]);
+        let p = m.p("f");
+        fs::write(&p, vec![7u8; LEN]).unwrap();
+        std::thread::sleep(SETTLE);
+        read_through_new_open(&p, LEN);
+        let map = Mapping::new(&p, LEN);
+        assert_eq!(map.resident(), 16, "kept at an unchanged file's open ({t})");
+
+        let backing = m.cipher_files();
+        let backing = backing
+            .iter()
+            .max_by_key(|b| fs::metadata(b).unwrap().len())
+            .unwrap();
+        fs::File::options()
+            .write(true)
+            .open(backing)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_modified(std::time::UNIX_EPOCH))
+            .unwrap();
+        let _ = fs::File::open(&p).unwrap();
+        assert_eq!(
+            map.resident(),
+            0,
+            "kept after a change behind the mount ({t})"
+        );
+        std::thread::sleep(SETTLE);
+        read_through_new_open(&p, LEN);
+        let _ = fs::File::open(&p).unwrap();
+        assert_eq!(map.resident(), 16, "({t})");
+
+        // Any key store change drops an open file's pages at once...
+        m.env.create_key(&[]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while map.resident() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pages kept after a key store change ({t})"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // ... and the next open drops what is cached from before the change.
+        let seen = unsafe { std::slice::from_raw_parts(map.ptr as *const u8, LEN) };
+        assert!(seen.iter().all(|b| *b == 7));
+        assert_eq!(map.resident(), 16, "({t})");
+        let _ = fs::File::open(&p).unwrap();
+        assert_eq!(map.resident(), 0, "kept across a key store change ({t})");
+        drop(map);
+
+        m.unmount();
+        m.mount(&["--io-uring", t, "--keep-cache", "off"]);
+        read_through_new_open(&p, LEN);
+        let map = Mapping::new(&p, LEN);
+        assert_eq!(map.resident(), 0, "--keep-cache off ({t})");
+    }
+}
+
 /// Writers replace whole 8 KiB records (spanning two blocks) while readers check that every
 /// record they see is entirely one writer's. Both use O_DIRECT, so every request reaches the
 /// daemon: the kernel's page cache by itself does not promise atomic reads against writes.

@@ -314,6 +314,12 @@ pub struct MountArgs {
     /// cache [default: from the config, else on]
     #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
     pub direct_writes: Option<bool>,
+    /// A file's pages in the kernel's page cache survive its next open while its backing file
+    /// is unchanged (same inode, size, mtime and ctime); off drops them at every open, for
+    /// cipher directories changed behind the mount within one timestamp tick (coarse-grained
+    /// filesystems) [default: from the config, else on]
+    #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+    pub keep_cache: Option<bool>,
     /// Append the daemon's log to FILE [default: syslog when daemonized]
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,

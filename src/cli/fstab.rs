@@ -131,6 +131,7 @@ pub fn translate(argv: &[OsString]) -> Result<Option<Vec<OsString>>, String> {
             "io_uring" => mount.extend(["--io-uring".into(), value(k)?]),
             "data_key_cache" => mount.extend(["--data-key-cache".into(), value(k)?]),
             "direct_writes" => mount.extend(["--direct-writes".into(), value(k)?]),
+            "keep_cache" => mount.extend(["--keep-cache".into(), value(k)?]),
             "log_file" => mount.extend(["--log-file".into(), value(k)?]),
             "foreground" => mount.push("--foreground".into()),
             k if IGNORED.contains(&k) || k.starts_with("x-") || k == "comment" => {}

@@ -114,6 +114,7 @@ fn options(a: &MountArgs, cfg: &Config) -> Result<mount::MountOptions> {
             .or(m.data_key_cache)
             .unwrap_or(crate::fs::dekcache::DEFAULT_ENTRIES),
         direct_writes: a.direct_writes.or(m.direct_writes).unwrap_or(true),
+        keep_cache: a.keep_cache.or(m.keep_cache).unwrap_or(true),
     })
 }
 
@@ -162,6 +163,7 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
         .map_err(|e| KmsError::validation(format!("{}: errno {}", a.cipherdir.display(), e.0)))?;
     let o = options(a, cfg)?;
     fs.set_data_key_cache(o.data_key_cache);
+    fs.set_keep_cache(o.keep_cache);
     let daemon = a.daemon_child;
     let (cd, mp) = (
         a.cipherdir.display().to_string(),

@@ -49,9 +49,9 @@ fn time(t: Option<TimeOrNow>) -> Option<Option<SystemTime>> {
 }
 
 impl Fuse {
-    fn open_flags(&self, flags: i32) -> FopenFlags {
+    fn open_flags(&self, flags: i32, keep_cache: bool) -> FopenFlags {
         let direct = self.direct_writes.load(Ordering::Relaxed);
-        FopenFlags::from_bits_retain(pagecache::open_reply_flags(flags, direct))
+        FopenFlags::from_bits_retain(pagecache::open_reply_flags(flags, direct, keep_cache))
     }
 
     /// The caller of a request, which also counts as activity (idle unmount).
@@ -289,7 +289,7 @@ impl Filesystem for Fuse {
 
     fn open(&self, r: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.open(ino.0, self.req(r)) {
-            Ok(fh) => reply.opened(FileHandle(fh), self.open_flags(flags.0)),
+            Ok(o) => reply.opened(FileHandle(o.fh), self.open_flags(flags.0, o.keep_cache)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -521,7 +521,7 @@ impl Filesystem for Fuse {
                 &e.attr,
                 Generation(e.generation),
                 FileHandle(fh),
-                self.open_flags(flags),
+                self.open_flags(flags, false),
             ),
             Err(e) => reply.error(errno(e)),
         }

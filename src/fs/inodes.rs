@@ -5,6 +5,7 @@
 //! links keep working when one of their names goes away.
 
 use crate::fs::keyring::DirKeys;
+use crate::fs::pagecache::Stamp;
 use hashbrown::hash_map::RawEntryMut;
 use hashbrown::{Equivalent, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -27,6 +28,8 @@ pub struct Node {
     /// For directories: an O_PATH descriptor, so operations need not walk from the root. It
     /// follows the directory through renames; it goes when the directory's last name does.
     pub dir_fd: Option<Arc<OwnedFd>>,
+    /// For files: the backing file's state at the last open (see `pagecache`).
+    pub cache_stamp: Option<Stamp>,
 }
 
 /// Directory descriptors kept at most (each pins one open file): 4096, or a quarter of the
@@ -85,6 +88,7 @@ impl Inodes {
                 gone: false,
                 dir_keys: None,
                 dir_fd: None,
+                cache_stamp: None,
             },
         );
         Inodes {
@@ -229,6 +233,7 @@ impl Inodes {
             gone: false,
             dir_keys: None,
             dir_fd: None,
+            cache_stamp: None,
         });
         if node.gone {
             node.generation += 1;
@@ -240,6 +245,7 @@ impl Inodes {
             unindex(&mut self.by_name, ino, stale);
             node.links.clear();
             node.dir_keys = None;
+            node.cache_stamp = None;
             if node.dir_fd.take().is_some() {
                 self.dir_fds -= 1;
             }
@@ -331,6 +337,27 @@ impl Inodes {
             .collect()
     }
 
+    /// Notes file `ino`'s state `now` at an open, and keeps it for the next open if `settled`
+    /// (see `Stamp::settled`). True if it is the state kept at an earlier open: what the kernel
+    /// cached since is still the file's content.
+    pub fn restamp(&mut self, ino: u64, now: Stamp, settled: bool) -> bool {
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return false;
+        };
+        let same = n.cache_stamp == Some(now);
+        n.cache_stamp = settled.then_some(now);
+        same
+    }
+
+    /// Forgets every recorded state, so the next open of each file drops what the kernel cached
+    /// of it. Returns the files that had one.
+    pub fn clear_stamps(&mut self) -> Vec<u64> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|(i, n)| n.cache_stamp.take().map(|_| *i))
+            .collect()
+    }
+
     /// The kernel dropped `n` references.
     pub fn forget(&mut self, ino: u64, n: u64) {
         if ino == ROOT {
@@ -415,6 +442,36 @@ mod tests {
         assert_eq!(t.find(d, OsStr::new("new")), None);
         t.forget(ROOT, 100);
         assert!(t.get(ROOT).is_some());
+    }
+
+    /// A file's cache is kept from one open to the next only while its backing state is the
+    /// same, and never across a reused inode number or a cleared table.
+    #[test]
+    fn cache_stamps_match_only_the_previous_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, b"1").expect("write");
+        std::fs::write(&b, b"22").expect("write");
+        let stamp = |p: &std::path::Path| Stamp::of(&std::fs::metadata(p).expect("stat"));
+        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+        let (f, _) = t.link(ROOT, OsStr::new("f"), 12);
+        assert!(!t.restamp(f, stamp(&a), true), "first open: nothing kept");
+        assert!(t.restamp(f, stamp(&a), true));
+        assert!(
+            !t.restamp(f, stamp(&b), true),
+            "changed since the last open"
+        );
+        assert!(t.restamp(f, stamp(&b), true));
+        assert!(!t.restamp(99, stamp(&b), true), "unknown node");
+        assert_eq!(t.clear_stamps(), vec![f]);
+        assert!(!t.restamp(f, stamp(&b), true), "cleared");
+        // A state not settled yet is not kept for the next open.
+        assert!(t.restamp(f, stamp(&b), false));
+        assert!(!t.restamp(f, stamp(&b), true));
+        // The number reused by a new file after the last name went: a new generation, no stamp.
+        t.unlink(ROOT, OsStr::new("f"), true);
+        t.link(ROOT, OsStr::new("g"), 12);
+        assert!(!t.restamp(f, stamp(&b), true));
     }
 
     /// Lookups by borrowed name rely on it hashing as the stored key does.

@@ -29,6 +29,8 @@ pub struct MountOptions {
     pub data_key_cache: usize,
     /// Writable opens bypass the page cache (see `pagecache`), where the kernel allows.
     pub direct_writes: bool,
+    /// Opens of unchanged files keep the kernel's cached pages (see `pagecache`).
+    pub keep_cache: bool,
 }
 
 /// Whether requests travel over io_uring (per-CPU queues) or /dev/fuse.

@@ -11,6 +11,7 @@ use crate::fs::header::{self, DataKeys, Kind};
 use crate::fs::inodes::{Inodes, ROOT};
 use crate::fs::keyring::{DirKeys, Keyring};
 use crate::fs::nametransform::{self as nt, BackingName, DIRKEY_FILE, EntryKind};
+use crate::fs::pagecache::Stamp;
 use crate::fs::sys;
 use crate::keystore::atomic;
 use crate::kms::Caller;
@@ -26,7 +27,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -88,6 +89,14 @@ pub struct KmsFs {
     last_request: AtomicU64,
     /// How many requests the io_uring queues served (`kmsfs status`).
     pub ring: crate::fs::uring::Stats,
+    /// Opens of unchanged files keep the kernel's cached pages (see `pagecache`).
+    keep_cache: AtomicBool,
+}
+
+/// An open file handle, and whether the kernel may keep what it cached of the file.
+pub struct Opened {
+    pub fh: u64,
+    pub keep_cache: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -246,6 +255,7 @@ impl KmsFs {
             started: std::time::Instant::now(),
             last_request: AtomicU64::new(0),
             ring: Default::default(),
+            keep_cache: AtomicBool::new(true),
             inodes: Mutex::new(Inodes::new(root.clone(), st.st_ino)),
             root,
             volume_cmk: Mutex::new(
@@ -269,6 +279,12 @@ impl KmsFs {
     /// How many data keys to keep for reopening files without a KMS Decrypt (0: none).
     pub fn set_data_key_cache(&self, entries: usize) {
         self.keys.set_data_key_cache(entries);
+    }
+
+    /// Whether opens of unchanged files keep the kernel's cached pages (else every open drops
+    /// them).
+    pub fn set_keep_cache(&self, on: bool) {
+        self.keep_cache.store(on, Ordering::Relaxed);
     }
 
     /// Notes a request (anything but statfs, which monitors poll, and releases).
@@ -669,9 +685,26 @@ impl KmsFs {
         Ok(())
     }
 
-    pub fn open(&self, ino: u64, r: Requester) -> FsResult<u64> {
+    pub fn open(&self, ino: u64, r: Requester) -> FsResult<Opened> {
         let f = self.open_file(ino, r)?;
-        Ok(self.new_handle(Handle::File { file: f }))
+        let keep_cache = self.keep_cache.load(Ordering::Relaxed) && self.unchanged(ino, &f);
+        Ok(Opened {
+            fh: self.new_handle(Handle::File { file: f }),
+            keep_cache,
+        })
+    }
+
+    /// Whether file `ino`'s backing file is as it was at an earlier open, so that what the
+    /// kernel cached of it is still its content. Notes the state seen now.
+    fn unchanged(&self, ino: u64, f: &OpenFile) -> bool {
+        let now = match f.content.read() {
+            Ok(c) => c.file().metadata().map(|m| Stamp::of(&m)),
+            Err(_) => return false,
+        };
+        now.is_ok_and(|s| {
+            let settled = s.settled(SystemTime::now());
+            lock(&self.inodes).restamp(ino, s, settled)
+        })
     }
 
     fn handle_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
@@ -950,12 +983,10 @@ impl KmsFs {
             }
         }
         // Any change may have denied someone: drop every open file's cached pages, so each read
-        // reaches the daemon and is checked against the reader's rights again.
-        for ino in lock(&self.files).keys() {
-            if !affected.contains(ino) {
-                affected.push(*ino);
-            }
-        }
+        // reaches the daemon and is checked against the reader's rights again; and those of
+        // closed files, which the next open would otherwise keep.
+        affected.extend(lock(&self.files).keys());
+        affected.extend(lock(&self.inodes).clear_stamps());
         let dirs = lock(&self.inodes).cached_dir_keys();
         for (ino, d) in dirs {
             let Some(key) = d.key.as_deref() else {
@@ -968,6 +999,8 @@ impl KmsFs {
                 affected.push(ino);
             }
         }
+        affected.sort_unstable();
+        affected.dedup();
         affected
     }
 

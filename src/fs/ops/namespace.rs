@@ -27,7 +27,7 @@ impl KmsFs {
             Err(nix::errno::Errno::EEXIST) if !excl => {
                 // The kernel asked to create what another client made meanwhile: open it.
                 let entry = self.register_at(parent, &dir, &bn)?;
-                let fh = self.open(entry.attr.ino.0, req)?;
+                let fh = self.open(entry.attr.ino.0, req)?.fh;
                 return Ok((entry, fh));
             }
             Err(e) => {

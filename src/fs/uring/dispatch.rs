@@ -35,8 +35,8 @@ fn callerless(op: &Op) -> bool {
     )
 }
 
-fn open_flags(c: &Ctx, flags: i32) -> u32 {
-    pagecache::open_reply_flags(flags, c.direct_writes)
+fn open_flags(c: &Ctx, flags: i32, keep_cache: bool) -> u32 {
+    pagecache::open_reply_flags(flags, c.direct_writes, keep_cache)
 }
 
 fn time(t: Option<SetTime>) -> Option<Option<std::time::SystemTime>> {
@@ -95,7 +95,10 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
             flags,
         } => fs.rename(ino, name, newdir, newname, flags, r),
         Op::Link { oldnodeid, newname } => entry(out, fs.link(oldnodeid, ino, newname, r)?),
-        Op::Open { flags } => out.open_out(fs.open(ino, r)?, open_flags(c, flags)),
+        Op::Open { flags } => {
+            let o = fs.open(ino, r)?;
+            out.open_out(o.fh, open_flags(c, flags, o.keep_cache))
+        }
         Op::Read { fh, offset, size } => out.fill(|b| fs.read_into(fh, offset, size, r, b)),
         Op::Write {
             fh,
@@ -167,7 +170,7 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
         } => {
             let (e, fh) = fs.create(ino, name, mode & !umask, r, flags & libc::O_EXCL != 0)?;
             out.entry(&e.attr, e.generation, c.ttl)?;
-            out.open_out(fh, open_flags(c, flags))
+            out.open_out(fh, open_flags(c, flags, false))
         }
         // No ioctls; programs probe with TCGETS (isatty).
         Op::Ioctl => Err(Errno(libc::ENOTTY)),
