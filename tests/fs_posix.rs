@@ -473,6 +473,111 @@ fn writable_descriptors_bypass_the_page_cache_unless_turned_off() {
     }
 }
 
+/// Writes whose data comes from kernel buffers rather than user memory (sendfile, splice from a
+/// pipe, copy_file_range) reach files opened for writing, which bypass the page cache.
+#[test]
+fn sendfile_splice_and_copy_file_range_write_direct_io_files() {
+    use std::os::fd::AsRawFd;
+    let m = Mounted::new();
+    let data: Vec<u8> = (0..(3 << 20) + 123).map(|i| (i * 31 % 253) as u8).collect();
+    let src_path = m.env.path("src.bin");
+    fs::write(&src_path, &data).unwrap();
+    let src = fs::File::open(&src_path).unwrap();
+    let create = |name: &str| {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(m.p(name))
+            .unwrap()
+    };
+
+    let out = create("sendfile");
+    let mut off: libc::off_t = 0;
+    while (off as usize) < data.len() {
+        let n = unsafe {
+            libc::sendfile(
+                out.as_raw_fd(),
+                src.as_raw_fd(),
+                &mut off,
+                data.len() - off as usize,
+            )
+        };
+        assert!(n > 0, "sendfile: {}", std::io::Error::last_os_error());
+    }
+    drop(out);
+
+    let out = create("splice");
+    let mut pipe = [0i32; 2];
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    let mut at: libc::loff_t = 0;
+    while (at as usize) < data.len() {
+        let chunk = (data.len() - at as usize).min(64 * 1024);
+        let n = unsafe {
+            libc::splice(
+                src.as_raw_fd(),
+                &mut at,
+                pipe[1],
+                std::ptr::null_mut(),
+                chunk,
+                0,
+            )
+        };
+        assert!(n > 0, "splice in: {}", std::io::Error::last_os_error());
+        let mut moved = 0;
+        while moved < n {
+            let k = unsafe {
+                libc::splice(
+                    pipe[0],
+                    std::ptr::null_mut(),
+                    out.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    (n - moved) as usize,
+                    0,
+                )
+            };
+            assert!(k > 0, "splice out: {}", std::io::Error::last_os_error());
+            moved += k;
+        }
+    }
+    unsafe {
+        libc::close(pipe[0]);
+        libc::close(pipe[1]);
+    }
+    drop(out);
+
+    let from = fs::File::open(m.p("sendfile")).unwrap();
+    let out = create("copied");
+    let mut left = data.len();
+    while left > 0 {
+        let n = unsafe {
+            libc::copy_file_range(
+                from.as_raw_fd(),
+                std::ptr::null_mut(),
+                out.as_raw_fd(),
+                std::ptr::null_mut(),
+                left,
+                0,
+            )
+        };
+        assert!(
+            n > 0,
+            "copy_file_range: {}",
+            std::io::Error::last_os_error()
+        );
+        left -= n as usize;
+    }
+    drop(out);
+
+    for name in ["sendfile", "splice", "copied"] {
+        assert!(
+            fs::read(m.p(name)).unwrap() == data,
+            "{name}: other bytes read back"
+        );
+    }
+}
+
 /// A shared read-only mapping of a whole file, for `resident_pages`.
 struct Mapping {
     ptr: *mut libc::c_void,
