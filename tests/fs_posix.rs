@@ -404,28 +404,61 @@ fn resident_pages(map: *mut libc::c_void, len: usize) -> usize {
     v.iter().filter(|b| **b & 1 != 0).count()
 }
 
+/// A shared read-only mapping of a whole file, for `resident_pages`.
+struct Mapping {
+    ptr: *mut libc::c_void,
+    len: usize,
+    _file: fs::File,
+}
+
+impl Mapping {
+    fn new(p: &Path, len: usize) -> Mapping {
+        use std::os::fd::AsRawFd;
+        let file = fs::File::open(p).unwrap();
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        Mapping {
+            ptr,
+            len,
+            _file: file,
+        }
+    }
+
+    fn resident(&self) -> usize {
+        resident_pages(self.ptr, self.len)
+    }
+
+    /// The mapped bytes (faulting in what is not resident).
+    fn bytes(&self) -> Vec<u8> {
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }.to_vec()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
 /// Through a shared read-only mapping made before the write: the pages of a 64 KiB file in the
 /// page cache right after a write through a read-write descriptor, and after a read through a
 /// new read-only one (each open without FOPEN_KEEP_CACHE drops what was cached). The mapping
 /// must show the written bytes either way.
 fn cached_pages_after_write_and_read(extra: &[&str]) -> (usize, usize) {
-    use std::os::fd::AsRawFd;
     const LEN: usize = 64 * 1024;
     let m = Mounted::with_args(extra);
     let p = m.p("f");
     fs::write(&p, vec![0u8; LEN]).unwrap();
-    let ro = fs::File::open(&p).unwrap();
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            LEN,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            ro.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(map, libc::MAP_FAILED);
+    let map = Mapping::new(&p, LEN);
     let rw = fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -433,19 +466,16 @@ fn cached_pages_after_write_and_read(extra: &[&str]) -> (usize, usize) {
         .unwrap();
     let want: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
     rw.write_all_at(&want, 0).unwrap();
-    let after_write = resident_pages(map, LEN);
-    let seen = unsafe { std::slice::from_raw_parts(map as *const u8, LEN) }.to_vec();
+    let after_write = map.resident();
     assert!(
-        seen == want,
+        map.bytes() == want,
         "the mapping shows stale bytes after a write ({extra:?})"
     );
     let ro2 = fs::File::open(&p).unwrap();
     let mut back = vec![0u8; LEN];
     ro2.read_exact_at(&mut back, 0).unwrap();
     assert!(back == want);
-    let after_read = resident_pages(map, LEN);
-    unsafe { libc::munmap(map, LEN) };
-    (after_write, after_read)
+    (after_write, map.resident())
 }
 
 /// A descriptor opened for writing bypasses the page cache (direct I/O), so written plaintext
@@ -578,46 +608,6 @@ fn sendfile_splice_and_copy_file_range_write_direct_io_files() {
     }
 }
 
-/// A shared read-only mapping of a whole file, for `resident_pages`.
-struct Mapping {
-    ptr: *mut libc::c_void,
-    len: usize,
-    _file: fs::File,
-}
-
-impl Mapping {
-    fn new(p: &Path, len: usize) -> Mapping {
-        use std::os::fd::AsRawFd;
-        let file = fs::File::open(p).unwrap();
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(ptr, libc::MAP_FAILED);
-        Mapping {
-            ptr,
-            len,
-            _file: file,
-        }
-    }
-
-    fn resident(&self) -> usize {
-        resident_pages(self.ptr, self.len)
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
-}
-
 /// Reads a whole file through a new read-only descriptor.
 fn read_through_new_open(p: &Path, len: usize) {
     let mut b = vec![0u8; len];
@@ -678,8 +668,7 @@ fn cached_pages_survive_reopening_only_an_unchanged_file() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         // ... and the next open drops what is cached from before the change.
-        let seen = unsafe { std::slice::from_raw_parts(map.ptr as *const u8, LEN) };
-        assert!(seen.iter().all(|b| *b == 7));
+        assert!(map.bytes().iter().all(|b| *b == 7));
         assert_eq!(map.resident(), 16, "({t})");
         let _ = fs::File::open(&p).unwrap();
         assert_eq!(map.resident(), 0, "kept across a key store change ({t})");
