@@ -408,7 +408,7 @@ fn resident_pages(map: *mut libc::c_void, len: usize) -> usize {
 struct Mapping {
     ptr: *mut libc::c_void,
     len: usize,
-    _file: fs::File,
+    file: fs::File,
 }
 
 impl Mapping {
@@ -426,15 +426,15 @@ impl Mapping {
             )
         };
         assert_ne!(ptr, libc::MAP_FAILED);
-        Mapping {
-            ptr,
-            len,
-            _file: file,
-        }
+        Mapping { ptr, len, file }
     }
 
     fn resident(&self) -> usize {
         resident_pages(self.ptr, self.len)
+    }
+
+    fn file(&self) -> &fs::File {
+        &self.file
     }
 
     /// The mapped bytes (faulting in what is not resident).
@@ -449,38 +449,76 @@ impl Drop for Mapping {
     }
 }
 
-/// Through a shared read-only mapping made before the write: the pages of a 64 KiB file in the
-/// page cache right after a write through a read-write descriptor, and after a read through a
-/// new read-only one (each open without FOPEN_KEEP_CACHE drops what was cached). The mapping
-/// must show the written bytes either way.
-fn cached_pages_after_write_and_read(extra: &[&str]) -> (usize, usize) {
+/// Pages of a 64 KiB file in the page cache right after a write through a read-write
+/// descriptor, seen through a shared mapping faulted in before the write. With `writer_first`
+/// the writer opens before the mapping's descriptor (which then follows the writer's mode),
+/// else after it (and follows the mapping's). The mapping must show the written bytes either
+/// way.
+fn cached_after_write(extra: &[&str], writer_first: bool) -> usize {
     const LEN: usize = 64 * 1024;
     let m = Mounted::with_args(extra);
     let p = m.p("f");
     fs::write(&p, vec![0u8; LEN]).unwrap();
-    let map = Mapping::new(&p, LEN);
-    let rw = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&p)
-        .unwrap();
+    let open_rw = || {
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap()
+    };
+    let (rw, map) = if writer_first {
+        let rw = open_rw();
+        (rw, Mapping::new(&p, LEN))
+    } else {
+        let map = Mapping::new(&p, LEN);
+        (open_rw(), map)
+    };
+    assert!(map.bytes().iter().all(|b| *b == 0));
+    assert_eq!(map.resident(), 16, "the mapping faulted its pages in");
     let want: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
     rw.write_all_at(&want, 0).unwrap();
-    let after_write = map.resident();
+    let after = map.resident();
     assert!(
         map.bytes() == want,
-        "the mapping shows stale bytes after a write ({extra:?})"
+        "the mapping shows stale bytes after a write ({extra:?}, writer first: {writer_first})"
     );
-    let ro2 = fs::File::open(&p).unwrap();
-    let mut back = vec![0u8; LEN];
-    ro2.read_exact_at(&mut back, 0).unwrap();
-    assert!(back == want);
-    (after_write, map.resident())
+    after
 }
 
-/// A descriptor opened for writing bypasses the page cache (direct I/O), so written plaintext
-/// is not left in kernel memory and shared mappings stay coherent with the writes; read-only
-/// descriptors keep the cache. `--direct-writes off` caches writes again. On both transports.
+/// Pages cached of a file just created read-write and written through that descriptor, seen by
+/// mapping that same descriptor (a mapping of a direct descriptor starts from an empty cache).
+fn cached_after_create_and_write(extra: &[&str]) -> usize {
+    use std::os::fd::AsRawFd;
+    const LEN: usize = 64 * 1024;
+    let m = Mounted::with_args(extra);
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(m.p("new"))
+        .unwrap();
+    f.write_all_at(&vec![5u8; LEN], 0).unwrap();
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(ptr, libc::MAP_FAILED);
+    let n = resident_pages(ptr, LEN);
+    unsafe { libc::munmap(ptr, LEN) };
+    n
+}
+
+/// A file opened for writing with no other descriptor open bypasses the page cache (direct
+/// I/O): written plaintext is not left in kernel memory, and shared mappings stay coherent
+/// with the writes. A writer beside a cached descriptor writes through the cache, so that
+/// descriptor never holds stale bytes. A lone read-only descriptor keeps the cache.
+/// `--direct-writes off` caches every write. On both transports.
 #[test]
 fn writable_descriptors_bypass_the_page_cache_unless_turned_off() {
     let mut transports = vec!["off"];
@@ -489,16 +527,22 @@ fn writable_descriptors_bypass_the_page_cache_unless_turned_off() {
     }
     for t in transports {
         let io = ["--io-uring", t];
+        let off = ["--io-uring", t, "--direct-writes", "off"];
+        assert_eq!(cached_after_write(&io, true), 0, "io_uring {t}");
+        assert_eq!(cached_after_write(&io, false), 16, "io_uring {t}");
+        assert_eq!(cached_after_write(&off, true), 16, "io_uring {t}");
+        assert_eq!(cached_after_create_and_write(&io), 0, "io_uring {t}");
+        assert_eq!(cached_after_create_and_write(&off), 16, "io_uring {t}");
+
+        let m = Mounted::with_args(&io);
+        fs::write(m.p("r"), vec![1u8; 64 * 1024]).unwrap();
+        let map = Mapping::new(&m.p("r"), 64 * 1024);
+        let mut b = vec![0u8; 64 * 1024];
+        map.file().read_exact_at(&mut b, 0).unwrap();
         assert_eq!(
-            cached_pages_after_write_and_read(&io),
-            (0, 16),
-            "io_uring {t}"
-        );
-        let cached = ["--io-uring", t, "--direct-writes", "off"];
-        assert_eq!(
-            cached_pages_after_write_and_read(&cached),
-            (16, 16),
-            "io_uring {t}"
+            map.resident(),
+            16,
+            "a read-only descriptor's read (io_uring {t})"
         );
     }
 }
@@ -617,7 +661,8 @@ fn read_through_new_open(p: &Path, len: usize) {
 /// What the kernel cached of a file survives its next open while the backing file is unchanged,
 /// and is dropped at the next open after a change behind the mount or a key store change
 /// (and, for open files, at the change). `--keep-cache off` drops it at every open. A state is
-/// only trusted once its ctime is older than a timestamp tick (100 ms here): hence the pauses.
+/// only trusted once its ctime is older than a timestamp tick (100 ms here) and the open that
+/// recorded it is 100 ms old: hence the pauses.
 #[test]
 fn cached_pages_survive_reopening_only_an_unchanged_file() {
     const LEN: usize = 64 * 1024;
@@ -632,6 +677,7 @@ fn cached_pages_survive_reopening_only_an_unchanged_file() {
         fs::write(&p, vec![7u8; LEN]).unwrap();
         std::thread::sleep(SETTLE);
         read_through_new_open(&p, LEN);
+        std::thread::sleep(SETTLE);
         let map = Mapping::new(&p, LEN);
         assert_eq!(map.resident(), 16, "kept at an unchanged file's open ({t})");
 
@@ -654,6 +700,7 @@ fn cached_pages_survive_reopening_only_an_unchanged_file() {
         );
         std::thread::sleep(SETTLE);
         read_through_new_open(&p, LEN);
+        std::thread::sleep(SETTLE);
         let _ = fs::File::open(&p).unwrap();
         assert_eq!(map.resident(), 16, "({t})");
 

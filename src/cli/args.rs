@@ -309,15 +309,17 @@ pub struct MountArgs {
     /// [default: from the config, else 16384]
     #[arg(long, value_name = "ENTRIES")]
     pub data_key_cache: Option<usize>,
-    /// Descriptors opened for writing bypass the kernel's page cache: writes skip a copy and
-    /// leave no plaintext in it, reads through them are not cached; read-only opens keep the
-    /// cache [default: from the config, else on]
+    /// A file opened for writing while no other descriptor has it open bypasses the kernel's
+    /// page cache, with every descriptor opened beside it: writes skip a copy and leave no
+    /// plaintext there, reads through those descriptors are not cached. Needs Linux 6.6+ (else
+    /// off) [default: from the config, else on]
     #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
     pub direct_writes: Option<bool>,
     /// A file's pages in the kernel's page cache survive its next open while its backing file
     /// is unchanged (same inode, size, mtime and ctime); off drops them at every open, for
-    /// cipher directories changed behind the mount within one timestamp tick (coarse-grained
-    /// filesystems) [default: from the config, else on]
+    /// cipher directories that something changes behind the mount where those cannot show it
+    /// (a file server whose clock disagrees with this host's, a filesystem that keeps no
+    /// ctime) [default: from the config, else on]
     #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
     pub keep_cache: Option<bool>,
     /// Append the daemon's log to FILE [default: syslog when daemonized]

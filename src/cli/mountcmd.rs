@@ -164,6 +164,7 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
     let o = options(a, cfg)?;
     fs.set_data_key_cache(o.data_key_cache);
     fs.set_keep_cache(o.keep_cache);
+    fs.set_direct_writes(o.direct_writes);
     let daemon = a.daemon_child;
     let (cd, mp) = (
         a.cipherdir.display().to_string(),

@@ -2,7 +2,6 @@
 
 use crate::fs::errno::{Errno, FsResult};
 use crate::fs::ops::{KmsFs, Requester, XattrReply, xattr_reply};
-use crate::fs::pagecache;
 use fuser::{
     AccessFlags, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
@@ -24,9 +23,6 @@ pub struct Fuse {
     pub io_uring: Option<Arc<AtomicBool>>,
     /// Batches forgets once the rings carry the requests (see `uring::pace`).
     pub forget_pace: crate::fs::uring::pace::ForgetPace,
-    /// Writable opens bypass the page cache (see `pagecache`); cleared at INIT if the kernel
-    /// cannot map such files shared.
-    pub direct_writes: Arc<AtomicBool>,
 }
 
 fn errno(e: Errno) -> fuser::Errno {
@@ -49,11 +45,6 @@ fn time(t: Option<TimeOrNow>) -> Option<Option<SystemTime>> {
 }
 
 impl Fuse {
-    fn open_flags(&self, flags: i32, keep_cache: bool) -> FopenFlags {
-        let direct = self.direct_writes.load(Ordering::Relaxed);
-        FopenFlags::from_bits_retain(pagecache::open_reply_flags(flags, direct, keep_cache))
-    }
-
     /// The caller of a request, which also counts as activity (idle unmount).
     fn req(&self, r: &Request) -> Requester {
         self.fs.touch();
@@ -114,15 +105,15 @@ impl Filesystem for Fuse {
         // We clear set-id bits on unprivileged writes and truncates ourselves, so the kernel
         // need not ask for security.capability before every write (a round trip each).
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_HANDLE_KILLPRIV_V2);
-        if self.direct_writes.load(Ordering::SeqCst) {
+        if self.fs.direct_writes() {
             // Without it (kernels before 6.6) a shared mapping of a direct-I/O file fails.
             let ok = config
                 .add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
                 .is_ok();
             if !ok {
                 log::info!("the kernel cannot map direct-I/O files shared: writes stay cached");
+                self.fs.set_direct_writes(false);
             }
-            self.direct_writes.store(ok, Ordering::SeqCst);
         }
         if let Some(granted) = &self.io_uring {
             // Offered only while the fuse module's enable_uring is on.
@@ -288,8 +279,11 @@ impl Filesystem for Fuse {
     }
 
     fn open(&self, r: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(ino.0, self.req(r)) {
-            Ok(o) => reply.opened(FileHandle(o.fh), self.open_flags(flags.0, o.keep_cache)),
+        match self.fs.open(ino.0, flags.0, self.req(r)) {
+            Ok(o) => reply.opened(
+                FileHandle(o.fh),
+                FopenFlags::from_bits_retain(o.reply_flags()),
+            ),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -511,17 +505,16 @@ impl Filesystem for Fuse {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let excl = flags & libc::O_EXCL != 0;
         match self
             .fs
-            .create(parent.0, name, mode & !umask, self.req(r), excl)
+            .create(parent.0, name, mode & !umask, self.req(r), flags)
         {
-            Ok((e, fh)) => reply.created(
+            Ok((e, o)) => reply.created(
                 &self.ttl,
                 &e.attr,
                 Generation(e.generation),
-                FileHandle(fh),
-                self.open_flags(flags, false),
+                FileHandle(o.fh),
+                FopenFlags::from_bits_retain(o.reply_flags()),
             ),
             Err(e) => reply.error(errno(e)),
         }

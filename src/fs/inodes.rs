@@ -5,7 +5,7 @@
 //! links keep working when one of their names goes away.
 
 use crate::fs::keyring::DirKeys;
-use crate::fs::pagecache::Stamp;
+use crate::fs::pagecache::{Recorded, Stamp};
 use hashbrown::hash_map::RawEntryMut;
 use hashbrown::{Equivalent, HashMap};
 use std::ffi::{OsStr, OsString};
@@ -13,6 +13,7 @@ use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 pub const ROOT: u64 = 1;
 
@@ -28,8 +29,10 @@ pub struct Node {
     /// For directories: an O_PATH descriptor, so operations need not walk from the root. It
     /// follows the directory through renames; it goes when the directory's last name does.
     pub dir_fd: Option<Arc<OwnedFd>>,
-    /// For files: the backing file's state at the last open (see `pagecache`).
-    pub cache_stamp: Option<Stamp>,
+    /// For files: the kernel may hold pages of it (it was opened since the last key store
+    /// change), and the backing file's state recorded at an open (see `pagecache`).
+    pub may_cache: bool,
+    pub cache_stamp: Option<Recorded>,
 }
 
 /// Directory descriptors kept at most (each pins one open file): 4096, or a quarter of the
@@ -88,6 +91,7 @@ impl Inodes {
                 gone: false,
                 dir_keys: None,
                 dir_fd: None,
+                may_cache: false,
                 cache_stamp: None,
             },
         );
@@ -233,6 +237,7 @@ impl Inodes {
             gone: false,
             dir_keys: None,
             dir_fd: None,
+            may_cache: false,
             cache_stamp: None,
         });
         if node.gone {
@@ -245,6 +250,7 @@ impl Inodes {
             unindex(&mut self.by_name, ino, stale);
             node.links.clear();
             node.dir_keys = None;
+            node.may_cache = false;
             node.cache_stamp = None;
             if node.dir_fd.take().is_some() {
                 self.dir_fds -= 1;
@@ -337,24 +343,42 @@ impl Inodes {
             .collect()
     }
 
-    /// Notes file `ino`'s state `now` at an open, and keeps it for the next open if `settled`
-    /// (see `Stamp::settled`). True if it is the state kept at an earlier open: what the kernel
-    /// cached since is still the file's content.
-    pub fn restamp(&mut self, ino: u64, now: Stamp, settled: bool) -> bool {
+    /// Notes an open of file `ino`: the kernel may cache its pages from now on.
+    pub fn mark_cached(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.may_cache = true;
+        }
+    }
+
+    /// Notes an open of file `ino` at `at` that sees the backing state `now`, which is
+    /// `settled` or not (see `Stamp::settled`). True if the kernel may keep what it cached: the
+    /// state is the one recorded at an earlier open, and that open has settled. A new state is
+    /// recorded only if settled.
+    pub fn restamp(&mut self, ino: u64, now: Stamp, settled: bool, at: Instant) -> bool {
         let Some(n) = self.nodes.get_mut(&ino) else {
             return false;
         };
-        let same = n.cache_stamp == Some(now);
-        n.cache_stamp = settled.then_some(now);
-        same
+        n.may_cache = true;
+        match n.cache_stamp {
+            Some(r) if r.stamp() == now => r.keeps(now, at),
+            _ => {
+                n.cache_stamp = settled.then(|| Recorded::new(now, at));
+                false
+            }
+        }
     }
 
     /// Forgets every recorded state, so the next open of each file drops what the kernel cached
-    /// of it. Returns the files that had one.
+    /// of it. Returns the files the kernel may hold pages of.
     pub fn clear_stamps(&mut self) -> Vec<u64> {
         self.nodes
             .iter_mut()
-            .filter_map(|(i, n)| n.cache_stamp.take().map(|_| *i))
+            .filter(|(_, n)| n.may_cache)
+            .map(|(i, n)| {
+                n.may_cache = false;
+                n.cache_stamp = None;
+                *i
+            })
             .collect()
     }
 
@@ -453,25 +477,38 @@ mod tests {
         std::fs::write(&a, b"1").expect("write");
         std::fs::write(&b, b"22").expect("write");
         let stamp = |p: &std::path::Path| Stamp::of(&std::fs::metadata(p).expect("stat"));
+        let t0 = Instant::now();
+        let later = |ms: u64| t0 + std::time::Duration::from_millis(ms);
         let mut t = Inodes::new(PathBuf::from("/c"), 10);
         let (f, _) = t.link(ROOT, OsStr::new("f"), 12);
-        assert!(!t.restamp(f, stamp(&a), true), "first open: nothing kept");
-        assert!(t.restamp(f, stamp(&a), true));
         assert!(
-            !t.restamp(f, stamp(&b), true),
-            "changed since the last open"
+            !t.restamp(f, stamp(&a), true, later(0)),
+            "first open: nothing kept"
         );
-        assert!(t.restamp(f, stamp(&b), true));
-        assert!(!t.restamp(99, stamp(&b), true), "unknown node");
+        assert!(
+            !t.restamp(f, stamp(&a), true, later(50)),
+            "the first open may not have settled"
+        );
+        assert!(t.restamp(f, stamp(&a), true, later(200)));
+        assert!(!t.restamp(f, stamp(&b), true, later(300)), "changed since");
+        assert!(t.restamp(f, stamp(&b), true, later(500)));
+        assert!(!t.restamp(99, stamp(&b), true, later(600)), "unknown node");
         assert_eq!(t.clear_stamps(), vec![f]);
-        assert!(!t.restamp(f, stamp(&b), true), "cleared");
-        // A state not settled yet is not kept for the next open.
-        assert!(t.restamp(f, stamp(&b), false));
-        assert!(!t.restamp(f, stamp(&b), true));
+        assert!(t.clear_stamps().is_empty());
+        assert!(!t.restamp(f, stamp(&b), true, later(700)), "cleared");
+        // Opened, not recorded: still counted as cached; a state not settled is not kept.
+        let (g, _) = t.link(ROOT, OsStr::new("g"), 13);
+        t.mark_cached(g);
+        assert!(!t.restamp(f, stamp(&a), false, later(800)));
+        assert!(!t.restamp(f, stamp(&a), true, later(1000)));
+        let mut cleared = t.clear_stamps();
+        cleared.sort_unstable();
+        assert_eq!(cleared, vec![f, g]);
         // The number reused by a new file after the last name went: a new generation, no stamp.
+        assert!(!t.restamp(f, stamp(&b), true, later(1100)));
         t.unlink(ROOT, OsStr::new("f"), true);
-        t.link(ROOT, OsStr::new("g"), 12);
-        assert!(!t.restamp(f, stamp(&b), true));
+        t.link(ROOT, OsStr::new("h"), 12);
+        assert!(!t.restamp(f, stamp(&b), true, later(2000)));
     }
 
     /// Lookups by borrowed name rely on it hashing as the stored key does.

@@ -238,7 +238,6 @@ fn start_rings(
     fs: &Arc<KmsFs>,
     o: &MountOptions,
     granted: bool,
-    direct_writes: bool,
 ) -> Result<bool> {
     let started = if granted {
         session
@@ -251,7 +250,6 @@ fn start_rings(
                         fs: fs.clone(),
                         ttl: o.attr_ttl,
                         owner_only: (!o.allow_other).then(|| nix::unistd::geteuid().as_raw()),
-                        direct_writes,
                         // A READ decrypts whole blocks in place: room for two more.
                         payload_size: crate::fs::fuse::MAX_WRITE as usize
                             + 2 * crate::fs::contentenc::BLOCK as usize,
@@ -310,13 +308,11 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
         }
     };
     let granted = Arc::new(AtomicBool::new(false));
-    let direct_writes = Arc::new(AtomicBool::new(o.direct_writes));
     let fuse = Fuse {
         fs: fs.clone(),
         ttl: o.attr_ttl,
         io_uring: want_ring.then(|| granted.clone()),
         forget_pace: Default::default(),
-        direct_writes: direct_writes.clone(),
     };
     // Resolved before mounting: once mounted, the path's last step is served by this daemon.
     let canonical = mountpoint
@@ -329,16 +325,7 @@ pub fn serve(fs: KmsFs, mountpoint: &Path, o: &MountOptions, ready: impl FnOnce(
     if o.readahead_kib > 0 {
         set_readahead(device.as_deref(), o.readahead_kib);
     }
-    // As INIT settled it.
-    let direct_writes = direct_writes.load(Ordering::SeqCst);
-    let rings = want_ring
-        && start_rings(
-            &session,
-            &fs,
-            o,
-            granted.load(Ordering::SeqCst),
-            direct_writes,
-        )?;
+    let rings = want_ring && start_rings(&session, &fs, o, granted.load(Ordering::SeqCst))?;
     let own = OwnMount {
         dev: Arc::new(
             session

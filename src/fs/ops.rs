@@ -11,7 +11,7 @@ use crate::fs::header::{self, DataKeys, Kind};
 use crate::fs::inodes::{Inodes, ROOT};
 use crate::fs::keyring::{DirKeys, Keyring};
 use crate::fs::nametransform::{self as nt, BackingName, DIRKEY_FILE, EntryKind};
-use crate::fs::pagecache::Stamp;
+use crate::fs::pagecache::{self, Modes, Stamp};
 use crate::fs::sys;
 use crate::keystore::atomic;
 use crate::kms::Caller;
@@ -47,6 +47,8 @@ pub struct OpenFile {
     handles: AtomicU64,
     /// The node id this state is filed under in `files` (reencrypt moves it to a new inode).
     ino: AtomicU64,
+    /// Its handles by page-cache mode (see `pagecache`).
+    modes: Mutex<Modes>,
 }
 
 impl OpenFile {
@@ -56,13 +58,20 @@ impl OpenFile {
             content: RwLock::new(content),
             handles: AtomicU64::new(handles),
             ino: AtomicU64::new(ino),
+            modes: Mutex::new(Modes::default()),
         })
     }
 }
 
 enum Handle {
-    File { file: Arc<OpenFile> },
-    Dir { entries: Arc<[DirEntry]> },
+    /// `direct`: the kernel was told to bypass its page cache for this handle.
+    File {
+        file: Arc<OpenFile>,
+        direct: bool,
+    },
+    Dir {
+        entries: Arc<[DirEntry]>,
+    },
 }
 
 /// A looked-up entry: attributes and the node's generation.
@@ -91,12 +100,24 @@ pub struct KmsFs {
     pub ring: crate::fs::uring::Stats,
     /// Opens of unchanged files keep the kernel's cached pages (see `pagecache`).
     keep_cache: AtomicBool,
+    /// Files opened for writing bypass the page cache (see `pagecache`).
+    direct_writes: AtomicBool,
 }
 
-/// An open file handle, and whether the kernel may keep what it cached of the file.
+/// An open file handle, and what the kernel may cache of the file through it.
 pub struct Opened {
     pub fh: u64,
+    /// The kernel keeps what it cached of the file before this open.
     pub keep_cache: bool,
+    /// Reads and writes through this handle bypass the page cache.
+    pub direct: bool,
+}
+
+impl Opened {
+    /// The FOPEN_* flags of the OPEN or CREATE reply.
+    pub fn reply_flags(&self) -> u32 {
+        pagecache::open_reply_flags(self.direct, self.keep_cache)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -256,6 +277,7 @@ impl KmsFs {
             last_request: AtomicU64::new(0),
             ring: Default::default(),
             keep_cache: AtomicBool::new(true),
+            direct_writes: AtomicBool::new(true),
             inodes: Mutex::new(Inodes::new(root.clone(), st.st_ino)),
             root,
             volume_cmk: Mutex::new(
@@ -285,6 +307,28 @@ impl KmsFs {
     /// them).
     pub fn set_keep_cache(&self, on: bool) {
         self.keep_cache.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether files opened for writing bypass the page cache (only where the kernel keeps
+    /// shared mappings of such files working: see `pagecache`).
+    pub fn set_direct_writes(&self, on: bool) {
+        self.direct_writes.store(on, Ordering::Relaxed);
+    }
+
+    pub fn direct_writes(&self) -> bool {
+        self.direct_writes.load(Ordering::Relaxed)
+    }
+
+    /// A handle on `f`, opened with open(2) `flags`, in the page-cache mode its file's other
+    /// handles have (see `pagecache::Modes`).
+    fn file_handle(&self, f: Arc<OpenFile>, flags: i32, keep_cache: bool) -> Opened {
+        let wants = pagecache::wants_direct(flags, self.direct_writes());
+        let direct = lock(&f.modes).admit(wants);
+        Opened {
+            fh: self.new_handle(Handle::File { file: f, direct }),
+            keep_cache,
+            direct,
+        }
     }
 
     /// Notes a request (anything but statfs, which monitors poll, and releases).
@@ -685,38 +729,45 @@ impl KmsFs {
         Ok(())
     }
 
-    pub fn open(&self, ino: u64, r: Requester) -> FsResult<Opened> {
+    pub fn open(&self, ino: u64, flags: i32, r: Requester) -> FsResult<Opened> {
         let f = self.open_file(ino, r)?;
-        let keep_cache = self.keep_cache.load(Ordering::Relaxed) && self.unchanged(ino, &f);
-        Ok(Opened {
-            fh: self.new_handle(Handle::File { file: f }),
-            keep_cache,
-        })
+        let keep_cache = self.note_open(ino, &f);
+        Ok(self.file_handle(f, flags, keep_cache))
     }
 
-    /// Whether file `ino`'s backing file is as it was at an earlier open, so that what the
-    /// kernel cached of it is still its content. Notes the state seen now.
-    fn unchanged(&self, ino: u64, f: &OpenFile) -> bool {
-        let now = match f.content.read() {
-            Ok(c) => c.file().metadata().map(|m| Stamp::of(&m)),
-            Err(_) => return false,
-        };
-        now.is_ok_and(|s| {
-            let settled = s.settled(SystemTime::now());
-            lock(&self.inodes).restamp(ino, s, settled)
-        })
+    /// Notes an open of file `ino` (the kernel may cache its pages from now on), and answers
+    /// whether the kernel may keep what it cached before: the backing file is as it was at an
+    /// earlier open (see `pagecache`).
+    fn note_open(&self, ino: u64, f: &OpenFile) -> bool {
+        if !self.keep_cache.load(Ordering::Relaxed) {
+            lock(&self.inodes).mark_cached(ino);
+            return false;
+        }
+        let now = f.content.read().ok().and_then(|c| c.file().metadata().ok());
+        let mut inodes = lock(&self.inodes);
+        match now.map(|m| Stamp::of(&m)) {
+            Some(s) => {
+                let settled = s.settled(SystemTime::now());
+                inodes.restamp(ino, s, settled, std::time::Instant::now())
+            }
+            None => {
+                inodes.mark_cached(ino);
+                false
+            }
+        }
     }
 
     fn handle_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
         match lock(&self.handles).get(&fh) {
-            Some(Handle::File { file }) => Ok(file.clone()),
+            Some(Handle::File { file, .. }) => Ok(file.clone()),
             _ => Err(Errno::EBADF),
         }
     }
 
     pub fn release(&self, fh: u64) {
         let h = lock(&self.handles).remove(&fh);
-        if let Some(Handle::File { file }) = h {
+        if let Some(Handle::File { file, direct }) = h {
+            lock(&file.modes).leave(direct);
             self.unpin(&file);
         }
     }

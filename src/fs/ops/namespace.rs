@@ -11,8 +11,9 @@ impl KmsFs {
         name: &OsStr,
         mode: u32,
         req: Requester,
-        excl: bool,
-    ) -> FsResult<(Entry, u64)> {
+        flags: i32,
+    ) -> FsResult<(Entry, Opened)> {
+        let excl = flags & libc::O_EXCL != 0;
         let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
@@ -27,8 +28,8 @@ impl KmsFs {
             Err(nix::errno::Errno::EEXIST) if !excl => {
                 // The kernel asked to create what another client made meanwhile: open it.
                 let entry = self.register_at(parent, &dir, &bn)?;
-                let fh = self.open(entry.attr.ino.0, req)?.fh;
-                return Ok((entry, fh));
+                let opened = self.open(entry.attr.ino.0, flags, req)?;
+                return Ok((entry, opened));
             }
             Err(e) => {
                 if e != nix::errno::Errno::EEXIST {
@@ -57,8 +58,8 @@ impl KmsFs {
         let ino = entry.attr.ino.0;
         let of = OpenFile::new(content, ino, 1);
         lock(&self.files).insert(ino, of.clone());
-        let fh = self.new_handle(Handle::File { file: of });
-        Ok((entry, fh))
+        lock(&self.inodes).mark_cached(ino);
+        Ok((entry, self.file_handle(of, flags, false)))
     }
 
     pub fn mknod(
@@ -71,8 +72,8 @@ impl KmsFs {
     ) -> FsResult<Entry> {
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG || kind == 0 {
-            let (entry, fh) = self.create(parent, name, mode, req, true)?;
-            self.release(fh);
+            let (entry, opened) = self.create(parent, name, mode, req, libc::O_EXCL)?;
+            self.release(opened.fh);
             return Ok(entry);
         }
         let (dir, bn) = self.child(parent, name, req)?;

@@ -5,7 +5,6 @@
 use super::abi::{Op, Out, SetTime, StatfsOut};
 use crate::fs::errno::{Errno, FsResult};
 use crate::fs::ops::{KmsFs, Requester, XattrReply, xattr_reply};
-use crate::fs::pagecache;
 use std::time::Duration;
 
 /// What every request on a ring is served with.
@@ -15,8 +14,6 @@ pub struct Ctx<'a> {
     /// Some(uid): only that user may make requests the kernel sends on a user's behalf (the
     /// /dev/fuse session's `SessionACL::Owner`); None with allow_other.
     pub owner_only: Option<u32>,
-    /// Writable opens bypass the page cache (see `pagecache`).
-    pub direct_writes: bool,
 }
 
 /// Requests the kernel may make without a meaningful caller (writeback, readahead, release),
@@ -33,10 +30,6 @@ fn callerless(op: &Op) -> bool {
             | Op::Release { .. }
             | Op::Releasedir { .. }
     )
-}
-
-fn open_flags(c: &Ctx, flags: i32, keep_cache: bool) -> u32 {
-    pagecache::open_reply_flags(flags, c.direct_writes, keep_cache)
 }
 
 fn time(t: Option<SetTime>) -> Option<Option<std::time::SystemTime>> {
@@ -96,8 +89,8 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
         } => fs.rename(ino, name, newdir, newname, flags, r),
         Op::Link { oldnodeid, newname } => entry(out, fs.link(oldnodeid, ino, newname, r)?),
         Op::Open { flags } => {
-            let o = fs.open(ino, r)?;
-            out.open_out(o.fh, open_flags(c, flags, o.keep_cache))
+            let o = fs.open(ino, flags, r)?;
+            out.open_out(o.fh, o.reply_flags())
         }
         Op::Read { fh, offset, size } => out.fill(|b| fs.read_into(fh, offset, size, r, b)),
         Op::Write {
@@ -168,9 +161,9 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
             umask,
             flags,
         } => {
-            let (e, fh) = fs.create(ino, name, mode & !umask, r, flags & libc::O_EXCL != 0)?;
+            let (e, o) = fs.create(ino, name, mode & !umask, r, flags)?;
             out.entry(&e.attr, e.generation, c.ttl)?;
-            out.open_out(fh, open_flags(c, flags, false))
+            out.open_out(o.fh, o.reply_flags())
         }
         // No ioctls; programs probe with TCGETS (isatty).
         Op::Ioctl => Err(Errno(libc::ENOTTY)),

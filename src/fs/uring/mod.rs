@@ -81,8 +81,6 @@ pub struct Served {
     pub fs: Arc<KmsFs>,
     pub ttl: Duration,
     pub owner_only: Option<u32>,
-    /// Writable opens bypass the page cache (see `pagecache`).
-    pub direct_writes: bool,
     /// Bytes of payload buffer per entry: at least the negotiated max_write and max_pages.
     pub payload_size: usize,
 }
@@ -93,7 +91,6 @@ impl Served {
             fs: &self.fs,
             ttl: self.ttl,
             owner_only: self.owner_only,
-            direct_writes: self.direct_writes,
         }
     }
 }
