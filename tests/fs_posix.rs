@@ -459,6 +459,8 @@ fn cached_after_write(extra: &[&str], writer_first: bool) -> usize {
     let m = Mounted::with_args(extra);
     let p = m.p("f");
     fs::write(&p, vec![0u8; LEN]).unwrap();
+    // The next open must find no handle of the create's to follow.
+    m.wait_released();
     let open_rw = || {
         fs::OpenOptions::new()
             .read(true)
@@ -536,6 +538,7 @@ fn writable_descriptors_bypass_the_page_cache_unless_turned_off() {
 
         let m = Mounted::with_args(&io);
         fs::write(m.p("r"), vec![1u8; 64 * 1024]).unwrap();
+        m.wait_released();
         let map = Mapping::new(&m.p("r"), 64 * 1024);
         let mut b = vec![0u8; 64 * 1024];
         map.file().read_exact_at(&mut b, 0).unwrap();
@@ -675,6 +678,7 @@ fn cached_pages_survive_reopening_only_an_unchanged_file() {
         let m = Mounted::with_args(&["--io-uring", t]);
         let p = m.p("f");
         fs::write(&p, vec![7u8; LEN]).unwrap();
+        m.wait_released();
         std::thread::sleep(SETTLE);
         read_through_new_open(&p, LEN);
         std::thread::sleep(SETTLE);

@@ -107,21 +107,10 @@ impl Lab {
                 }
             }
             if attempt == 0 {
-                self.wait_released(case);
+                self.m.wait_released();
             }
         }
         panic!("{case}: the damage went unnoticed");
-    }
-
-    fn wait_released(&self, case: &str) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        while self.m.status()["OpenFiles"].as_u64() != Some(0) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{case}: the daemon keeps the file open"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
     }
 
     fn fsck_reports(&self, name: &str, problems: &[Problem], case: &str) {

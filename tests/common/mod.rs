@@ -289,6 +289,20 @@ impl Mounted {
         mount_in(&self.env.json(&["status", "--events", "0"]), &self.mnt)
     }
 
+    /// Waits until the daemon has no file open: close() returns before its release reaches
+    /// the daemon, and what the next open finds (a header checked or not, a page-cache mode
+    /// to follow) depends on it.
+    pub fn wait_released(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while self.status()["OpenFiles"].as_u64() != Some(0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon keeps a file open"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
