@@ -9,7 +9,9 @@
 //! pages only before a direct write, so a cached reader beside a direct writer could cache old
 //! bytes in between and keep them; with one mode per file a reader opened first keeps the
 //! writes cached (and coherent, as before), and a reader opened beside a direct writer reads
-//! past the cache. Shared mappings of a direct descriptor still use the page cache
+//! past the cache. (A descriptor closed a moment ago counts until its release reaches the
+//! daemon: an open right after it may follow its mode, which costs speed, not coherence.)
+//! Shared mappings of a direct descriptor still use the page cache
 //! (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6+; without it the mount caches every write).
 //!
 //! **Kept cache.** What the kernel cached of a file survives the next open (FOPEN_KEEP_CACHE)
