@@ -413,8 +413,12 @@ struct Mapping {
 
 impl Mapping {
     fn new(p: &Path, len: usize) -> Mapping {
+        Mapping::of(fs::File::open(p).unwrap(), len)
+    }
+
+    /// A mapping through `file`, which it keeps open.
+    fn of(file: fs::File, len: usize) -> Mapping {
         use std::os::fd::AsRawFd;
-        let file = fs::File::open(p).unwrap();
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -490,7 +494,6 @@ fn cached_after_write(extra: &[&str], writer_first: bool) -> usize {
 /// Pages cached of a file just created read-write and written through that descriptor, seen by
 /// mapping that same descriptor (a mapping of a direct descriptor starts from an empty cache).
 fn cached_after_create_and_write(extra: &[&str]) -> usize {
-    use std::os::fd::AsRawFd;
     const LEN: usize = 64 * 1024;
     let m = Mounted::with_args(extra);
     let f = fs::OpenOptions::new()
@@ -500,20 +503,7 @@ fn cached_after_create_and_write(extra: &[&str]) -> usize {
         .open(m.p("new"))
         .unwrap();
     f.write_all_at(&vec![5u8; LEN], 0).unwrap();
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            LEN,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    assert_ne!(ptr, libc::MAP_FAILED);
-    let n = resident_pages(ptr, LEN);
-    unsafe { libc::munmap(ptr, LEN) };
-    n
+    Mapping::of(f, LEN).resident()
 }
 
 /// A file opened for writing with no other descriptor open bypasses the page cache (direct
