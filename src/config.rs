@@ -43,7 +43,7 @@ pub struct MountConfig {
     pub io_uring: Option<crate::fs::mount::IoUringMode>,
     /// Data keys kept for reopening files without a KMS Decrypt (0: none).
     pub data_key_cache: Option<usize>,
-    /// Descriptors opened for writing bypass the page cache (see `kmsfs mount --help`).
+    /// Files opened for writing bypass the page cache (see `kmsfs mount --help`).
     pub direct_writes: Option<bool>,
     /// Cached pages survive reopening an unchanged file (see `kmsfs mount --help`).
     pub keep_cache: Option<bool>,
