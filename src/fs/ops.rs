@@ -200,23 +200,19 @@ pub struct At {
     pub name: Arc<OsStr>,
 }
 
+/// Opens directory `dir/name` with `access` (O_PATH or O_RDONLY), never through a symlink.
+fn open_subdir(dir: &OwnedFd, name: &OsStr, access: OFlag) -> FsResult<OwnedFd> {
+    let flags = access | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    Ok(openat(dir, name, flags, Mode::empty())?)
+}
+
 fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
-    Ok(openat(
-        dir,
-        name,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?)
+    open_subdir(dir, name, OFlag::O_PATH)
 }
 
 /// `open_dir_at`, readable: for listing the directory or writing into it.
 fn open_listable_dir(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
-    Ok(openat(
-        dir,
-        name,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?)
+    open_subdir(dir, name, OFlag::O_RDONLY)
 }
 
 fn stat_at(dir: &OwnedFd, name: &OsStr) -> FsResult<FileStat> {
