@@ -8,6 +8,7 @@ use crate::fs::keyring::DirKeys;
 use crate::fs::pagecache::{Recorded, Stamp};
 use hashbrown::hash_map::RawEntryMut;
 use hashbrown::{Equivalent, HashMap};
+use smallvec::SmallVec;
 use std::ffi::{OsStr, OsString};
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::os::fd::OwnedFd;
@@ -20,7 +21,7 @@ pub const ROOT: u64 = 1;
 pub struct Node {
     pub generation: u64,
     /// (parent, backing name); the name is shared with the name index.
-    pub links: Vec<(u64, Arc<OsStr>)>,
+    pub links: Links,
     pub nlookup: u64,
     /// Its last name is gone: a new file with the same backing inode number is another inode.
     pub gone: bool,
@@ -32,7 +33,26 @@ pub struct Node {
     /// For files: the kernel may hold pages of it (it was opened since the last key store
     /// change), and the backing file's state recorded at an open (see `pagecache`).
     pub may_cache: bool,
-    pub cache_stamp: Option<Recorded>,
+    /// Boxed: most nodes never have one, and a listing makes a node per entry.
+    pub cache_stamp: Option<Box<Recorded>>,
+}
+
+/// A node's links: held inline for the usual single name, so a node costs no allocation.
+pub type Links = SmallVec<[(u64, Arc<OsStr>); 1]>;
+
+impl Node {
+    fn new(nlookup: u64) -> Node {
+        Node {
+            generation: 0,
+            links: Links::new(),
+            nlookup,
+            gone: false,
+            dir_keys: None,
+            dir_fd: None,
+            may_cache: false,
+            cache_stamp: None,
+        }
+    }
 }
 
 /// Directory descriptors kept at most (each pins one open file): 4096, or a quarter of the
@@ -82,19 +102,7 @@ pub struct Inodes {
 impl Inodes {
     pub fn new(root: PathBuf, root_backing_ino: u64) -> Inodes {
         let mut nodes = Map::default();
-        nodes.insert(
-            ROOT,
-            Node {
-                generation: 0,
-                links: Vec::new(),
-                nlookup: 1,
-                gone: false,
-                dir_keys: None,
-                dir_fd: None,
-                may_cache: false,
-                cache_stamp: None,
-            },
-        );
+        nodes.insert(ROOT, Node::new(1));
         Inodes {
             root,
             root_backing_ino,
@@ -229,17 +237,7 @@ impl Inodes {
         if let Some(old) = old.filter(|&o| o != ino) {
             self.drop_node_link(old, parent, name);
         }
-        let node = self.nodes.entry(ino).or_insert_with(|| Node {
-            generation: 0,
-            // Most nodes have one link; insert would reserve room for four.
-            links: Vec::with_capacity(1),
-            nlookup: 0,
-            gone: false,
-            dir_keys: None,
-            dir_fd: None,
-            may_cache: false,
-            cache_stamp: None,
-        });
+        let node = self.nodes.entry(ino).or_insert_with(|| Node::new(0));
         if node.gone {
             node.generation += 1;
             // Names it had that the index still gives it (removed behind our back) go too.
@@ -359,10 +357,10 @@ impl Inodes {
             return false;
         };
         n.may_cache = true;
-        match n.cache_stamp {
+        match n.cache_stamp.as_deref() {
             Some(r) if r.stamp() == now => r.keeps(now, at),
             _ => {
-                n.cache_stamp = settled.then(|| Recorded::new(now, at));
+                n.cache_stamp = settled.then(|| Box::new(Recorded::new(now, at)));
                 false
             }
         }

@@ -98,12 +98,14 @@ impl NameCipher {
 
     /// As `decrypt`.
     pub fn decrypt(&mut self, encoded: &str) -> Result<Vec<u8>, NameError> {
-        let ct = URL_SAFE_NO_PAD
+        // Decoded and decrypted in one buffer: a listing decrypts every name in it.
+        let mut buf = URL_SAFE_NO_PAD
             .decode(encoded)
             .map_err(|_| NameError::Undecryptable)?;
         self.0
-            .decrypt([NAME_AD], &ct)
-            .map_err(|_| NameError::Undecryptable)
+            .decrypt_in_place([NAME_AD], &mut buf)
+            .map_err(|_| NameError::Undecryptable)?;
+        Ok(buf)
     }
 }
 
