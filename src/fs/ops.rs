@@ -210,7 +210,7 @@ fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
     open_subdir(dir, name, OFlag::O_PATH)
 }
 
-/// `open_dir_at`, readable: for listing the directory or writing into it.
+/// `open_dir_at`, readable: for listing the directory, writing into it or syncing it.
 fn open_listable_dir(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
     open_subdir(dir, name, OFlag::O_RDONLY)
 }
@@ -829,13 +829,7 @@ impl KmsFs {
 
     pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
         let a = self.at(ino)?;
-        let fd = openat(
-            &a.dir,
-            &*a.name,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        File::from(fd).sync_all()?;
+        File::from(open_listable_dir(&a.dir, &a.name)?).sync_all()?;
         Ok(())
     }
 
