@@ -132,6 +132,25 @@ pub fn block_plain_len(i: u64, size: u64) -> u64 {
     }
 }
 
+/// Backing length of an empty file: its header and one empty final block.
+pub const EMPTY_LEN: u64 = HEADER_LEN + OVERHEAD;
+// The empty block lies inside the first page, where a killed writer cannot tear a write.
+const _: () = assert!(EMPTY_LEN <= 4096);
+
+/// The longest backing file whose first write can have gone tail first: two blocks.
+pub const TAIL_FIRST_MAX: u64 = HEADER_LEN + 2 * CIPHER_BLOCK;
+
+/// For a write of sealed bytes `start..end` into a backing file of `len` bytes: how many of
+/// its first bytes replace existing ones, when all they replace is an empty file's block and
+/// the write is at most two blocks (a small file's first write). Those bytes (where the empty
+/// block's nonce and tag are, inside the first page, so a killed writer cannot tear them) are
+/// then written last: until then the empty block is intact, for `torn_tail` to cut back to, so
+/// the write needs no undo record. None when the write replaces anything else.
+pub fn empty_block_overlap(start: u64, end: u64, len: u64) -> Option<usize> {
+    (start == HEADER_LEN && len == EMPTY_LEN && end > len && end <= TAIL_FIRST_MAX)
+        .then_some(OVERHEAD as usize)
+}
+
 /// Indexes of the blocks that bytes `[offset, offset + len)` touch (len > 0).
 pub fn blocks_touched(offset: u64, len: u64) -> std::ops::RangeInclusive<u64> {
     offset / BLOCK..=(offset + len - 1) / BLOCK
@@ -571,6 +590,40 @@ mod tests {
         let r: Result<(), StreamError<()>> =
             c.seal_run_streamed(0, &[], &mut Vec::new(), |_, _| panic!("called"));
         assert!(r.is_ok());
+    }
+
+    #[test]
+    fn only_writes_over_an_empty_files_block_go_tail_first() {
+        let o = OVERHEAD as usize;
+        // The first write into an empty file, and the growth that rewrites its block 0.
+        assert_eq!(
+            empty_block_overlap(HEADER_LEN, EMPTY_LEN + 1, EMPTY_LEN),
+            Some(o)
+        );
+        assert_eq!(
+            empty_block_overlap(HEADER_LEN, block_offset(1), EMPTY_LEN),
+            Some(o)
+        );
+        assert_eq!(
+            empty_block_overlap(HEADER_LEN, TAIL_FIRST_MAX, EMPTY_LEN),
+            Some(o)
+        );
+        // Not when the block has content, the write starts elsewhere, does not extend it, or
+        // is longer than two blocks.
+        assert_eq!(
+            empty_block_overlap(HEADER_LEN, TAIL_FIRST_MAX + 1, EMPTY_LEN),
+            None
+        );
+        assert_eq!(
+            empty_block_overlap(HEADER_LEN, EMPTY_LEN + 9, EMPTY_LEN + 1),
+            None
+        );
+        assert_eq!(
+            empty_block_overlap(block_offset(1), block_offset(2), EMPTY_LEN),
+            None
+        );
+        assert_eq!(empty_block_overlap(HEADER_LEN, EMPTY_LEN, EMPTY_LEN), None);
+        assert_eq!(empty_block_overlap(HEADER_LEN, EMPTY_LEN + 5, 0), None);
     }
 
     #[test]

@@ -18,6 +18,20 @@ const RESERVATION: u64 = 1 << 20;
 /// Runs of at least this many blocks (256 KiB) are sealed and written piece by piece.
 const STREAM_BLOCKS: usize = 64;
 
+/// Writes `sealed` at `start` through `put`, its first `head` bytes last (in one call).
+fn write_head_last(
+    sealed: &[u8],
+    start: u64,
+    head: usize,
+    mut put: impl FnMut(&[u8], u64) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    if head == 0 {
+        return put(sealed, start);
+    }
+    put(&sealed[head..], start + head as u64)?;
+    put(&sealed[..head], start)
+}
+
 /// Runs `f` with this thread's buffer in `cell`, kept from call to call so that a large read or
 /// write does not allocate and zero a fresh one (a nested use gets a buffer of its own). The
 /// buffers hold ciphertext only.
@@ -286,7 +300,12 @@ impl FileContent {
                 .cipher()?
                 .encrypt_run(first, blocks, scratch)
                 .map_err(|_| Errno::EIO)?;
-            self.in_place(start, end, |s| Ok(s.file.write_all_at(sealed, start)?))
+            self.overwrite(start, end, true, |s, len| {
+                let head = ce::empty_block_overlap(start, end, len).unwrap_or(0);
+                Ok(write_head_last(sealed, start, head, |b, at| {
+                    s.file.write_all_at(b, at)
+                })?)
+            })
         })
     }
 
@@ -300,10 +319,24 @@ impl FileContent {
         end: u64,
         f: impl FnOnce(&mut Self) -> FsResult<T>,
     ) -> FsResult<T> {
+        self.overwrite(start, end, false, |s, _| f(s))
+    }
+
+    /// `in_place`, where `f` is given the backing length before the write. If `tail_first`,
+    /// `f` writes what replaces an empty file's block last (see `ce::empty_block_overlap`),
+    /// and such a write takes no record.
+    fn overwrite<T>(
+        &mut self,
+        start: u64,
+        end: u64,
+        tail_first: bool,
+        f: impl FnOnce(&mut Self, u64) -> FsResult<T>,
+    ) -> FsResult<T> {
         let Some(mut undo) = self.undo.take() else {
-            return f(self);
+            // Without a journal nothing is recovered: the order does not matter.
+            return f(self, 0);
         };
-        let result = self.under_record(&mut undo, start, end, f);
+        let result = self.under_record(&mut undo, start, end, tail_first, f);
         self.undo = Some(undo);
         result
     }
@@ -313,7 +346,8 @@ impl FileContent {
         undo: &mut UndoLog,
         start: u64,
         end: u64,
-        f: impl FnOnce(&mut Self) -> FsResult<T>,
+        tail_first: bool,
+        f: impl FnOnce(&mut Self, u64) -> FsResult<T>,
     ) -> FsResult<T> {
         undo.ready().map_err(|e| {
             log::error!("{}: {e}", self.label);
@@ -321,12 +355,15 @@ impl FileContent {
         })?;
         let len = self.backing_len()?;
         if start >= len {
-            return f(self);
+            return f(self, len);
         }
         let mut old = vec![0u8; (end.min(len) - start) as usize];
         self.file.read_exact_at(&mut old, start)?;
-        undo.begin(start, len, &old)?;
-        let result = f(self);
+        let recorded = !(tail_first && ce::empty_block_overlap(start, end, len).is_some());
+        if recorded {
+            undo.begin(start, len, &old)?;
+        }
+        let result = f(self, len);
         if result.is_err() {
             let rec = Record {
                 id: self.id,
@@ -335,13 +372,16 @@ impl FileContent {
                 bytes: old,
             };
             if let Err(e) = rec.apply(&self.file) {
-                // The record stays: the next open restores the file.
+                // The record stays (or, for an empty file's block, the block does): the next
+                // open restores the file.
                 log::error!("{}: could not undo a failed write: {e}", self.label);
                 undo.abandon();
                 return result;
             }
         }
-        undo.end()?;
+        if recorded {
+            undo.end()?;
+        }
         result
     }
 
@@ -501,6 +541,14 @@ impl FileContent {
     /// block carries the flag.
     pub fn torn_tail(&self) -> FsResult<Option<u64>> {
         let len = self.backing_len()?;
+        // A small file's first write leaves the empty block it replaces until its last step
+        // (see `ce::empty_block_overlap`): if that block is still there, the write did not
+        // finish, even if the rest of it did. Nothing else can make those bytes verify.
+        if (ce::EMPTY_LEN + 1..=ce::TAIL_FIRST_MAX).contains(&len)
+            && self.verifies_as_final(0, ce::EMPTY_LEN)
+        {
+            return Ok(Some(ce::EMPTY_LEN));
+        }
         let l = ce::layout(len);
         if l.valid && self.verifies_as_final(ce::block_count(l.size) - 1, len) {
             return Ok(None);
@@ -789,6 +837,94 @@ mod tests {
         assert_eq!(c.torn_tail().unwrap(), None);
         std::fs::write(t.path(), &after).unwrap();
         assert_eq!(c.torn_tail().unwrap(), None);
+    }
+
+    /// A small file's first write takes no undo record: what replaces the empty block goes
+    /// last, and a crash before that leaves the empty block for `torn_tail` to cut back to.
+    #[test]
+    fn a_first_write_goes_tail_first_and_a_torn_one_is_cut_back_to_empty() {
+        use crate::fs::undo::Pending;
+        for size in [1usize, 3000, 4096, 5000, 8192] {
+            let (dir, j, t, mut c) = journaled_content();
+            let empty = std::fs::read(t.path()).unwrap();
+            assert_eq!(empty.len() as u64, ce::EMPTY_LEN);
+            c.write(0, &vec![7u8; size]).unwrap();
+            let after = std::fs::read(t.path()).unwrap();
+            assert_eq!(c.torn_tail().unwrap(), None, "{size}: a finished write");
+            assert_eq!(&c.read(0, size as u32).unwrap()[..], &vec![7u8; size][..]);
+            // No record was ever made for it.
+            let records = std::fs::read_dir(dir.path().join(crate::fs::undo::JOURNAL_DIR))
+                .map_or(0, |d| d.count());
+            assert_eq!(records, 0, "{size}");
+            assert_eq!(j.pending(&c.id).unwrap(), Pending::None);
+            // Killed before the last step, at any page boundary of the rest or after all of
+            // it: the old empty block is still at the start.
+            let h = ce::HEADER_LEN as usize;
+            let cuts = (1..=after.len() / 4096)
+                .map(|p| p * 4096)
+                .filter(|&p| p > ce::EMPTY_LEN as usize)
+                .chain([after.len()]);
+            for cut in cuts {
+                let mut torn = after[..cut.min(after.len())].to_vec();
+                torn[h..ce::EMPTY_LEN as usize].copy_from_slice(&empty[h..]);
+                std::fs::write(t.path(), &torn).unwrap();
+                assert_eq!(
+                    c.torn_tail().unwrap(),
+                    Some(ce::EMPTY_LEN),
+                    "{size} cut at {cut}"
+                );
+            }
+            c.file.set_len(ce::EMPTY_LEN).unwrap();
+            assert_eq!(c.size().unwrap(), 0);
+            assert!(c.bad_blocks().unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn the_head_goes_last_and_whole() {
+        let mut calls = Vec::new();
+        write_head_last(b"abcdef", 100, 2, |b, at| {
+            calls.push((b.to_vec(), at));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, [(b"cdef".to_vec(), 102), (b"ab".to_vec(), 100)]);
+        calls.clear();
+        write_head_last(b"abc", 7, 0, |b, at| {
+            calls.push((b.to_vec(), at));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(calls, [(b"abc".to_vec(), 7)]);
+        // A failed first step writes no head.
+        let mut n = 0;
+        let r = write_head_last(b"abc", 0, 1, |_, _| {
+            n += 1;
+            Err(std::io::Error::other("full"))
+        });
+        assert!(r.is_err());
+        assert_eq!(n, 1);
+    }
+
+    /// Writes over anything but an empty file's block still go under a record: a first write
+    /// of more than two blocks, and a rewrite of a block with content.
+    #[test]
+    fn longer_first_writes_and_rewrites_still_take_a_record() {
+        let (dir, _j, _t, mut c) = journaled_content();
+        c.write(0, &[1u8; 3 * 4096]).unwrap();
+        let record = dir
+            .path()
+            .join(crate::fs::undo::JOURNAL_DIR)
+            .join(hex::encode(c.id));
+        assert!(record.exists(), "a three-block first write");
+        let (dir, _j, _t, mut c) = journaled_content();
+        c.write(0, b"abc").unwrap();
+        c.write(1, b"x").unwrap();
+        let record = dir
+            .path()
+            .join(crate::fs::undo::JOURNAL_DIR)
+            .join(hex::encode(c.id));
+        assert!(record.exists(), "a rewrite of a block with content");
     }
 
     #[test]
