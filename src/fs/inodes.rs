@@ -23,6 +23,8 @@ pub struct Node {
     /// (parent, backing name); the name is shared with the name index.
     pub links: Links,
     pub nlookup: u64,
+    /// The backing inode's link count when a lookup last stat'ed it.
+    pub nlink: u32,
     /// Its last name is gone: a new file with the same backing inode number is another inode.
     pub gone: bool,
     /// For directories: the name keys, once unwrapped.
@@ -46,6 +48,7 @@ impl Node {
             generation: 0,
             links: Links::new(),
             nlookup,
+            nlink: 0,
             gone: false,
             dir_keys: None,
             dir_fd: None,
@@ -66,6 +69,21 @@ fn dir_fds_max() -> usize {
             .map_or(1024, |(soft, _)| soft);
         DIR_FDS_MAX.min(usize::try_from(soft / 4).unwrap_or(DIR_FDS_MAX))
     })
+}
+
+/// What a lookup saw of a backing inode.
+#[derive(Debug, Clone, Copy)]
+pub struct Backing {
+    pub ino: u64,
+    pub nlink: u64,
+}
+
+impl Backing {
+    /// A file with one name (tests).
+    #[cfg(test)]
+    fn file(ino: u64) -> Backing {
+        Backing { ino, nlink: 1 }
+    }
 }
 
 /// A borrowed `(parent, name)` key, so lookups need not copy the name. It hashes as the stored
@@ -197,15 +215,15 @@ impl Inodes {
         Some(p)
     }
 
-    /// Records that `parent/name` reaches backing inode `backing_ino`, counting one lookup.
-    /// Returns the node id and its generation.
-    pub fn link(&mut self, parent: u64, name: &OsStr, backing_ino: u64) -> (u64, u64) {
-        self.link_with(parent, name, || Arc::from(name), backing_ino)
+    /// Records that `parent/name` reaches `backing` (its inode number and link count), counting
+    /// one lookup. Returns the node id and its generation.
+    pub fn link(&mut self, parent: u64, name: &OsStr, backing: Backing) -> (u64, u64) {
+        self.link_with(parent, name, || Arc::from(name), backing)
     }
 
     /// `link` for a name already shared (a listing's entry): no copy of it is made.
-    pub fn link_shared(&mut self, parent: u64, name: &Arc<OsStr>, backing_ino: u64) -> (u64, u64) {
-        self.link_with(parent, name, || name.clone(), backing_ino)
+    pub fn link_shared(&mut self, parent: u64, name: &Arc<OsStr>, backing: Backing) -> (u64, u64) {
+        self.link_with(parent, name, || name.clone(), backing)
     }
 
     fn link_with(
@@ -213,9 +231,9 @@ impl Inodes {
         parent: u64,
         name: &OsStr,
         shared: impl FnOnce() -> Arc<OsStr>,
-        backing_ino: u64,
+        backing: Backing,
     ) -> (u64, u64) {
-        let ino = self.node_id(backing_ino);
+        let ino = self.node_id(backing.ino);
         // One hash of the name: the index entry is found, or made, in place.
         let key = NameRef(parent, name);
         let hash = self.by_name.hasher().hash_one(&key);
@@ -256,6 +274,7 @@ impl Inodes {
             node.gone = false;
         }
         node.nlookup += 1;
+        node.nlink = u32::try_from(backing.nlink).unwrap_or(u32::MAX);
         if !node.links.iter().any(|(p, m)| *p == parent && **m == *name) {
             node.links.insert(0, (parent, name_rc));
         }
@@ -289,6 +308,16 @@ impl Inodes {
                 }
             }
         }
+    }
+
+    /// Whether `parent/name` was, when last stat'ed, the only name of its backing inode: then
+    /// removing it removes the inode. A link made since behind the mount's back makes this
+    /// wrong only towards a new generation for the inode's other name (the kernel drops its
+    /// cached inode), never towards keeping a number the backing filesystem may reuse.
+    pub fn only_name(&self, parent: u64, name: &OsStr) -> bool {
+        self.find(parent, name)
+            .and_then(|i| self.nodes.get(&i))
+            .is_some_and(|n| n.nlink == 1)
     }
 
     /// The node reached through `parent/name`, if known.
@@ -437,16 +466,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_a_name_seen_as_the_inodes_one_link_is_its_only_name() {
+        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+        t.link(ROOT, OsStr::new("f"), Backing::file(11));
+        assert!(t.only_name(ROOT, OsStr::new("f")));
+        assert!(!t.only_name(ROOT, OsStr::new("unknown")));
+        // Two names, or a directory: the count comes from the latest lookup.
+        t.link(ROOT, OsStr::new("g"), Backing { ino: 11, nlink: 2 });
+        assert!(!t.only_name(ROOT, OsStr::new("f")));
+        t.link(ROOT, OsStr::new("d"), Backing { ino: 12, nlink: 2 });
+        assert!(!t.only_name(ROOT, OsStr::new("d")));
+        t.link(ROOT, OsStr::new("g"), Backing::file(11));
+        assert!(t.only_name(ROOT, OsStr::new("g")));
+    }
+
+    #[test]
     fn ids_paths_links_renames_reuse_and_forget() {
         let mut t = Inodes::new(PathBuf::from("/c"), 10);
         assert_eq!(t.node_id(10), ROOT);
         assert_eq!(t.node_id(1), 10);
         assert_eq!(t.node_id(11), 11);
-        let (d, _) = t.link(ROOT, OsStr::new("d"), 11);
-        let (f, g0) = t.link(d, OsStr::new("f"), 12);
+        let (d, _) = t.link(ROOT, OsStr::new("d"), Backing::file(11));
+        let (f, g0) = t.link(d, OsStr::new("f"), Backing::file(12));
         assert_eq!(t.path(f).unwrap(), PathBuf::from("/c/d/f"));
         // A hard link reaches the same node; dropping one name keeps the other.
-        assert_eq!(t.link(ROOT, OsStr::new("g"), 12), (f, g0));
+        assert_eq!(t.link(ROOT, OsStr::new("g"), Backing::file(12)), (f, g0));
         t.unlink(ROOT, OsStr::new("g"), false);
         assert_eq!(t.path(f).unwrap(), PathBuf::from("/c/d/f"));
         t.rename((ROOT, OsStr::new("d")), (ROOT, OsStr::new("e")));
@@ -455,7 +499,7 @@ mod tests {
         assert_eq!(t.path(f).unwrap(), PathBuf::from("/c/x"));
         // The last name gone: the same backing number later is a new generation.
         t.unlink(ROOT, OsStr::new("x"), true);
-        let (n, g1) = t.link(d, OsStr::new("new"), 12);
+        let (n, g1) = t.link(d, OsStr::new("new"), Backing::file(12));
         assert_eq!(n, f);
         assert_eq!(g1, g0 + 1);
         assert_eq!(t.path(n).unwrap(), PathBuf::from("/c/e/new"));
@@ -478,7 +522,7 @@ mod tests {
         let t0 = Instant::now();
         let later = |ms: u64| t0 + std::time::Duration::from_millis(ms);
         let mut t = Inodes::new(PathBuf::from("/c"), 10);
-        let (f, _) = t.link(ROOT, OsStr::new("f"), 12);
+        let (f, _) = t.link(ROOT, OsStr::new("f"), Backing::file(12));
         assert!(
             !t.restamp(f, stamp(&a), true, later(0)),
             "first open: nothing kept"
@@ -495,7 +539,7 @@ mod tests {
         assert!(t.clear_stamps().is_empty());
         assert!(!t.restamp(f, stamp(&b), true, later(700)), "cleared");
         // Opened, not recorded: still counted as cached; a state not settled is not kept.
-        let (g, _) = t.link(ROOT, OsStr::new("g"), 13);
+        let (g, _) = t.link(ROOT, OsStr::new("g"), Backing::file(13));
         t.mark_cached(g);
         assert!(!t.restamp(f, stamp(&a), false, later(800)));
         assert!(!t.restamp(f, stamp(&a), true, later(1000)));
@@ -505,7 +549,7 @@ mod tests {
         // The number reused by a new file after the last name went: a new generation, no stamp.
         assert!(!t.restamp(f, stamp(&b), true, later(1100)));
         t.unlink(ROOT, OsStr::new("f"), true);
-        t.link(ROOT, OsStr::new("h"), 12);
+        t.link(ROOT, OsStr::new("h"), Backing::file(12));
         assert!(!t.restamp(f, stamp(&b), true, later(2000)));
     }
 
@@ -530,10 +574,10 @@ mod tests {
     fn a_name_moves_to_its_new_inode_and_survives_the_old_one_being_forgotten() {
         let mut t = Inodes::new(PathBuf::from("/c"), 10);
         let shared: Arc<OsStr> = Arc::from(OsStr::new("n"));
-        let (a, _) = t.link_shared(ROOT, &shared, 20);
+        let (a, _) = t.link_shared(ROOT, &shared, Backing::file(20));
         assert_eq!(t.find(ROOT, OsStr::new("n")), Some(a));
         assert!(Arc::ptr_eq(&t.get(a).unwrap().links[0].1, &shared));
-        let (b, _) = t.link(ROOT, OsStr::new("n"), 21);
+        let (b, _) = t.link(ROOT, OsStr::new("n"), Backing::file(21));
         assert_ne!(a, b);
         assert_eq!(t.find(ROOT, OsStr::new("n")), Some(b));
         assert!(t.get(a).unwrap().links.is_empty());
@@ -542,7 +586,7 @@ mod tests {
         assert_eq!(t.find(ROOT, OsStr::new("n")), Some(b));
         assert_eq!(t.path(b).unwrap(), PathBuf::from("/c/n"));
         // A second lookup of the same name counts, and adds no second link.
-        assert_eq!(t.link_shared(ROOT, &shared, 21).0, b);
+        assert_eq!(t.link_shared(ROOT, &shared, Backing::file(21)).0, b);
         assert_eq!(t.get(b).unwrap().links.len(), 1);
         assert_eq!(t.get(b).unwrap().nlookup, 2);
         t.forget(b, 2);
@@ -552,16 +596,16 @@ mod tests {
         // Two names of one inode: one removed behind our back, then the other through us,
         // which finds the inode gone. When its number comes back as a new file, the stale
         // name stops reaching it, and the name it comes back under stays.
-        let (h, _) = t.link(ROOT, OsStr::new("h1"), 30);
-        t.link(ROOT, OsStr::new("h2"), 30);
+        let (h, _) = t.link(ROOT, OsStr::new("h1"), Backing::file(30));
+        t.link(ROOT, OsStr::new("h2"), Backing::file(30));
         t.unlink(ROOT, OsStr::new("h1"), true);
         assert_eq!(t.find(ROOT, OsStr::new("h2")), Some(h));
-        let (again, _) = t.link(ROOT, OsStr::new("h3"), 30);
+        let (again, _) = t.link(ROOT, OsStr::new("h3"), Backing::file(30));
         assert_eq!(again, h);
         assert_eq!(t.find(ROOT, OsStr::new("h2")), None);
         assert_eq!(t.find(ROOT, OsStr::new("h3")), Some(h));
         t.unlink(ROOT, OsStr::new("h3"), true);
-        t.link(ROOT, OsStr::new("h3"), 30);
+        t.link(ROOT, OsStr::new("h3"), Backing::file(30));
         assert_eq!(t.find(ROOT, OsStr::new("h3")), Some(h));
     }
 }

@@ -8,7 +8,7 @@ use crate::fs::contentenc::{self as ce, ContentCipher};
 use crate::fs::errno::{Errno, FsResult};
 use crate::fs::fileio::FileContent;
 use crate::fs::header::{self, DataKeys, Kind};
-use crate::fs::inodes::{Inodes, ROOT};
+use crate::fs::inodes::{Backing, Inodes, ROOT};
 use crate::fs::keyring::{DirKeys, Keyring};
 use crate::fs::nametransform::{self as nt, BackingName, DIRKEY_FILE, EntryKind};
 use crate::fs::pagecache::{self, Modes, Stamp};
@@ -213,6 +213,13 @@ fn open_dir_at(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
 /// `open_dir_at`, readable: for listing the directory, writing into it or syncing it.
 fn open_listable_dir(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
     open_subdir(dir, name, OFlag::O_RDONLY)
+}
+
+fn backing(st: &FileStat) -> Backing {
+    Backing {
+        ino: st.st_ino,
+        nlink: st.st_nlink,
+    }
 }
 
 fn stat_at(dir: &OwnedFd, name: &OsStr) -> FsResult<FileStat> {
@@ -481,7 +488,8 @@ impl KmsFs {
 
     /// Counts a lookup of `parent/bn` and returns its attributes and generation.
     fn register(&self, parent: u64, bn: &BackingName, st: &FileStat) -> Entry {
-        let (ino, generation) = lock(&self.inodes).link(parent, OsStr::new(bn.entry()), st.st_ino);
+        let (ino, generation) =
+            lock(&self.inodes).link(parent, OsStr::new(bn.entry()), backing(st));
         Entry {
             attr: to_attr(ino, st),
             generation,

@@ -174,7 +174,7 @@ impl KmsFs {
             let Ok(st) = stat_at(&dir, &e.backing) else {
                 continue;
             };
-            let (id, generation) = lock(&self.inodes).link_shared(ino, &e.backing, st.st_ino);
+            let (id, generation) = lock(&self.inodes).link_shared(ino, &e.backing, backing(&st));
             let entry = Entry {
                 attr: to_attr(id, &st),
                 generation,
