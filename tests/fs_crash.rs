@@ -44,6 +44,28 @@ fn fsck_clean(m: &Mounted, when: &str) {
     );
 }
 
+/// The local KMS over the mount's key store, for fsck while mounted.
+fn local_kms(m: &Mounted) -> kmsfs::provider::LocalProvider {
+    let ks = kmsfs::keystore::KeyStore::open(
+        &m.env.store,
+        &kmsfs::keystore::rootkey::RootSecret::key_from_file(&m.env.root_key).unwrap(),
+    )
+    .unwrap();
+    kmsfs::provider::LocalProvider::new(kmsfs::kms::Kms::new(ks, kmsfs::clock::Clock::System))
+}
+
+/// `fsck_clean` for a mounted cipher dir: the CLI refuses one, the library reads it as is.
+fn fsck_clean_mounted(m: &Mounted, provider: &kmsfs::provider::LocalProvider, when: &str) {
+    let r = kmsfs::fs::fsck::fsck(
+        &m.cipher,
+        provider,
+        &kmsfs::kms::Caller::current(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert!(r.findings.is_empty(), "{when}: {:?}", r.findings);
+}
+
 fn latest_only(m: &Mounted) -> bool {
     let inv = m
         .env
@@ -206,13 +228,7 @@ fn killing_the_daemon_under_writers_keeps_every_fsynced_byte() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut rng = Rng(seed());
     let m = Mounted::new();
-    let ks = kmsfs::keystore::KeyStore::open(
-        &m.env.store,
-        &kmsfs::keystore::rootkey::RootSecret::key_from_file(&m.env.root_key).unwrap(),
-    )
-    .unwrap();
-    let provider =
-        kmsfs::provider::LocalProvider::new(kmsfs::kms::Kms::new(ks, kmsfs::clock::Clock::System));
+    let provider = local_kms(&m);
     const WRITERS: usize = 3;
     let synced: Vec<Arc<AtomicUsize>> = (0..WRITERS)
         .map(|_| Arc::new(AtomicUsize::new(0)))
@@ -326,14 +342,7 @@ fn killing_the_daemon_under_writers_keeps_every_fsynced_byte() {
                 .set_len(synced_len as u64)
                 .unwrap();
         }
-        let r = kmsfs::fs::fsck::fsck(
-            &m.cipher,
-            &provider,
-            &kmsfs::kms::Caller::current(),
-            &mut |_| {},
-        )
-        .unwrap();
-        assert!(r.findings.is_empty(), "round {round}: {:?}", r.findings);
+        fsck_clean_mounted(&m, &provider, &format!("round {round}"));
         undone = m.log_text().matches("undid a write interrupted").count();
     }
     // How often a kill landed inside an in-place rewrite (all rounds share one log file).
@@ -389,13 +398,7 @@ fn killing_the_daemon_while_small_files_are_written_leaves_each_empty_or_whole()
     use std::sync::atomic::{AtomicUsize, Ordering};
     let mut rng = Rng(seed());
     let m = Mounted::new();
-    let ks = kmsfs::keystore::KeyStore::open(
-        &m.env.store,
-        &kmsfs::keystore::rootkey::RootSecret::key_from_file(&m.env.root_key).unwrap(),
-    )
-    .unwrap();
-    let provider =
-        kmsfs::provider::LocalProvider::new(kmsfs::kms::Kms::new(ks, kmsfs::clock::Clock::System));
+    let provider = local_kms(&m);
     for round in 0..30 {
         let dir = format!("r{round}");
         fs::create_dir(m.p(&dir)).unwrap();
@@ -437,15 +440,7 @@ fn killing_the_daemon_while_small_files_are_written_leaves_each_empty_or_whole()
                 got.len()
             );
         }
-        // Offline fsck refuses a mounted cipher dir; the library's check reads it as is.
-        let r = kmsfs::fs::fsck::fsck(
-            &m.cipher,
-            &provider,
-            &kmsfs::kms::Caller::current(),
-            &mut |_| {},
-        )
-        .unwrap();
-        assert!(r.findings.is_empty(), "round {round}: {:?}", r.findings);
+        fsck_clean_mounted(&m, &provider, &format!("round {round}"));
     }
     let cut = m.log_text().matches("removed the incomplete tail").count();
     eprintln!("interrupted first writes cut back to empty: {cut}");

@@ -300,8 +300,7 @@ impl FileContent {
                 .cipher()?
                 .encrypt_run(first, blocks, scratch)
                 .map_err(|_| Errno::EIO)?;
-            self.overwrite(start, end, true, |s, len| {
-                let head = ce::empty_block_overlap(start, end, len).unwrap_or(0);
+            self.overwrite(start, end, true, |s, head| {
                 Ok(write_head_last(sealed, start, head, |b, at| {
                     s.file.write_all_at(b, at)
                 })?)
@@ -322,18 +321,18 @@ impl FileContent {
         self.overwrite(start, end, false, |s, _| f(s))
     }
 
-    /// `in_place`, where `f` is given the backing length before the write. If `tail_first`,
-    /// `f` writes what replaces an empty file's block last (see `ce::empty_block_overlap`),
-    /// and such a write takes no record.
+    /// `in_place` for an `f` that can write its first `head` bytes last (given to it; 0 for
+    /// any order). If `tail_first` and the write replaces only an empty file's block, `head`
+    /// is that block's length and the write takes no record (see `ce::empty_block_overlap`).
     fn overwrite<T>(
         &mut self,
         start: u64,
         end: u64,
         tail_first: bool,
-        f: impl FnOnce(&mut Self, u64) -> FsResult<T>,
+        f: impl FnOnce(&mut Self, usize) -> FsResult<T>,
     ) -> FsResult<T> {
         let Some(mut undo) = self.undo.take() else {
-            // Without a journal nothing is recovered: the order does not matter.
+            // No journal, or a write nested in one whose record covers it: no record to skip.
             return f(self, 0);
         };
         let result = self.under_record(&mut undo, start, end, tail_first, f);
@@ -347,7 +346,7 @@ impl FileContent {
         start: u64,
         end: u64,
         tail_first: bool,
-        f: impl FnOnce(&mut Self, u64) -> FsResult<T>,
+        f: impl FnOnce(&mut Self, usize) -> FsResult<T>,
     ) -> FsResult<T> {
         undo.ready().map_err(|e| {
             log::error!("{}: {e}", self.label);
@@ -355,15 +354,20 @@ impl FileContent {
         })?;
         let len = self.backing_len()?;
         if start >= len {
-            return f(self, len);
+            return f(self, 0);
         }
         let mut old = vec![0u8; (end.min(len) - start) as usize];
         self.file.read_exact_at(&mut old, start)?;
-        let recorded = !(tail_first && ce::empty_block_overlap(start, end, len).is_some());
+        let head = if tail_first {
+            ce::empty_block_overlap(start, end, len).unwrap_or(0)
+        } else {
+            0
+        };
+        let recorded = head == 0;
         if recorded {
             undo.begin(start, len, &old)?;
         }
-        let result = f(self, len);
+        let result = f(self, head);
         if result.is_err() {
             let rec = Record {
                 id: self.id,
@@ -543,7 +547,9 @@ impl FileContent {
         let len = self.backing_len()?;
         // A small file's first write leaves the empty block it replaces until its last step
         // (see `ce::empty_block_overlap`): if that block is still there, the write did not
-        // finish, even if the rest of it did. Nothing else can make those bytes verify.
+        // finish, even if the rest of it did. Only that block verifies there: the file's own,
+        // left by a crash, or replayed from an old copy (a rollback to empty, no more than
+        // cutting the file to 0 bytes does).
         if (ce::EMPTY_LEN + 1..=ce::TAIL_FIRST_MAX).contains(&len)
             && self.verifies_as_final(0, ce::EMPTY_LEN)
         {
@@ -878,6 +884,24 @@ mod tests {
             assert_eq!(c.size().unwrap(), 0);
             assert!(c.bad_blocks().unwrap().is_empty());
         }
+    }
+
+    /// A first write past the first block of an empty file fills block 0 out first (the growth
+    /// step goes tail first too), and growing an empty file by truncation: both read back.
+    #[test]
+    fn growing_an_empty_file_reads_back() {
+        let (_dir, _j, _t, mut c) = journaled_content();
+        c.write(5000, b"abc").unwrap();
+        assert_eq!(c.torn_tail().unwrap(), None);
+        let mut want = vec![0u8; 5003];
+        want[5000..].copy_from_slice(b"abc");
+        assert_eq!(&c.read(0, 6000).unwrap()[..], &want[..]);
+        assert!(c.bad_blocks().unwrap().is_empty());
+        let (_dir, _j, _t, mut c) = journaled_content();
+        c.truncate(6000).unwrap();
+        assert_eq!(&c.read(0, 7000).unwrap()[..], &[0u8; 6000][..]);
+        assert_eq!(c.torn_tail().unwrap(), None);
+        assert!(c.bad_blocks().unwrap().is_empty());
     }
 
     #[test]

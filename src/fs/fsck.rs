@@ -170,7 +170,13 @@ impl Checker<'_> {
                 path,
                 backing,
                 Problem::TornTail,
-                format!("an interrupted write left a tail after byte {end}"),
+                if end == crate::fs::contentenc::EMPTY_LEN {
+                    "its first write was interrupted (or its empty block was put back from an \
+                     old copy): the next open through a mount makes it empty again"
+                        .to_string()
+                } else {
+                    format!("an interrupted write left a tail after byte {end}")
+                },
             );
         }
         match c.bad_blocks() {

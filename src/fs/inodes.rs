@@ -23,8 +23,8 @@ pub struct Node {
     /// (parent, backing name); the name is shared with the name index.
     pub links: Links,
     pub nlookup: u64,
-    /// The backing inode's link count when a lookup last stat'ed it.
-    pub nlink: u32,
+    /// The backing inode had one link when a lookup last stat'ed it.
+    pub one_link: bool,
     /// Its last name is gone: a new file with the same backing inode number is another inode.
     pub gone: bool,
     /// For directories: the name keys, once unwrapped.
@@ -48,7 +48,7 @@ impl Node {
             generation: 0,
             links: Links::new(),
             nlookup,
-            nlink: 0,
+            one_link: false,
             gone: false,
             dir_keys: None,
             dir_fd: None,
@@ -71,18 +71,21 @@ fn dir_fds_max() -> usize {
     })
 }
 
-/// What a lookup saw of a backing inode.
+/// What a lookup saw of a backing inode: its number, and whether it had one link.
 #[derive(Debug, Clone, Copy)]
 pub struct Backing {
     pub ino: u64,
-    pub nlink: u64,
+    pub one_link: bool,
 }
 
 impl Backing {
     /// A file with one name (tests).
     #[cfg(test)]
     fn file(ino: u64) -> Backing {
-        Backing { ino, nlink: 1 }
+        Backing {
+            ino,
+            one_link: true,
+        }
     }
 }
 
@@ -215,8 +218,7 @@ impl Inodes {
         Some(p)
     }
 
-    /// Records that `parent/name` reaches `backing` (its inode number and link count), counting
-    /// one lookup. Returns the node id and its generation.
+    /// Records that `parent/name` reaches `backing`, counting one lookup. Returns the node id and its generation.
     pub fn link(&mut self, parent: u64, name: &OsStr, backing: Backing) -> (u64, u64) {
         self.link_with(parent, name, || Arc::from(name), backing)
     }
@@ -274,7 +276,7 @@ impl Inodes {
             node.gone = false;
         }
         node.nlookup += 1;
-        node.nlink = u32::try_from(backing.nlink).unwrap_or(u32::MAX);
+        node.one_link = backing.one_link;
         if !node.links.iter().any(|(p, m)| *p == parent && **m == *name) {
             node.links.insert(0, (parent, name_rc));
         }
@@ -312,12 +314,20 @@ impl Inodes {
 
     /// Whether `parent/name` was, when last stat'ed, the only name of its backing inode: then
     /// removing it removes the inode. A link made since behind the mount's back makes this
-    /// wrong only towards a new generation for the inode's other name (the kernel drops its
-    /// cached inode), never towards keeping a number the backing filesystem may reuse.
+    /// wrong only towards a new generation for the inode's other name (the kernel then marks
+    /// its cached inode bad: descriptors open on it get EIO), never towards keeping a number
+    /// the backing filesystem may reuse.
     pub fn only_name(&self, parent: u64, name: &OsStr) -> bool {
         self.find(parent, name)
             .and_then(|i| self.nodes.get(&i))
-            .is_some_and(|n| n.nlink == 1)
+            .is_some_and(|n| n.one_link)
+    }
+
+    /// Node `ino` gained a name (a link made through the mount): it has more than one now.
+    pub fn linked(&mut self, ino: u64) {
+        if let Some(n) = self.nodes.get_mut(&ino) {
+            n.one_link = false;
+        }
     }
 
     /// The node reached through `parent/name`, if known.
@@ -472,12 +482,23 @@ mod tests {
         assert!(t.only_name(ROOT, OsStr::new("f")));
         assert!(!t.only_name(ROOT, OsStr::new("unknown")));
         // Two names, or a directory: the count comes from the latest lookup.
-        t.link(ROOT, OsStr::new("g"), Backing { ino: 11, nlink: 2 });
+        let two = Backing {
+            ino: 11,
+            one_link: false,
+        };
+        t.link(ROOT, OsStr::new("g"), two);
         assert!(!t.only_name(ROOT, OsStr::new("f")));
-        t.link(ROOT, OsStr::new("d"), Backing { ino: 12, nlink: 2 });
+        let dir = Backing {
+            ino: 12,
+            one_link: false,
+        };
+        t.link(ROOT, OsStr::new("d"), dir);
         assert!(!t.only_name(ROOT, OsStr::new("d")));
         t.link(ROOT, OsStr::new("g"), Backing::file(11));
         assert!(t.only_name(ROOT, OsStr::new("g")));
+        // A link made through the mount counts before its lookup does.
+        t.linked(11);
+        assert!(!t.only_name(ROOT, OsStr::new("g")));
     }
 
     #[test]

@@ -218,7 +218,7 @@ fn open_listable_dir(dir: &OwnedFd, name: &OsStr) -> FsResult<OwnedFd> {
 fn backing(st: &FileStat) -> Backing {
     Backing {
         ino: st.st_ino,
-        nlink: st.st_nlink,
+        one_link: st.st_nlink == 1,
     }
 }
 

@@ -320,6 +320,9 @@ impl KmsFs {
             }
             return Err(e.into());
         }
+        // Before the stat that records it: if that fails, unlink must not take the other
+        // name for the inode's only one.
+        lock(&self.inodes).linked(ino);
         self.register_at(newparent, &dir, &bn)
     }
 }
