@@ -218,7 +218,8 @@ impl Inodes {
         Some(p)
     }
 
-    /// Records that `parent/name` reaches `backing`, counting one lookup. Returns the node id and its generation.
+    /// Records that `parent/name` reaches `backing`, counting one lookup. Returns the node id
+    /// and its generation.
     pub fn link(&mut self, parent: u64, name: &OsStr, backing: Backing) -> (u64, u64) {
         self.link_with(parent, name, || Arc::from(name), backing)
     }

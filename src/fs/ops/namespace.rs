@@ -201,16 +201,15 @@ impl KmsFs {
         // The usual file, with one name when looked up, needs no stat to tell that its inode
         // goes with it (a directory is refused by unlinkat itself, EISDIR).
         let gone = if lock(&self.inodes).only_name(parent, entry_name) {
-            unlink_at(&dir, entry_name)?;
             true
         } else {
             let st = stat_at(&dir, entry_name)?;
             if is_dir(&st) {
                 return Err(Errno(libc::EISDIR));
             }
-            unlink_at(&dir, entry_name)?;
             st.st_nlink <= 1
         };
+        unlink_at(&dir, entry_name)?;
         self.remove_side_file(&dir, &bn);
         lock(&self.inodes).unlink(parent, entry_name, gone);
         Ok(())
