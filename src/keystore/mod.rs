@@ -71,11 +71,56 @@ pub struct KeyDb {
     pub generation: u64,
 }
 
-/// Holds the store's flock; dropping it releases the lock. The lock file is opened for each
-/// lock rather than kept: a kept descriptor would outlive a deleted or replaced `lock` file and
-/// stop excluding processes that open the new one.
-pub struct StoreLock {
-    _file: File,
+/// Holds the store's flock (and this process's turn at it); dropping it releases both.
+pub struct StoreLock<'a> {
+    held: std::sync::MutexGuard<'a, Option<LockFile>>,
+}
+
+impl Drop for StoreLock<'_> {
+    fn drop(&mut self) {
+        if let Some(l) = self.held.as_ref() {
+            // SAFETY: flock on a descriptor the guard keeps open.
+            unsafe { libc::flock(l.file.as_raw_fd(), libc::LOCK_UN) };
+        }
+    }
+}
+
+/// The lock file, kept open between locks (an open and a close per KMS call cost a mount a
+/// tenth of its CPU while files are created), with the identity it had when opened.
+struct LockFile {
+    file: File,
+    dev: u64,
+    ino: u64,
+}
+
+fn open_lock_file(path: &Path) -> std::io::Result<LockFile> {
+    use std::os::unix::fs::MetadataExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(atomic::FILE_MODE)
+        .open(path)?;
+    let m = file.metadata()?;
+    Ok(LockFile {
+        file,
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
+
+fn flock_exclusive(file: &File) -> std::io::Result<()> {
+    loop {
+        // SAFETY: flock on a file descriptor we own for the duration of the call.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
 /// The keys.db this process looked at last, held open: while it is open its inode number
@@ -98,6 +143,7 @@ pub struct KeyStore {
     current: std::sync::Mutex<Option<Current>>,
     /// Where this process's last audit append left the log (see `AuditLog::cached`).
     audit_tail: std::sync::Mutex<Option<crate::kms::audit::Tail>>,
+    lock_file: std::sync::Mutex<Option<LockFile>>,
 }
 
 /// What identifies one version of keys.db: every save is a rename, so a new inode and times.
@@ -199,14 +245,17 @@ impl KeyStore {
             cache: std::sync::Mutex::new(None),
             current: std::sync::Mutex::new(None),
             audit_tail: std::sync::Mutex::new(None),
+            lock_file: std::sync::Mutex::new(None),
         };
-        let lock = store.lock()?;
-        store.save(&lock, &KeyDb::default())?;
-        let json = serde_json::to_vec_pretty(&store.meta)
-            .map_err(|e| KmsError::internal(format!("encoding keystore.json: {e}")))?;
-        // keystore.json last: a crash before it leaves a directory that is not yet a store.
-        atomic::write_atomic(&dir.join(META_FILE), &json)
-            .map_err(|e| KmsError::io(dir.join(META_FILE).display(), e))?;
+        {
+            let lock = store.lock()?;
+            store.save(&lock, &KeyDb::default())?;
+            let json = serde_json::to_vec_pretty(&store.meta)
+                .map_err(|e| KmsError::internal(format!("encoding keystore.json: {e}")))?;
+            // keystore.json last: a crash before it leaves a directory that is not yet a store.
+            atomic::write_atomic(&dir.join(META_FILE), &json)
+                .map_err(|e| KmsError::io(dir.join(META_FILE).display(), e))?;
+        }
         Ok(store)
     }
 
@@ -236,6 +285,7 @@ impl KeyStore {
             cache: std::sync::Mutex::new(None),
             current: std::sync::Mutex::new(None),
             audit_tail: std::sync::Mutex::new(None),
+            lock_file: std::sync::Mutex::new(None),
         })
     }
 
@@ -253,26 +303,23 @@ impl KeyStore {
             .cached(&self.audit_tail)
     }
 
-    /// Takes the store's exclusive lock, waiting for other processes to release it.
-    pub fn lock(&self) -> Result<StoreLock> {
+    /// Takes the store's exclusive lock, waiting for other processes (and this process's other
+    /// threads) to release it.
+    pub fn lock(&self) -> Result<StoreLock<'_>> {
+        use std::os::unix::fs::MetadataExt;
         let path = self.dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(atomic::FILE_MODE)
-            .open(&path)
-            .map_err(|e| KmsError::io(path.display(), e))?;
+        let mut held = self.lock_file.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            // SAFETY: flock on a file descriptor we own for the duration of the call.
-            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-            if rc == 0 {
-                return Ok(StoreLock { _file: file });
-            }
-            let err = std::io::Error::last_os_error();
-            if err.kind() != std::io::ErrorKind::Interrupted {
-                return Err(KmsError::io(path.display(), err));
+            let l = match held.take() {
+                Some(l) => l,
+                None => open_lock_file(&path).map_err(|e| KmsError::io(path.display(), e))?,
+            };
+            flock_exclusive(&l.file).map_err(|e| KmsError::io(path.display(), e))?;
+            // A `lock` removed or replaced since it was opened no longer excludes the processes
+            // that open the new one: drop it (closing unlocks) and lock what the path names now.
+            if std::fs::metadata(&path).is_ok_and(|m| (m.dev(), m.ino()) == (l.dev, l.ino)) {
+                *held = Some(l);
+                return Ok(StoreLock { held });
             }
         }
     }
@@ -513,6 +560,41 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.kind, ErrorKind::AlreadyExists);
+    }
+
+    /// Whether another open file description of `path` could take the flock now.
+    fn free(path: &Path) -> bool {
+        let f = File::open(path).unwrap();
+        // SAFETY: flock on a descriptor owned here.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+
+    #[test]
+    fn the_kept_lock_file_excludes_others_only_while_held_and_follows_a_replacement() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("ks");
+        let store = KeyStore::init(&dir, &pw("pw"), fast(), Utc::now()).unwrap();
+        let path = dir.join(LOCK_FILE);
+        {
+            let _l = store.lock().unwrap();
+            assert!(!free(&path), "held");
+        }
+        assert!(
+            free(&path),
+            "released on drop, though the descriptor stays open"
+        );
+        // Another process replaces the lock file: the next lock must take the new one's flock.
+        std::fs::remove_file(&path).unwrap();
+        File::create(&path).unwrap();
+        {
+            let _l = store.lock().unwrap();
+            assert!(!free(&path), "the file the path names now is held");
+        }
+        assert!(free(&path));
+        // And a removed one is made again.
+        std::fs::remove_file(&path).unwrap();
+        let _l = store.lock().unwrap();
+        assert!(!free(&path));
     }
 
     #[test]
