@@ -2,6 +2,7 @@
 //! through `KeyProvider` only, so it never knows whether the KMS is this host's or a remote one.
 
 use crate::error::Result;
+pub use crate::kms::policy::Reach;
 use crate::kms::types::Wrapped;
 use crate::kms::{Caller, EncryptionContext, Kms};
 use std::collections::HashMap;
@@ -84,14 +85,15 @@ pub trait KeyProvider: Send + Sync {
     }
 
     /// May `caller` still use `key` for `action` under `ctx`? For data keys held already:
-    /// checks the key's state and policy without unwrapping anything.
+    /// checks the key's state and policy without unwrapping anything. An allow says whether it
+    /// holds for this context only or for any (until the key store changes).
     fn authorize(
         &self,
         caller: &Caller,
         key: &str,
         action: &str,
         ctx: &EncryptionContext,
-    ) -> Result<()>;
+    ) -> Result<Reach>;
 
     /// The key (and version, where known) a wrapped key names, read without the KMS.
     fn key_of(&self, blob: &[u8]) -> Option<(String, Option<u32>)>;
@@ -237,7 +239,7 @@ impl KeyProvider for LocalProvider {
         key: &str,
         action: &str,
         ctx: &EncryptionContext,
-    ) -> Result<()> {
+    ) -> Result<Reach> {
         self.kms.authorize_use(caller, key, action, ctx)
     }
 

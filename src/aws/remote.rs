@@ -11,7 +11,7 @@ use crate::aws::client::KmsClient;
 use crate::encoding::{b64_decode, b64_encode};
 use crate::error::{ErrorKind, KmsError, Result};
 use crate::kms::{Caller, EncryptionContext};
-use crate::provider::{DATA_KEY_BYTES, KeyProvider, KeyStatus, ProvidedKey, WrappedKey};
+use crate::provider::{DATA_KEY_BYTES, KeyProvider, KeyStatus, ProvidedKey, Reach, WrappedKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -254,10 +254,11 @@ impl KeyProvider for RemoteProvider {
         key: &str,
         _action: &str,
         _ctx: &EncryptionContext,
-    ) -> Result<()> {
+    ) -> Result<Reach> {
+        // Only the key's state is checked here (the service applies its policy to each call).
         let (arn, state) = self.describe(key)?;
         match state.as_str() {
-            "Enabled" => Ok(()),
+            "Enabled" => Ok(Reach::AnyContext),
             "Disabled" => Err(KmsError::new(
                 ErrorKind::Disabled,
                 format!("key {arn} is disabled at {}", self.client.endpoint()),

@@ -7,7 +7,7 @@ use crate::fs::dekcache::{self, DekCache};
 use crate::fs::errno::{self, Errno, FsResult};
 use crate::fs::header::{self, Kind};
 use crate::kms::{Caller, EncryptionContext};
-use crate::provider::KeyProvider;
+use crate::provider::{KeyProvider, Reach};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,8 +27,9 @@ pub struct Requester {
     pub pid: u32,
 }
 
-/// (uid, hash of the sorted group ids, key, id).
-type DecisionKey = (u32, u64, String, [u8; 16]);
+/// (uid, hash of the sorted group ids, key, id; None: any id, the key's policy reads no
+/// encryption context).
+type DecisionKey = (u32, u64, String, Option<[u8; 16]>);
 
 /// How long a process's group list is reused before /proc is read again.
 const GROUPS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -159,7 +160,7 @@ impl Keyring {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.gids(r).hash(&mut h);
-        (r.uid, h.finish(), key.to_string(), id)
+        (r.uid, h.finish(), key.to_string(), Some(id))
     }
 
     /// The CMK a wrapped key names.
@@ -256,7 +257,9 @@ impl Keyring {
     }
 
     /// May the requester use a data key it is about to use from memory? Decided by the KMS
-    /// once per (uid, gid, key, id) until the key store changes; denials are audited there.
+    /// once per (uid, gid, key, id) until the key store changes, or once per (uid, gid, key)
+    /// if the key's policy reads no context (a file just made needs no KMS call then);
+    /// denials are audited there.
     pub fn authorize(
         &self,
         r: Requester,
@@ -277,10 +280,19 @@ impl Keyring {
         id: [u8; 16],
     ) -> FsResult<()> {
         let Some(key) = key else { return Ok(()) };
-        let dk = self.decision_key(r, key, id);
-        if let Some(d) = lock(&self.decisions).get(&dk) {
+        let mut dk = self.decision_key(r, key, id);
+        let cached = {
+            let decisions = lock(&self.decisions);
+            decisions.get(&dk).copied().or_else(|| {
+                dk.3 = None;
+                let d = decisions.get(&dk).copied();
+                dk.3 = Some(id);
+                d
+            })
+        };
+        if let Some(d) = cached {
             self.hits.fetch_add(1, Ordering::Relaxed);
-            return *d;
+            return d;
         }
         self.misses.fetch_add(1, Ordering::Relaxed);
         let epoch = self.epoch.load(Ordering::SeqCst);
@@ -288,6 +300,10 @@ impl Keyring {
             .provider
             .authorize(&self.caller(r), key, "kms:Decrypt", &ctx())
             .map_err(|e| errno::from_kms(&e));
+        if d == Ok(Reach::AnyContext) {
+            dk.3 = None;
+        }
+        let d = d.map(|_| ());
         self.remember(dk, epoch, d);
         d
     }
@@ -385,5 +401,68 @@ mod tests {
         assert!(ring.refresh());
         assert!(ask(me).is_err());
         assert_eq!(built.get(), 3);
+    }
+
+    #[test]
+    fn an_allow_covers_every_file_of_the_key_only_while_its_policy_reads_no_context() {
+        let (_d, local) = crate::provider::tests::provider();
+        let local = Arc::new(local);
+        let root = Caller::from_ids(0, vec![0], std::process::id());
+        let key = local
+            .kms()
+            .create_key(&root, CreateKeyRequest::default())
+            .unwrap()
+            .key_id;
+        let ring = Keyring::new(local.clone(), root.clone());
+        let me = Requester {
+            uid: 0,
+            gid: 0,
+            pid: std::process::id(),
+        };
+        let asked = Cell::new(0);
+        let ask = |r: Requester, id: [u8; 16]| {
+            ring.authorize_ctx(
+                r,
+                Some(&key),
+                || {
+                    asked.set(asked.get() + 1);
+                    Kind::File.context(&id)
+                },
+                id,
+            )
+        };
+        // The default policy has no condition: one KMS answer serves every file id.
+        assert_eq!(ask(me, [1; 16]), Ok(()));
+        assert_eq!(ask(me, [2; 16]), Ok(()));
+        assert_eq!(asked.get(), 1);
+        // Not for another user, whom the default policy denies (per file, as before).
+        let other = Requester { uid: 4242, ..me };
+        assert_eq!(ask(other, [1; 16]), Err(Errno::EACCES));
+        assert_eq!(ask(other, [2; 16]), Err(Errno::EACCES));
+        assert_eq!(asked.get(), 3);
+
+        // A policy that reads the context: each file is decided on its own.
+        let id1 = hex::encode([1u8; 16]);
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow", "Principal": "*", "Action": "kms:*", "Resource": "*",
+                "Condition": {"StringEquals": {"kms:EncryptionContext:kmsfs:file-id": id1}}
+            }]
+        })
+        .to_string();
+        local
+            .kms()
+            .put_key_policy(&root, &key, &policy, true)
+            .unwrap();
+        assert!(ring.refresh());
+        assert_eq!(ask(me, [1; 16]), Ok(()));
+        assert_eq!(
+            ask(me, [2; 16]),
+            Err(Errno::EACCES),
+            "not served by file 1's allow"
+        );
+        assert_eq!(ask(me, [1; 16]), Ok(()));
+        assert_eq!(asked.get(), 5);
     }
 }

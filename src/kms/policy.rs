@@ -161,6 +161,21 @@ pub struct Policy {
     pub statements: Vec<Statement>,
 }
 
+impl Policy {
+    /// Whether any decision may depend on the encryption context (every condition reads it).
+    pub fn reads_context(&self) -> bool {
+        self.statements.iter().any(|s| !s.conditions.is_empty())
+    }
+}
+
+/// Which requests an authorization also answers for: those with the same caller, key and
+/// action and this encryption context only, or with any context (no statement reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    ThisContext,
+    AnyContext,
+}
+
 /// One request to authorize.
 pub struct Request<'a> {
     pub caller: &'a Caller,
@@ -548,6 +563,7 @@ mod tests {
                           "StringLike":{"KMS:encryptioncontext:path":"/data/*"}}},
             {"Sid":"d","Effect":"Deny","Principal":"*","Action":"kms:Decrypt","Resource":"*",
              "Condition":{"StringNotEquals":{"kms:EncryptionContext:env":"prod"}}}]}"#;
+        assert!(parse(p).unwrap().reads_context());
         let c = caller(5, &[], None, &[]);
         assert!(
             decide(
@@ -619,6 +635,7 @@ mod tests {
         assert!(decide(&p, &root, "kms:PutKeyPolicy", &[]).allowed());
         assert!(decide(&p, &creator, "kms:ScheduleKeyDeletion", &[]).allowed());
         assert!(!decide(&p, &other, "kms:Decrypt", &[]).allowed());
+        assert!(!parse(&p).unwrap().reads_context());
     }
 
     #[test]

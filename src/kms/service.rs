@@ -12,7 +12,7 @@ use crate::kms::context::EncryptionContext;
 use crate::kms::key::{DEFAULT_ROTATION_DAYS, KeyRecord, KeyState, Origin, VersionSource, key_arn};
 use crate::kms::keypair;
 use crate::kms::keyspec::{self, EncryptionAlgorithm, KeySpec, KeyUsage};
-use crate::kms::policy::{self, Decision, Request};
+use crate::kms::policy::{self, Decision, Reach, Request};
 use crate::kms::types::*;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -295,6 +295,15 @@ impl Txn<'_> {
                 context: ctx,
             },
         ))
+    }
+
+    /// How far a decision on key `id` carries over to other encryption contexts.
+    fn reach(&self, id: Uuid) -> Result<Reach> {
+        let k = self.key(id)?;
+        Ok(match self.policies.get(&k.policy) {
+            Ok(p) if !p.reads_context() => Reach::AnyContext,
+            _ => Reach::ThisContext,
+        })
     }
 
     pub(super) fn authorize(&self, id: Uuid, action: &str, ctx: &EncryptionContext) -> Result<()> {
@@ -708,28 +717,33 @@ impl Kms {
 
     /// May `caller` use `key` for `action` under `ctx` now (state and policy)? For callers that
     /// hold a data key already: a denial is audited, an allowed check is not (it uses no key).
+    /// An allow says how far it reaches: until the key store changes, the same answer holds for
+    /// any context if the key's policy reads none.
     pub fn authorize_use(
         &self,
         caller: &Caller,
         key: &str,
         action: &str,
         ctx: &EncryptionContext,
-    ) -> Result<()> {
-        self.precheck(caller, key, action, ctx, |t, id| t.key(id)?.check_usable())
+    ) -> Result<Reach> {
+        self.precheck(caller, key, action, ctx, |t, id| {
+            t.key(id)?.check_usable()?;
+            t.reach(id)
+        })
     }
 
     /// Checks `action` on `key` for `caller`, then `also` (the operation's own state checks),
     /// without using the key: a denial is audited, a pass is not (the operation that follows
     /// is). Used before expensive work such as key-pair generation, so a request that will be
     /// refused costs nothing.
-    pub(super) fn precheck(
+    pub(super) fn precheck<T>(
         &self,
         caller: &Caller,
         key: &str,
         action: &str,
         ctx: &EncryptionContext,
-        also: impl FnOnce(&Txn, Uuid) -> Result<()>,
-    ) -> Result<()> {
+        also: impl FnOnce(&Txn, Uuid) -> Result<T>,
+    ) -> Result<T> {
         let op = action.strip_prefix("kms:").unwrap_or(action);
         self.run_audited(caller, op, AuditWhen::Failure, |t, d| {
             d.context = ctx.clone();
