@@ -156,6 +156,75 @@ pub fn blocks_touched(offset: u64, len: u64) -> std::ops::RangeInclusive<u64> {
     offset / BLOCK..=(offset + len - 1) / BLOCK
 }
 
+/// Where a read of `len` bytes (> 0) at `offset` looks before it knows the file's length: every
+/// block the range touches, read whole, and one byte more, whose presence says the file goes
+/// on past them. What comes back sizes the read, so it needs no fstat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadWindow {
+    pub first: u64,
+    pub last: u64,
+    /// Backing offset of block `first`.
+    pub start: u64,
+    /// Bytes to ask for.
+    pub len: usize,
+}
+
+pub fn read_window(offset: u64, len: u64) -> ReadWindow {
+    let blocks = blocks_touched(offset, len);
+    let (first, last) = (*blocks.start(), *blocks.end());
+    let start = block_offset(first);
+    ReadWindow {
+        first,
+        last,
+        start,
+        len: ((last - first + 1) * CIPHER_BLOCK + 1) as usize,
+    }
+}
+
+/// What a read of `len` bytes at `offset` has to decrypt, given that its window came back
+/// with `got` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// The read starts at or past the end of the file.
+    End,
+    /// The blocks in the window's first `raw_len` bytes, the one numbered `final_index` being
+    /// the file's final block (if among them), and the read ends at plaintext offset `end`.
+    Blocks {
+        raw_len: usize,
+        final_index: u64,
+        end: u64,
+    },
+    /// The file ends where no valid file can end (cut or damaged).
+    Invalid,
+}
+
+pub fn seen(offset: u64, len: u64, w: &ReadWindow, got: usize) -> Seen {
+    if got >= w.len {
+        // All the window's blocks are whole, and not final: more follows.
+        return Seen::Blocks {
+            raw_len: w.len - 1,
+            final_index: w.last + 1,
+            end: offset + len,
+        };
+    }
+    // The file ends inside the window (or before it, when nothing came back: then the
+    // length below is the window's start, a block boundary, which reads as the end).
+    let l = layout(w.start + got as u64);
+    if !l.valid {
+        return Seen::Invalid;
+    }
+    if offset >= l.size {
+        return Seen::End;
+    }
+    let end = l.size.min(offset + len);
+    let last = (end - 1) / BLOCK;
+    Seen::Blocks {
+        raw_len: (block_offset(last) + block_plain_len(last, l.size) + OVERHEAD - w.start) as usize,
+        final_index: block_count(l.size) - 1,
+        end,
+    }
+}
+
 /// Plaintext bytes in a run of `raw_len` bytes of consecutive encrypted blocks.
 pub fn plain_len(raw_len: usize) -> usize {
     let full = raw_len / CIPHER_BLOCK as usize;
@@ -665,6 +734,59 @@ mod tests {
         fn layout_inverts_backing_len(size in 0u64..(1 << 40)) {
             prop_assert_eq!(layout(backing_len(size)), Layout { size, valid: true });
         }
+
+        /// A read sized by what its window brought back decrypts exactly what a read sized by
+        /// the file's length would: the same bytes, the same reply end, the same final block.
+        #[test]
+        fn a_read_sized_by_its_window_matches_one_sized_by_the_length(
+            size in 0u64..5 * BLOCK,
+            offset in 0u64..6 * BLOCK,
+            len in 1u64..3 * BLOCK,
+        ) {
+            let w = read_window(offset, len);
+            prop_assert_eq!(w.start, block_offset(w.first));
+            let got = (backing_len(size).saturating_sub(w.start) as usize).min(w.len);
+            let want = if offset >= size {
+                Seen::End
+            } else {
+                let end = size.min(offset + len);
+                let last = (end - 1) / BLOCK;
+                prop_assert!(last <= w.last);
+                Seen::Blocks {
+                    raw_len: (block_offset(last) + block_plain_len(last, size) + OVERHEAD
+                        - w.start) as usize,
+                    final_index: block_count(size) - 1,
+                    end,
+                }
+            };
+            match (seen(offset, len, &w, got), want) {
+                // Past the window the final block's number is unknown, and not needed.
+                (
+                    Seen::Blocks { raw_len, final_index, end },
+                    Seen::Blocks { raw_len: r, final_index: f, end: e },
+                ) if f > w.last => {
+                    prop_assert_eq!((raw_len, end), (r, e));
+                    prop_assert!(final_index > w.last);
+                }
+                (a, b) => prop_assert_eq!(a, b),
+            }
+        }
+    }
+
+    #[test]
+    fn a_read_that_finds_a_damaged_end_says_so() {
+        let w = read_window(0, 100);
+        // A file whose final block is shorter than its nonce and tag, or whose header is cut.
+        assert_eq!(seen(0, 100, &w, 5), Seen::Invalid);
+        assert_eq!(seen(0, 100, &w, 0), Seen::Invalid);
+        // One that ends with a whole empty block is an empty file.
+        assert_eq!(seen(0, 100, &w, OVERHEAD as usize), Seen::End);
+        // A cut inside the window's second block, read from the first: found at that read.
+        let w = read_window(4000, 200);
+        assert_eq!(
+            seen(4000, 200, &w, CIPHER_BLOCK as usize + 3),
+            Seen::Invalid
+        );
     }
 
     fn cipher(id: u8) -> ContentCipher {

@@ -32,6 +32,25 @@ fn write_head_last(
     put(&sealed[..head], start)
 }
 
+thread_local! {
+    /// Ciphertext read for decryption (reused: it needs no wiping, nor zeroing first).
+    static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads into all of `buf` at `pos`, or up to the end of the file: returns the bytes read.
+fn fill_at(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], pos + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// Runs `f` with this thread's buffer in `cell`, kept from call to call so that a large read or
 /// write does not allocate and zero a fresh one (a nested use gets a buffer of its own). The
 /// buffers hold ciphertext only.
@@ -144,13 +163,17 @@ impl FileContent {
     pub fn size(&self) -> FsResult<u64> {
         let l = ce::layout(self.backing_len()?);
         if !l.valid {
-            log::error!(
-                "{}: backing length is not a valid kmsfs file (truncated or damaged)",
-                self.label
-            );
-            return Err(Errno::EIO);
+            return Err(self.invalid_length());
         }
         Ok(l.size)
+    }
+
+    fn invalid_length(&self) -> Errno {
+        log::error!(
+            "{}: backing length is not a valid kmsfs file (truncated or damaged)",
+            self.label
+        );
+        Errno::EIO
     }
 
     fn corrupt(&self, e: BlockError) -> Errno {
@@ -171,9 +194,6 @@ impl FileContent {
         size: u64,
         f: impl FnOnce(&[u8]) -> FsResult<T>,
     ) -> FsResult<T> {
-        thread_local! {
-            static RAW: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        }
         let start = ce::block_offset(first);
         let end = ce::block_offset(last) + ce::block_plain_len(last, size) + ce::OVERHEAD;
         let n = (end - start) as usize;
@@ -202,30 +222,45 @@ impl FileContent {
     /// `read` into `dst`, which needs room for every block the range touches (`len` plus two
     /// blocks is always enough); returns the bytes read. Saves the copy out of a buffer.
     pub fn read_into(&self, offset: u64, len: u32, dst: &mut [u8]) -> FsResult<usize> {
-        let size = self.size()?;
-        if offset >= size || len == 0 {
+        if len == 0 {
             return Ok(0);
         }
-        let end = size.min(offset + u64::from(len));
-        let blocks = ce::blocks_touched(offset, end - offset);
-        let (first, last) = (*blocks.start(), *blocks.end());
-        let final_index = ce::block_count(size) - 1;
         let cipher = self.cipher()?;
-        self.with_raw(first, last, size, |raw| {
+        let w = ce::read_window(offset, u64::from(len));
+        // The end of the reply and how much was decrypted; None at or past the end of the file.
+        let found = with_buffer(&RAW, |buf| {
+            let raw = ce::sized(buf, w.len);
+            let got = fill_at(&self.file, raw, w.start).map_err(|e| {
+                log::error!("{}: reading blocks from {}: {e}", self.label, w.first);
+                Errno::EIO
+            })?;
+            let (raw_len, final_index, end) = match ce::seen(offset, u64::from(len), &w, got) {
+                ce::Seen::End => return Ok(None),
+                ce::Seen::Invalid => return Err(self.invalid_length()),
+                ce::Seen::Blocks {
+                    raw_len,
+                    final_index,
+                    end,
+                } => (raw_len, final_index, end),
+            };
+            let raw = &raw[..raw_len];
             if dst.len() < ce::plain_len(raw.len()) {
                 return Err(Errno::ERANGE);
             }
             cipher
-                .decrypt_run_into(first, final_index, raw, dst)
-                .map_err(|e| self.corrupt(e))
+                .decrypt_run_into(w.first, final_index, raw, dst)
+                .map_err(|e| self.corrupt(e))?;
+            Ok(Some((end, ce::plain_len(raw.len()))))
         })?;
-        let from = (offset - first * BLOCK) as usize;
-        let to = (end - first * BLOCK) as usize;
+        let Some((end, decrypted)) = found else {
+            return Ok(0);
+        };
+        let from = (offset - w.first * BLOCK) as usize;
+        let to = (end - w.first * BLOCK) as usize;
         if from > 0 {
             dst.copy_within(from..to, 0);
         }
         // Plaintext of the whole blocks beyond the reply is not the caller's to keep.
-        let decrypted = ((last - first) * BLOCK + ce::block_plain_len(last, size)) as usize;
         if let Some(rest) = dst.get_mut(to - from..decrypted) {
             rest.zeroize();
         }
@@ -711,6 +746,27 @@ mod tests {
         // Too small a buffer for whole blocks is an error, never a short or wrong read.
         let mut small = vec![0u8; 100];
         assert_eq!(c.read_into(5_000, 100, &mut small), Err(Errno::ERANGE));
+    }
+
+    /// A read learns the file's end from what it reads: a length no valid file has fails the
+    /// reads that reach it (and `size`), while blocks before it still authenticate as they are.
+    #[test]
+    fn a_read_that_reaches_a_damaged_end_fails_and_earlier_blocks_still_read() {
+        let (_t, mut c) = content(0);
+        let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+        c.write(0, &data).unwrap();
+        assert_eq!(&c.read(4000, 200).unwrap()[..], &data[4000..4200]);
+        assert_eq!(c.read(3 * 4096 + 100, 10).unwrap().len(), 0, "at the end");
+        assert_eq!(c.read(1 << 40, 10).unwrap().len(), 0, "far past it");
+        // The final block cut short of its nonce and tag.
+        c.file.set_len(ce::block_offset(3) + 5).unwrap();
+        assert_eq!(c.size(), Err(Errno::EIO));
+        assert_eq!(c.read(3 * 4096 - 10, 20).map(|b| b.len()), Err(Errno::EIO));
+        assert_eq!(&c.read(0, 8192).unwrap()[..], &data[..8192]);
+        // Cut at a block boundary: block 2 is now the last one, but not flagged final.
+        c.file.set_len(ce::block_offset(3)).unwrap();
+        assert_eq!(c.read(2 * 4096, 4096).map(|b| b.len()), Err(Errno::EIO));
+        assert_eq!(&c.read(4096, 4096).unwrap()[..], &data[4096..8192]);
     }
 
     #[test]
