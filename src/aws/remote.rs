@@ -255,7 +255,8 @@ impl KeyProvider for RemoteProvider {
         _action: &str,
         _ctx: &EncryptionContext,
     ) -> Result<Reach> {
-        // Only the key's state is checked here (the service applies its policy to each call).
+        // Only the key's state is checked here, for any caller and context: the service's
+        // policy sees the daemon's calls (its credentials), not the users behind them.
         let (arn, state) = self.describe(key)?;
         match state.as_str() {
             "Enabled" => Ok(Reach::AnyContext),

@@ -169,16 +169,19 @@ pub struct ReadWindow {
     pub len: usize,
 }
 
-pub fn read_window(offset: u64, len: u64) -> ReadWindow {
+/// None when the window would end past the largest file offset (no file reaches there: the
+/// read is past its end).
+pub fn read_window(offset: u64, len: u64) -> Option<ReadWindow> {
     let blocks = blocks_touched(offset, len);
     let (first, last) = (*blocks.start(), *blocks.end());
-    let start = block_offset(first);
-    ReadWindow {
+    let start = first.checked_mul(CIPHER_BLOCK)?.checked_add(HEADER_LEN)?;
+    let n = (last - first + 1) * CIPHER_BLOCK + 1;
+    (start.checked_add(n)? <= i64::MAX as u64).then_some(ReadWindow {
         first,
         last,
         start,
-        len: ((last - first + 1) * CIPHER_BLOCK + 1) as usize,
-    }
+        len: n as usize,
+    })
 }
 
 /// What a read of `len` bytes at `offset` has to decrypt, given that its window came back
@@ -743,7 +746,7 @@ mod tests {
             offset in 0u64..6 * BLOCK,
             len in 1u64..3 * BLOCK,
         ) {
-            let w = read_window(offset, len);
+            let w = read_window(offset, len).unwrap();
             prop_assert_eq!(w.start, block_offset(w.first));
             let got = (backing_len(size).saturating_sub(w.start) as usize).min(w.len);
             let want = if offset >= size {
@@ -775,18 +778,24 @@ mod tests {
 
     #[test]
     fn a_read_that_finds_a_damaged_end_says_so() {
-        let w = read_window(0, 100);
+        let w = read_window(0, 100).unwrap();
         // A file whose final block is shorter than its nonce and tag, or whose header is cut.
         assert_eq!(seen(0, 100, &w, 5), Seen::Invalid);
         assert_eq!(seen(0, 100, &w, 0), Seen::Invalid);
         // One that ends with a whole empty block is an empty file.
         assert_eq!(seen(0, 100, &w, OVERHEAD as usize), Seen::End);
         // A cut inside the window's second block, read from the first: found at that read.
-        let w = read_window(4000, 200);
+        let w = read_window(4000, 200).unwrap();
         assert_eq!(
             seen(4000, 200, &w, CIPHER_BLOCK as usize + 3),
             Seen::Invalid
         );
+        // No window reaches past the largest file offset (pread would refuse it).
+        let top = i64::MAX as u64;
+        assert_eq!(read_window(top - 4096, 4096), None);
+        assert_eq!(read_window(u64::MAX - 10, 5), None);
+        let w = read_window(top / CIPHER_BLOCK * BLOCK - 2 * BLOCK, 1).unwrap();
+        assert!(w.start + w.len as u64 <= top);
     }
 
     fn cipher(id: u8) -> ContentCipher {

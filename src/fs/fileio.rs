@@ -226,7 +226,9 @@ impl FileContent {
             return Ok(0);
         }
         let cipher = self.cipher()?;
-        let w = ce::read_window(offset, u64::from(len));
+        let Some(w) = ce::read_window(offset, u64::from(len)) else {
+            return Ok(0);
+        };
         // The end of the reply and how much was decrypted; None at or past the end of the file.
         let found = with_buffer(&RAW, |buf| {
             let raw = ce::sized(buf, w.len);
@@ -758,6 +760,8 @@ mod tests {
         assert_eq!(&c.read(4000, 200).unwrap()[..], &data[4000..4200]);
         assert_eq!(c.read(3 * 4096 + 100, 10).unwrap().len(), 0, "at the end");
         assert_eq!(c.read(1 << 40, 10).unwrap().len(), 0, "far past it");
+        let top = i64::MAX as u64 - 5;
+        assert_eq!(c.read(top, 4).unwrap().len(), 0, "past any file offset");
         // The final block cut short of its nonce and tag.
         c.file.set_len(ce::block_offset(3) + 5).unwrap();
         assert_eq!(c.size(), Err(Errno::EIO));

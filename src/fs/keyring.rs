@@ -55,7 +55,7 @@ pub struct Keyring {
 }
 
 /// Cached decisions kept at most; the cache starts over when full (each entry is one
-/// user-and-file pair, so this covers 100,000 files in use at once).
+/// user-and-file pair, or user-and-key, so this covers 100,000 files in use at once).
 pub const DECISIONS_MAX: usize = 100_000;
 
 /// Size and hit counts of the decision cache.
@@ -66,6 +66,13 @@ pub struct CacheStats {
     pub limit: usize,
     pub hits: u64,
     pub misses: u64,
+}
+
+fn decision_key(r: Requester, gids: &[u32], key: &str, id: [u8; 16]) -> DecisionKey {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    gids.hash(&mut h);
+    (r.uid, h.finish(), key.to_string(), Some(id))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -127,7 +134,11 @@ impl Keyring {
 
     /// The requester as a KMS caller: its groups read once per (uid, gid), names resolved.
     pub fn caller(&self, r: Requester) -> Caller {
-        let gids = self.gids(r);
+        self.caller_with(r, self.gids(r))
+    }
+
+    /// `caller` with the groups already read.
+    fn caller_with(&self, r: Requester, gids: Vec<u32>) -> Caller {
         let mut c = lock(&self.callers)
             .entry((r.uid, gids.clone()))
             .or_insert_with(|| Caller::from_ids(r.uid, gids, r.pid))
@@ -154,13 +165,6 @@ impl Keyring {
         }
         cache.insert(r.pid, (std::time::Instant::now(), g.clone()));
         g
-    }
-
-    fn decision_key(&self, r: Requester, key: &str, id: [u8; 16]) -> DecisionKey {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.gids(r).hash(&mut h);
-        (r.uid, h.finish(), key.to_string(), Some(id))
     }
 
     /// The CMK a wrapped key names.
@@ -203,11 +207,13 @@ impl Keyring {
         }
         self.unwraps.fetch_add(1, Ordering::Relaxed);
         let epoch = self.epoch.load(Ordering::SeqCst);
-        let u = cipherdir::unwrap_header(kind, data, self.provider.as_ref(), &self.caller(r))
+        let gids = self.gids(r);
+        let caller = self.caller_with(r, gids.clone());
+        let u = cipherdir::unwrap_header(kind, data, self.provider.as_ref(), &caller)
             .map_err(|f| header_errno(&what(), f))?;
         let key = self.key_of(&u.blob);
         if let Some(k) = &key {
-            self.remember(self.decision_key(r, k, u.id), epoch, Ok(()));
+            self.remember(decision_key(r, &gids, k, u.id), epoch, Ok(()));
             self.keep(digest, epoch, &u, k);
         }
         Ok((u, key))
@@ -280,7 +286,9 @@ impl Keyring {
         id: [u8; 16],
     ) -> FsResult<()> {
         let Some(key) = key else { return Ok(()) };
-        let mut dk = self.decision_key(r, key, id);
+        // One read of the groups: the decision is kept under the groups it was made for.
+        let gids = self.gids(r);
+        let mut dk = decision_key(r, &gids, key, id);
         let cached = {
             let decisions = lock(&self.decisions);
             decisions.get(&dk).copied().or_else(|| {
@@ -298,7 +306,7 @@ impl Keyring {
         let epoch = self.epoch.load(Ordering::SeqCst);
         let d = self
             .provider
-            .authorize(&self.caller(r), key, "kms:Decrypt", &ctx())
+            .authorize(&self.caller_with(r, gids), key, "kms:Decrypt", &ctx())
             .map_err(|e| errno::from_kms(&e));
         if d == Ok(Reach::AnyContext) {
             dk.3 = None;
