@@ -41,6 +41,8 @@ pub struct MountConfig {
     pub readahead_kib: Option<u32>,
     /// "auto", "on" or "off": FUSE over io_uring (see `kmsfs mount --help`).
     pub io_uring: Option<crate::fs::mount::IoUringMode>,
+    /// "batched" or "each": when audit records are synced (see `kmsfs mount --help`).
+    pub audit_sync: Option<crate::fs::mount::AuditSync>,
     /// Data keys kept for reopening files without a KMS Decrypt (0: none).
     pub data_key_cache: Option<usize>,
     /// Files opened for writing bypass the page cache (see `kmsfs mount --help`).

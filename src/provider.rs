@@ -114,6 +114,15 @@ pub trait KeyProvider: Send + Sync {
     /// Applies due automatic rotations and deletions; returns how many happened.
     fn maintain(&self, caller: &Caller) -> Result<usize>;
 
+    /// Lets audit records wait for `flush_audit` to be synced (a mount, which flushes every
+    /// `KEY_POLL` and before each fsync). Local key stores only; a remote service keeps its own.
+    fn defer_audit_sync(&self) {}
+
+    /// Makes the audit records written so far durable (see `defer_audit_sync`).
+    fn flush_audit(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// The remote service this provider speaks to, as a cipher directory's config names it
     /// (None: the local key store).
     fn remote_config(&self) -> Option<&crate::aws::remote::RemoteConfig> {
@@ -272,6 +281,14 @@ impl KeyProvider for LocalProvider {
 
     fn maintain(&self, caller: &Caller) -> Result<usize> {
         self.kms.maintain(caller)
+    }
+
+    fn defer_audit_sync(&self) {
+        self.kms.defer_audit_sync();
+    }
+
+    fn flush_audit(&self) -> Result<()> {
+        self.kms.flush_audit()
     }
 }
 

@@ -408,3 +408,95 @@ fn reopening_uses_the_data_key_cache_until_a_key_store_change() {
         "one Decrypt per open without the cache"
     );
 }
+
+/// The newest record audit.head names (its two slots, each a JSON head padded to 256 bytes).
+fn head_seq(m: &Mounted) -> u64 {
+    let data = fs::read(m.env.store.join("audit.head")).unwrap();
+    data.chunks(256)
+        .filter_map(|s| serde_json::from_slice::<serde_json::Value>(s.trim_ascii()).ok())
+        .filter_map(|h| h["seq"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Seq of the last GenerateDataKey record (the data key of the file just made).
+fn last_generated(m: &Mounted) -> u64 {
+    m.env
+        .audit_lines()
+        .iter()
+        .rev()
+        .find(|l| l["operation"] == "GenerateDataKey")
+        .and_then(|l| l["seq"].as_u64())
+        .expect("a GenerateDataKey record")
+}
+
+/// A mount's audit records are in the log when their key use returns; they are synced and
+/// named by the head before an fsync through the mount returns, within a watcher round
+/// otherwise, and at unmount. The log verifies all along. `--audit-sync each` moves the head
+/// with every record.
+#[test]
+fn audit_records_are_written_at_once_and_confirmed_by_fsync_the_watcher_and_unmount() {
+    let m = Mounted::new();
+    let before = m.env.audit_lines().len();
+    fs::write(m.p("a"), b"one").unwrap();
+    let seq = last_generated(&m);
+    assert!(m.env.audit_lines().len() > before, "written at once");
+    m.env.ok(&["audit", "verify"]);
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(m.p("b"))
+        .unwrap();
+    let seq_b = last_generated(&m);
+    assert!(seq_b > seq);
+    f.sync_all().unwrap();
+    assert!(
+        head_seq(&m) >= seq_b,
+        "an fsync confirms the records before it"
+    );
+    drop(f);
+    for i in 0..20 {
+        fs::write(m.p(&format!("c{i}")), b"x").unwrap();
+    }
+    let seq_c = last_generated(&m);
+    m.env.ok(&["audit", "verify"]);
+    let deadline = std::time::Instant::now() + PROPAGATION;
+    while head_seq(&m) < seq_c && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        head_seq(&m) >= seq_c,
+        "the watcher confirms them within a round"
+    );
+    fs::write(m.p("d"), b"x").unwrap();
+    let seq_d = last_generated(&m);
+    let daemon = daemon_pid(&m.cipher).expect("the mount's daemon");
+    m.unmount();
+    // The daemon flushes on its way out, after the kernel ended the session.
+    // Gone, or a zombie no one reaped yet (its parent, `kmsfs mount`, exited long ago).
+    let running = || {
+        fs::read_to_string(format!("/proc/{daemon}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!running(), "the daemon exits");
+    assert!(head_seq(&m) >= seq_d, "unmounting confirms the rest");
+    m.env.ok(&["audit", "verify"]);
+
+    let e = Mounted::with_args(&["--audit-sync", "each"]);
+    for i in 0..5 {
+        fs::write(e.p(&format!("e{i}")), b"x").unwrap();
+        let last = e.env.audit_lines().last().and_then(|l| l["seq"].as_u64());
+        assert_eq!(
+            Some(head_seq(&e)),
+            last,
+            "each record confirmed before its key use returned"
+        );
+    }
+}

@@ -129,6 +129,7 @@ pub fn translate(argv: &[OsString]) -> Result<Option<Vec<OsString>>, String> {
             "threads" => mount.extend(["--threads".into(), value(k)?]),
             "readahead_kib" => mount.extend(["--readahead-kib".into(), value(k)?]),
             "io_uring" => mount.extend(["--io-uring".into(), value(k)?]),
+            "audit_sync" => mount.extend(["--audit-sync".into(), value(k)?]),
             "data_key_cache" => mount.extend(["--data-key-cache".into(), value(k)?]),
             "direct_writes" => mount.extend(["--direct-writes".into(), value(k)?]),
             "keep_cache" => mount.extend(["--keep-cache".into(), value(k)?]),

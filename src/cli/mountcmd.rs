@@ -109,6 +109,7 @@ fn options(a: &MountArgs, cfg: &Config) -> Result<mount::MountOptions> {
             .or(m.readahead_kib)
             .unwrap_or(mount::DEFAULT_READAHEAD_KIB),
         io_uring: a.io_uring.or(m.io_uring).unwrap_or_default(),
+        audit_sync: a.audit_sync.or(m.audit_sync).unwrap_or_default(),
         data_key_cache: a
             .data_key_cache
             .or(m.data_key_cache)
@@ -151,8 +152,12 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
             );
         }
     }
+    let o = options(a, cfg)?;
     let provider: Arc<dyn KeyProvider> =
         crate::cli::providers::for_cipherdir(g, cfg, &a.cipherdir)?;
+    if o.audit_sync == mount::AuditSync::Batched {
+        provider.defer_audit_sync();
+    }
     let caller = Caller::current();
     let volume = cipherdir::open(&a.cipherdir, provider.as_ref(), &caller)?;
     let root = a
@@ -161,7 +166,6 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
         .map_err(|e| KmsError::validation(format!("{}: {e}", a.cipherdir.display())))?;
     let fs = KmsFs::new(root, provider, caller, volume)
         .map_err(|e| KmsError::validation(format!("{}: errno {}", a.cipherdir.display(), e.0)))?;
-    let o = options(a, cfg)?;
     fs.set_data_key_cache(o.data_key_cache);
     fs.set_keep_cache(o.keep_cache);
     fs.set_direct_writes(o.direct_writes);

@@ -25,12 +25,24 @@ pub struct MountOptions {
     /// Readahead for the mount's backing device info, in KiB; 0 keeps the kernel's.
     pub readahead_kib: u32,
     pub io_uring: IoUringMode,
+    pub audit_sync: AuditSync,
     /// Data keys kept after their files close (0: a KMS Decrypt for every open).
     pub data_key_cache: usize,
     /// Writable opens bypass the page cache (see `pagecache`), where the kernel allows.
     pub direct_writes: bool,
     /// Opens of unchanged files keep the kernel's cached pages (see `pagecache`).
     pub keep_cache: bool,
+}
+
+/// When a mount's audit records reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSync {
+    /// Every `KEY_POLL`, and before an fsync through the mount returns.
+    #[default]
+    Batched,
+    /// Before each key use returns.
+    Each,
 }
 
 /// Whether requests travel over io_uring (per-CPU queues) or /dev/fuse.
@@ -438,7 +450,7 @@ pub const KEY_POLL: Duration = Duration::from_millis(200);
 pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 
 /// Polls the key store; when it changes, wipes data keys that may no longer be used and has the
-/// kernel drop what it cached of those files.
+/// kernel drop what it cached of those files. Syncs the mount's audit records each round.
 /// With `idle`, also unmounts once the mount has had no requests for that long and no open
 /// files (as gocryptfs -idle).
 fn spawn_key_watcher(
@@ -472,8 +484,11 @@ fn spawn_key_watcher(
                     log::debug!("invalidating inode {ino}: {e}");
                 }
             }
+            let _ = fs.flush_audit();
             std::thread::sleep(KEY_POLL);
         }
+        // The mount is gone: nothing it did stays unsynced in the audit log.
+        let _ = fs.flush_audit();
     })
 }
 

@@ -825,6 +825,8 @@ impl KmsFs {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let f = self.handle_file(fh)?;
+        // What an application makes durable never outlasts the audit records of its key uses.
+        self.flush_audit()?;
         let c = f.content.read().map_err(|_| Errno::EIO)?;
         c.sync_undo()?;
         if datasync {
@@ -837,6 +839,7 @@ impl KmsFs {
 
     pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
         let a = self.at(ino)?;
+        self.flush_audit()?;
         File::from(open_listable_dir(&a.dir, &a.name)?).sync_all()?;
         Ok(())
     }
@@ -1051,6 +1054,14 @@ impl KmsFs {
         affected.sort_unstable();
         affected.dedup();
         affected
+    }
+
+    /// Syncs the audit records of this mount's key uses (see `KeyProvider::defer_audit_sync`).
+    pub fn flush_audit(&self) -> FsResult<()> {
+        self.keys.provider().flush_audit().map_err(|e| {
+            log::error!("syncing the audit log: {e}");
+            Errno::EIO
+        })
     }
 
     /// Applies due automatic rotations and scheduled deletions (as the daemon).

@@ -144,6 +144,7 @@ pub struct KeyStore {
     /// Where this process's last audit append left the log (see `AuditLog::cached`).
     audit_tail: std::sync::Mutex<Option<crate::kms::audit::Tail>>,
     lock_file: std::sync::Mutex<Option<LockFile>>,
+    audit_deferred: std::sync::atomic::AtomicBool,
 }
 
 /// What identifies one version of keys.db: every save is a rename, so a new inode and times.
@@ -246,6 +247,7 @@ impl KeyStore {
             current: std::sync::Mutex::new(None),
             audit_tail: std::sync::Mutex::new(None),
             lock_file: std::sync::Mutex::new(None),
+            audit_deferred: std::sync::atomic::AtomicBool::new(false),
         };
         {
             let lock = store.lock()?;
@@ -286,6 +288,7 @@ impl KeyStore {
             current: std::sync::Mutex::new(None),
             audit_tail: std::sync::Mutex::new(None),
             lock_file: std::sync::Mutex::new(None),
+            audit_deferred: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -301,6 +304,17 @@ impl KeyStore {
     pub fn audit_log(&self) -> crate::kms::audit::AuditLog<'_> {
         crate::kms::audit::AuditLog::new(&self.dir, self.keys.audit.as_ref())
             .cached(&self.audit_tail)
+            .deferred(
+                self.audit_deferred
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            )
+    }
+
+    /// From now on this process's audit records are synced by `AuditLog::flush`, not each
+    /// before its operation returns (see `AuditLog::deferred`).
+    pub fn defer_audit_sync(&self) {
+        self.audit_deferred
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Takes the store's exclusive lock, waiting for other processes (and this process's other

@@ -256,6 +256,8 @@ pub struct AuditLog<'k> {
     head: PathBuf,
     key: &'k [u8],
     tail: Option<&'k Mutex<Option<Tail>>>,
+    /// Records are written at once but synced (and named by the head) only at `flush`.
+    deferred: bool,
 }
 
 /// Where this process's last append left the log: the file (held open, so its inode number
@@ -271,6 +273,9 @@ pub struct Tail {
     len: u64,
     seq: u64,
     mac: String,
+    /// Deferred mode: the head after the last record and the one before it, to write once
+    /// `flush` has synced the records (a head must never name records a crash can still lose).
+    unsynced: Option<(Head, Head)>,
 }
 
 /// audit.head held open, with the identity it had when opened.
@@ -293,7 +298,17 @@ impl<'k> AuditLog<'k> {
             head: dir.join(crate::keystore::AUDIT_HEAD_FILE),
             key,
             tail: None,
+            deferred: false,
         }
+    }
+
+    /// Appends through a kept tail (see `cached`) write their records without syncing them or
+    /// moving the head; `flush` does both. For a mount, which flushes every few hundred
+    /// milliseconds and before any fsync: a sync per key use made creating a file several
+    /// times slower on a disk.
+    pub fn deferred(mut self, on: bool) -> Self {
+        self.deferred = on;
+        self
     }
 
     /// Appends continue from `tail` while the log is as this process left it, and record
@@ -364,6 +379,7 @@ impl<'k> AuditLog<'k> {
             len,
             seq,
             mac,
+            unsynced: None,
         })
     }
 
@@ -403,13 +419,14 @@ impl<'k> AuditLog<'k> {
         use std::os::unix::fs::FileExt;
         let slot = head.slot()?;
         let io = |e| KmsError::io(self.head.display(), e);
+        let mut both = [[0u8; HEAD_SLOT]; 2];
+        both[(head.seq % 2) as usize] = slot;
+        both[(before.seq % 2) as usize] = before.slot()?;
         if let Some(h) = file {
-            // After a batch of records the other slot is behind too: `before` goes first, so the
-            // slots are one record apart after each write.
+            // After a batch of records the other slot is behind too: both slots go in one
+            // write (one sector), so no kill leaves them more than one record apart.
             if batch {
-                h.file
-                    .write_all_at(&before.slot()?, (before.seq % 2) * HEAD_SLOT as u64)
-                    .map_err(io)?;
+                return h.file.write_all_at(both.as_flattened(), 0).map_err(io);
             }
             return h
                 .file
@@ -418,9 +435,6 @@ impl<'k> AuditLog<'k> {
         }
         // A head older than the log is tolerated (a crash between the two writes), so its
         // rename need not be made durable on its own.
-        let mut both = [[0u8; HEAD_SLOT]; 2];
-        both[(head.seq % 2) as usize] = slot;
-        both[(before.seq % 2) as usize] = before.slot()?;
         atomic::write_atomic_lazy_rename(&self.head, both.as_flattened()).map_err(io)?;
         *file = self.open_head_slots();
         Ok(())
@@ -473,7 +487,10 @@ impl<'k> AuditLog<'k> {
             len,
             mut seq,
             mac: mut prev,
+            unsynced,
         } = tail;
+        // Only a kept tail can carry heads over to the flush.
+        let deferred = self.deferred && kept.is_some();
         let mut out = Vec::new();
         // The chain's end before the last record: the head the other slot holds.
         let mut before = (seq, prev.clone(), len);
@@ -500,15 +517,25 @@ impl<'k> AuditLog<'k> {
                 .map_err(|e| KmsError::internal(format!("encoding audit record: {e}")))?;
             out.push(b'\n');
         }
-        if let Err(e) = file.write_all(&out).and_then(|_| file.sync_data()) {
-            // Leave no torn record behind (a full disk, say).
+        let written = file.write_all(&out);
+        if let Err(e) = written.and_then(|_| if deferred { Ok(()) } else { file.sync_data() }) {
+            // Leave no torn record behind (a full disk, say), and no earlier record unsynced
+            // (the tail is dropped with what it owed the head, which may lag the log).
             let _ = file.set_len(len);
+            if unsynced.is_some() {
+                let _ = file.sync_data();
+            }
             return Err(KmsError::io(self.log.display(), e));
         }
         let new_len = len + out.len() as u64;
         let head = Head::for_slot(self.key, seq, &prev, new_len);
         let before = Head::for_slot(self.key, before.0, &before.1, before.2);
-        self.write_head(&mut head_file, &head, &before, events.len() > 1)?;
+        let unsynced = if deferred {
+            Some((head, before))
+        } else {
+            self.write_head(&mut head_file, &head, &before, events.len() > 1)?;
+            None
+        };
         if let Some(k) = kept.as_mut() {
             **k = Some(Tail {
                 file,
@@ -518,9 +545,43 @@ impl<'k> AuditLog<'k> {
                 len: new_len,
                 seq,
                 mac: prev,
+                unsynced,
             });
         }
         Ok(())
+    }
+
+    /// Syncs the records appended since the last flush (deferred mode), then has audit.head
+    /// name the last of them, unless another process appended meanwhile (it then synced them,
+    /// or will, and keeps the head). Call with the key store lock held.
+    pub fn flush(&self) -> Result<()> {
+        let Some(m) = self.tail else { return Ok(()) };
+        let mut kept = m.lock().unwrap_or_else(|p| p.into_inner());
+        let Some((head, before)) = kept.as_mut().and_then(|t| t.unsynced.take()) else {
+            return Ok(());
+        };
+        if let Some(t) = kept.as_mut() {
+            if let Err(e) = t.file.sync_data() {
+                t.unsynced = Some((head, before));
+                return Err(KmsError::io(self.log.display(), e));
+            }
+        }
+        let Some(mut t) = self.take_tail(&mut kept) else {
+            return Ok(());
+        };
+        let r = self.write_head(&mut t.head, &head, &before, true);
+        *kept = Some(t);
+        r
+    }
+
+    /// Whether records await a `flush`.
+    pub fn unflushed(&self) -> bool {
+        self.tail.is_some_and(|m| {
+            m.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_some_and(|t| t.unsynced.is_some())
+        })
     }
 
     /// Reads every record, verifying the chain as it goes.
@@ -731,6 +792,69 @@ mod tests {
         assert!(!old.contains("\"A4\""));
         let (recs, _) = a().read_verified().unwrap();
         assert_eq!(recs.len(), 1);
+    }
+
+    /// Deferred appends write their records at once (a killed process loses none) but move
+    /// the head only at `flush`, after the sync: until then the records are the unconfirmed
+    /// tail that verification accepts, and a cut of them goes unnoticed; after it, a cut is
+    /// caught.
+    #[test]
+    fn deferred_records_are_written_at_once_and_the_head_moves_at_the_flush() {
+        let (d, _) = log_with(2);
+        let path = d.path().join("audit.head");
+        let tail = Mutex::new(None);
+        let log = || AuditLog::new(d.path(), b"key").cached(&tail).deferred(true);
+        assert!(!log().unflushed());
+        log().append(&[ev("D1")]).unwrap();
+        log().append(&[ev("D2"), ev("D3")]).unwrap();
+        log().append(&[ev("D4")]).unwrap();
+        assert!(log().unflushed());
+        assert_eq!(slot_seqs(&path), (Some(2), Some(1)), "head not moved");
+        let (recs, _) = log().read_verified().unwrap();
+        assert_eq!(recs.len(), 6, "every record is in the log already");
+        log().flush().unwrap();
+        assert!(!log().unflushed());
+        assert_eq!(
+            slot_seqs(&path),
+            (Some(6), Some(5)),
+            "both slots, one apart"
+        );
+        log().read_verified().unwrap();
+        log().flush().unwrap();
+        // Continues in place after a flush, and a cut is caught once the head names it.
+        log().append(&[ev("D5")]).unwrap();
+        log().flush().unwrap();
+        assert_eq!(slot_seqs(&path), (Some(6), Some(7)));
+        drop_last_record(d.path());
+        let e = log().read_verified().unwrap_err();
+        assert!(e.message.contains("removed from the end"), "{}", e.message);
+    }
+
+    /// Another writer appending between a deferred append and its flush keeps the head: the
+    /// flush syncs but must not write its older head over the newer one.
+    #[test]
+    fn a_flush_after_another_writer_leaves_that_writers_head() {
+        let (d, _) = log_with(1);
+        let path = d.path().join("audit.head");
+        let (ta, tb) = (Mutex::new(None), Mutex::new(None));
+        let a = || AuditLog::new(d.path(), b"key").cached(&ta).deferred(true);
+        let b = || AuditLog::new(d.path(), b"key").cached(&tb);
+        a().append(&[ev("A1")]).unwrap();
+        b().append(&[ev("B1")]).unwrap();
+        assert_eq!(slot_seqs(&path), (Some(2), Some(3)));
+        a().flush().unwrap();
+        assert_eq!(slot_seqs(&path), (Some(2), Some(3)), "B's head stands");
+        assert!(!a().unflushed());
+        a().append(&[ev("A2")]).unwrap();
+        a().flush().unwrap();
+        assert_eq!(slot_seqs(&path), (Some(4), Some(3)));
+        let (recs, _) = b().read_verified().unwrap();
+        let ops: Vec<_> = recs.iter().map(|r| r.operation.as_str()).collect();
+        assert_eq!(ops, ["Op0", "A1", "B1", "A2"]);
+        // Without a kept tail there is nothing to carry to a flush: each record syncs at once.
+        let plain = AuditLog::new(d.path(), b"key").deferred(true);
+        plain.append(&[ev("P1")]).unwrap();
+        assert_eq!(slot_seqs(&path), (Some(4), Some(5)));
     }
 
     #[test]

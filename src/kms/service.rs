@@ -1322,6 +1322,20 @@ impl Kms {
         })
     }
 
+    /// Audit records of this process wait for `flush_audit` to be synced (a mount's choice).
+    pub fn defer_audit_sync(&self) {
+        self.store.defer_audit_sync();
+    }
+
+    /// Syncs this process's audit records not yet synced, and moves audit.head past them.
+    pub fn flush_audit(&self) -> Result<()> {
+        if !self.store.audit_log().unflushed() {
+            return Ok(());
+        }
+        let _lock = self.store.lock()?;
+        self.store.audit_log().flush()
+    }
+
     /// Verifies the audit chain and returns its records.
     pub fn audit_records(&self) -> Result<Vec<AuditRecord>> {
         let _lock = self.store.lock()?;
