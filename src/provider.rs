@@ -314,6 +314,42 @@ pub(crate) mod tests {
         (d, LocalProvider::new(kms))
     }
 
+    /// The newest record audit.head names.
+    fn head_seq(d: &std::path::Path) -> u64 {
+        let data = std::fs::read(d.join("ks").join(crate::keystore::AUDIT_HEAD_FILE)).unwrap();
+        data.chunks(256)
+            .filter_map(|s| serde_json::from_slice::<serde_json::Value>(s.trim_ascii()).ok())
+            .filter_map(|h| h["seq"].as_u64())
+            .max()
+            .unwrap()
+    }
+
+    /// Deferred key uses wait for a flush; a key store change, whose keys.db is durable at
+    /// once, flushes them with its own records.
+    #[test]
+    fn deferred_records_wait_for_a_flush_or_a_key_store_change() {
+        let (d, p) = provider();
+        let root = Caller::from_ids(0, vec![0], 1);
+        let key = p
+            .kms()
+            .create_key(&root, CreateKeyRequest::default())
+            .unwrap()
+            .key_id;
+        p.defer_audit_sync();
+        let ctx = EncryptionContext::default();
+        let records = || p.kms().audit_records().unwrap().len() as u64;
+        let synced = head_seq(d.path());
+        p.generate_data_key(&root, &key, &ctx).unwrap();
+        p.generate_data_key(&root, &key, &ctx).unwrap();
+        assert_eq!(records(), synced + 2, "written at once");
+        assert_eq!(head_seq(d.path()), synced, "not yet confirmed");
+        p.flush_audit().unwrap();
+        assert_eq!(head_seq(d.path()), synced + 2);
+        p.generate_data_key(&root, &key, &ctx).unwrap();
+        p.kms().disable_key(&root, &key).unwrap();
+        assert_eq!(head_seq(d.path()), records(), "the change flushed it all");
+    }
+
     #[test]
     fn described_keys_are_reused_only_until_the_store_changes_and_per_caller() {
         let (_d, p) = provider();

@@ -304,10 +304,11 @@ pub struct MountArgs {
     /// module's enable_uring is on; on turns that on (root) [default: from the config, else auto]
     #[arg(long, value_enum, value_name = "MODE")]
     pub io_uring: Option<crate::fs::mount::IoUringMode>,
-    /// When the audit records of the mount's key uses are synced to disk: batched, every 200 ms
-    /// and before any fsync through the mount returns (a power loss may cost the last 200 ms
-    /// of records, never those of data an application synced); each, before every key use
-    /// returns (a disk sync per file created) [default: from the config, else batched]
+    /// When the audit records of the mount's key uses are synced to disk (local key store):
+    /// batched, about every 200 ms and before any fsync through the mount returns (a power loss
+    /// may cost the last 200 ms of records, never those of data an application synced); each,
+    /// before every key use returns (a disk sync per file created) [default: from the config,
+    /// else batched]
     #[arg(long, value_enum, value_name = "WHEN")]
     pub audit_sync: Option<crate::fs::mount::AuditSync>,
     /// Data keys kept (at most 5 minutes, wiped on any key store change) so files reopen

@@ -155,9 +155,7 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
     let o = options(a, cfg)?;
     let provider: Arc<dyn KeyProvider> =
         crate::cli::providers::for_cipherdir(g, cfg, &a.cipherdir)?;
-    if o.audit_sync == mount::AuditSync::Batched {
-        provider.defer_audit_sync();
-    }
+    let audit = provider.clone();
     let caller = Caller::current();
     let volume = cipherdir::open(&a.cipherdir, provider.as_ref(), &caller)?;
     let root = a
@@ -176,6 +174,10 @@ pub fn mount(g: &Global, cfg: &Config, a: &MountArgs) -> Result<()> {
     );
     log::info!("mounting {cd} on {mp}");
     let ready_mp = mp.clone();
+    // From here on the mount's key watcher flushes, also when the mount ends.
+    if o.audit_sync == mount::AuditSync::Batched {
+        audit.defer_audit_sync();
+    }
     mount::serve(fs, &a.mountpoint, &o, move || {
         if daemon {
             println!("READY");

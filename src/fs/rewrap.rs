@@ -62,6 +62,8 @@ pub fn rewrap_file(
     }
     let ctx = kind.context(&u.id);
     let w = provider.rewrap_key(caller, &u.blob, &u.data_key, &ctx, &target)?;
+    // The new wrapping is made durable below: the records of its key uses first.
+    provider.flush_audit()?;
     let slot = header::encode_slot(kind, &u.id, u.generation + 1, &w.blob, &u.data_key)
         .map_err(|e| KmsError::internal(format!("header slot: {e:?}")))?;
     let other = 1 - u.slot;

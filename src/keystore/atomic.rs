@@ -89,6 +89,28 @@ pub fn write_atomic_at(dir: &std::os::fd::OwnedFd, name: &str, data: &[u8]) -> i
     result
 }
 
+/// Creates `name` in `dir` (which must not have it) holding `data`, synced: one sync where
+/// `write_atomic_at` needs two and a rename. For a file in a directory no one else uses yet
+/// (a new directory's key, written before the mkdir returns), where a crash can only leave the
+/// file short in an otherwise empty directory, which the rename would not save either (the
+/// directory would then have no key at all).
+pub fn write_new_at(dir: &std::os::fd::OwnedFd, name: &str, data: &[u8]) -> io::Result<()> {
+    use nix::fcntl::{OFlag, openat};
+    use nix::sys::stat::Mode;
+    let fd = openat(
+        dir,
+        name,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(FILE_MODE),
+    )?;
+    let mut f = File::from(fd);
+    let result = f.write_all(data).and_then(|_| f.sync_all());
+    if result.is_err() {
+        let _ = nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+    result
+}
+
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -129,5 +151,27 @@ mod tests {
             1,
             "no temp file left"
         );
+    }
+
+    #[test]
+    fn a_new_file_is_made_once_and_never_through_a_link() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = std::os::fd::OwnedFd::from(File::open(d.path()).unwrap());
+        write_new_at(&dir, "k", b"key").unwrap();
+        assert_eq!(fs::read(d.path().join("k")).unwrap(), b"key");
+        assert_eq!(
+            fs::metadata(d.path().join("k"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            FILE_MODE
+        );
+        let e = write_new_at(&dir, "k", b"other").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(d.path().join("k")).unwrap(), b"key", "left alone");
+        std::os::unix::fs::symlink(d.path().join("target"), d.path().join("l")).unwrap();
+        assert!(write_new_at(&dir, "l", b"x").is_err());
+        assert!(!d.path().join("target").exists());
     }
 }

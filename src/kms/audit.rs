@@ -276,6 +276,8 @@ pub struct Tail {
     /// Deferred mode: the head after the last record and the one before it, to write once
     /// `flush` has synced the records (a head must never name records a crash can still lose).
     unsynced: Option<(Head, Head)>,
+    /// The length of the log known synced.
+    synced: u64,
 }
 
 /// audit.head held open, with the identity it had when opened.
@@ -318,11 +320,17 @@ impl<'k> AuditLog<'k> {
         self
     }
 
-    /// The kept tail, if the file at the log's path is still that file at that length.
+    /// The kept tail, if the file at the log's path is still that file at that length. A tail
+    /// dropped with records it had not synced syncs them first: whoever appended since keeps
+    /// the head, but may not have synced (a killed mount).
     fn take_tail(&self, kept: &mut Option<Tail>) -> Option<Tail> {
         let mut t = kept.take()?;
-        let m = std::fs::metadata(&self.log).ok()?;
-        if !(m.dev() == t.dev && m.ino() == t.ino && m.len() == t.len) {
+        if !self.is_current(&t) {
+            if t.unsynced.is_some() {
+                if let Err(e) = t.file.sync_data() {
+                    log::error!("{}: syncing audit records: {e}", self.log.display());
+                }
+            }
             return None;
         }
         // A head removed or replaced meanwhile is made anew, not written where no one reads.
@@ -380,6 +388,7 @@ impl<'k> AuditLog<'k> {
             seq,
             mac,
             unsynced: None,
+            synced: len,
         })
     }
 
@@ -488,9 +497,12 @@ impl<'k> AuditLog<'k> {
             mut seq,
             mac: mut prev,
             unsynced,
+            synced,
         } = tail;
-        // Only a kept tail can carry heads over to the flush.
-        let deferred = self.deferred && kept.is_some();
+        // Only a kept tail can carry heads over to the flush, and only to a head written in
+        // place: a missing, damaged or stale one is made now, or the records would sit
+        // without any head until the flush.
+        let deferred = self.deferred && kept.is_some() && head_file.is_some();
         let mut out = Vec::new();
         // The chain's end before the last record: the head the other slot holds.
         let mut before = (seq, prev.clone(), len);
@@ -519,22 +531,24 @@ impl<'k> AuditLog<'k> {
         }
         let written = file.write_all(&out);
         if let Err(e) = written.and_then(|_| if deferred { Ok(()) } else { file.sync_data() }) {
-            // Leave no torn record behind (a full disk, say), and no earlier record unsynced
-            // (the tail is dropped with what it owed the head, which may lag the log).
+            // Leave no torn record behind (a full disk, say). Records of earlier appends not
+            // yet synced are synced now, or cut too (see `flush`).
             let _ = file.set_len(len);
             if unsynced.is_some() {
-                let _ = file.sync_data();
+                if let Err(se) = file.sync_data() {
+                    self.sync_failed(&file, synced, &se);
+                }
             }
             return Err(KmsError::io(self.log.display(), e));
         }
         let new_len = len + out.len() as u64;
         let head = Head::for_slot(self.key, seq, &prev, new_len);
         let before = Head::for_slot(self.key, before.0, &before.1, before.2);
-        let unsynced = if deferred {
-            Some((head, before))
+        let (unsynced, synced) = if deferred {
+            (Some((head, before)), synced)
         } else {
             self.write_head(&mut head_file, &head, &before, events.len() > 1)?;
-            None
+            (None, new_len)
         };
         if let Some(k) = kept.as_mut() {
             **k = Some(Tail {
@@ -546,9 +560,29 @@ impl<'k> AuditLog<'k> {
                 seq,
                 mac: prev,
                 unsynced,
+                synced,
             });
         }
         Ok(())
+    }
+
+    /// Whether the file at the log's path is `t`'s, at `t`'s length.
+    fn is_current(&self, t: &Tail) -> bool {
+        std::fs::metadata(&self.log)
+            .is_ok_and(|m| m.dev() == t.dev && m.ino() == t.ino && m.len() == t.len)
+    }
+
+    /// Records written but not synced, whose sync failed, are cut: a later sync could succeed
+    /// without them on disk, and a head naming them would then report a cut log after a
+    /// power loss. Their operations are not recorded; the error says so.
+    fn sync_failed(&self, file: &File, synced: u64, e: &std::io::Error) {
+        log::error!(
+            "{}: audit records could not be synced ({e}); cutting the log back to its last synced end ({synced} bytes): the records of the operations since are lost",
+            self.log.display()
+        );
+        if let Err(e) = file.set_len(synced) {
+            log::error!("{}: cutting: {e}", self.log.display());
+        }
     }
 
     /// Syncs the records appended since the last flush (deferred mode), then has audit.head
@@ -562,9 +596,15 @@ impl<'k> AuditLog<'k> {
         };
         if let Some(t) = kept.as_mut() {
             if let Err(e) = t.file.sync_data() {
-                t.unsynced = Some((head, before));
+                // Not retried: after a failed writeback the next sync may succeed without the
+                // pages having reached the disk, and a head must not name them.
+                let t = kept.take();
+                if let Some(t) = t.filter(|t| self.is_current(t)) {
+                    self.sync_failed(&t.file, t.synced, &e);
+                }
                 return Err(KmsError::io(self.log.display(), e));
             }
+            t.synced = t.len;
         }
         let Some(mut t) = self.take_tail(&mut kept) else {
             return Ok(());
@@ -828,6 +868,25 @@ mod tests {
         drop_last_record(d.path());
         let e = log().read_verified().unwrap_err();
         assert!(e.message.contains("removed from the end"), "{}", e.message);
+    }
+
+    /// With no head to write in place (a new log, or one removed), a deferred append is synced
+    /// and gets its head at once: records never sit with no head at all.
+    #[test]
+    fn a_deferred_append_without_a_head_makes_one_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("audit.head");
+        let tail = Mutex::new(None);
+        let log = || AuditLog::new(d.path(), b"key").cached(&tail).deferred(true);
+        log().append(&[ev("First")]).unwrap();
+        assert_eq!(slot_seqs(&path), (Some(0), Some(1)));
+        assert!(!log().unflushed());
+        log().append(&[ev("Second")]).unwrap();
+        assert!(log().unflushed(), "deferred once a head is in place");
+        std::fs::remove_file(&path).unwrap();
+        log().append(&[ev("Third")]).unwrap();
+        assert_eq!(slot_seqs(&path), (Some(2), Some(3)));
+        log().read_verified().unwrap();
     }
 
     /// Another writer appending between a deferred append and its flush keeps the head: the

@@ -711,7 +711,12 @@ impl Kms {
         if when == AuditWhen::Always || (when == AuditWhen::Failure && outcome.is_err()) {
             events.push(ev);
         }
-        self.store.audit_log().append(&events)?;
+        let log = self.store.audit_log();
+        log.append(&events)?;
+        // A change to keys.db is durable already: its records may not wait for a flush.
+        if txn.dirty {
+            log.flush()?;
+        }
         result
     }
 

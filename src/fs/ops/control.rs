@@ -292,6 +292,8 @@ impl KmsFs {
                 let at = nix::sys::time::TimeSpec::new(st.st_atime, st.st_atime_nsec);
                 let mt = nix::sys::time::TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
                 nix::sys::stat::futimens(fresh.file(), &at, &mt)?;
+                // Durable below the records of its new data key.
+                self.flush_audit()?;
                 fresh.file().sync_all()?;
                 nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, &*a.name)?;
                 Ok::<_, Errno>(fresh)

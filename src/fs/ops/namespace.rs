@@ -127,7 +127,9 @@ impl KmsFs {
             let key = self.key_for_new(parent, req)?;
             let (h, _) = self.keys.new_header(Kind::DirKey, &key, req)?;
             let sub = open_listable_dir(&dir, entry_name)?;
-            atomic::write_atomic_at(&sub, DIRKEY_FILE, &h)?;
+            // Synced below the record of its key's generation.
+            self.flush_audit()?;
+            atomic::write_new_at(&sub, DIRKEY_FILE, &h)?;
             // Through the new directory's own descriptor: nothing can swap a symlink in.
             if self.is_root {
                 nix::unistd::fchown(
