@@ -13,16 +13,19 @@
 # ratio kmsfs/gocryptfs. Run as root (it drops the page cache).
 #
 #   scripts/bench.sh [--runs N] [--quick] [--plot [FILE.png]] [--out FILE.tsv] [--io-uring MODE]
+#                    [--dir DIR]
 #
 # --io-uring: how kmsfs mounts (default on: FUSE over io_uring, turning on the fuse module's
 # enable_uring; off: /dev/fuse like gocryptfs, whose go-fuse has no io_uring transport).
+# --dir: put the key store, cipher dirs and plain directory under DIR instead of /dev/shm (a disk,
+# to see what syncs and the backing filesystem cost; the ratios then include the disk).
 # --quick: small sizes (smoke test of the script). --plot: a PNG bar chart (gnuplot) of every
 # metric relative to gocryptfs (default docs/bench.png). Installs gocryptfs, fio, python3 and
 # gnuplot with apt-get if missing; unmounts everything it mounted, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export LC_ALL=C
-runs=3 quick=0 plot= out= io_uring=on
+runs=3 quick=0 plot= out= io_uring=on base=/dev/shm
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) runs=$2; shift 2 ;;
@@ -30,7 +33,8 @@ while [ $# -gt 0 ]; do
         --plot) plot=docs/bench.png; if [ $# -gt 1 ] && [[ "$2" == *.png ]]; then plot=$2; shift; fi; shift ;;
         --out) out=$2; shift 2 ;;
         --io-uring) io_uring=$2; shift 2 ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        --dir) base=$2; shift 2 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -55,7 +59,7 @@ else
     SEQ_MB=1024 RAND_SIZE=256M FIO_RUNTIME=${FIO_RUNTIME:-15} NSMALL=10000 TREE_FILES=4000
     REWRAP_FILES=10000 BIG_MB=256
 fi
-work=$(mktemp -d /dev/shm/kmsfs-bench.XXXXXX)
+work=$(mktemp -d "$base/kmsfs-bench.XXXXXX")
 results=$work/results.tsv
 : >"$results"
 pids=()
