@@ -314,6 +314,18 @@ pub(crate) mod tests {
         (d, LocalProvider::new(kms))
     }
 
+    /// `provider` with a symmetric key made by root (the caller returned, this process).
+    pub(crate) fn provider_with_key() -> (tempfile::TempDir, LocalProvider, Caller, String) {
+        let (d, p) = provider();
+        let root = Caller::from_ids(0, vec![0], std::process::id());
+        let key = p
+            .kms()
+            .create_key(&root, CreateKeyRequest::default())
+            .unwrap()
+            .key_id;
+        (d, p, root, key)
+    }
+
     /// The newest record audit.head names.
     fn head_seq(d: &std::path::Path) -> u64 {
         let data = std::fs::read(d.join("ks").join(crate::keystore::AUDIT_HEAD_FILE)).unwrap();
@@ -328,13 +340,7 @@ pub(crate) mod tests {
     /// once, flushes them with its own records.
     #[test]
     fn deferred_records_wait_for_a_flush_or_a_key_store_change() {
-        let (d, p) = provider();
-        let root = Caller::from_ids(0, vec![0], 1);
-        let key = p
-            .kms()
-            .create_key(&root, CreateKeyRequest::default())
-            .unwrap()
-            .key_id;
+        let (d, p, root, key) = provider_with_key();
         p.defer_audit_sync();
         let ctx = EncryptionContext::default();
         let records = || p.kms().audit_records().unwrap().len() as u64;
@@ -352,13 +358,7 @@ pub(crate) mod tests {
 
     #[test]
     fn described_keys_are_reused_only_until_the_store_changes_and_per_caller() {
-        let (_d, p) = provider();
-        let root = Caller::from_ids(0, vec![0], 1);
-        let id = p
-            .kms()
-            .create_key(&root, CreateKeyRequest::default())
-            .unwrap()
-            .key_id;
+        let (_d, p, root, id) = provider_with_key();
         let audited = |p: &LocalProvider| {
             let records = p.kms().audit_records().unwrap();
             records

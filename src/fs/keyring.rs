@@ -360,38 +360,55 @@ impl Keyring {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kms::types::CreateKeyRequest;
+    use crate::provider::LocalProvider;
     use std::cell::Cell;
 
-    #[test]
-    fn a_cached_decision_is_answered_without_building_the_context_until_the_store_changes() {
-        let (_d, local) = crate::provider::tests::provider();
+    /// A keyring over a fresh local KMS with one key made by root, and root as a requester.
+    fn ring_with_key() -> (
+        tempfile::TempDir,
+        Arc<LocalProvider>,
+        Caller,
+        String,
+        Keyring,
+        Requester,
+    ) {
+        let (d, local, root, key) = crate::provider::tests::provider_with_key();
         let local = Arc::new(local);
-        let root = Caller::from_ids(0, vec![0], std::process::id());
-        let key = local
-            .kms()
-            .create_key(&root, CreateKeyRequest::default())
-            .unwrap()
-            .key_id;
         let ring = Keyring::new(local.clone(), root.clone());
         let me = Requester {
             uid: 0,
             gid: 0,
             pid: std::process::id(),
         };
-        let id = [7u8; 16];
-        let built = Cell::new(0);
-        let ask = |r: Requester| {
+        (d, local, root, key, ring, me)
+    }
+
+    /// Asks `ring` whether a requester may use a file of `key`, counting in `built` the
+    /// encryption contexts built (each one a question to the KMS).
+    fn asker<'a>(
+        ring: &'a Keyring,
+        key: &'a str,
+        built: &'a Cell<u32>,
+    ) -> impl Fn(Requester, [u8; 16]) -> FsResult<()> + 'a {
+        move |r, id| {
             ring.authorize_ctx(
                 r,
-                Some(&key),
+                Some(key),
                 || {
                     built.set(built.get() + 1);
                     Kind::File.context(&id)
                 },
                 id,
             )
-        };
+        }
+    }
+
+    #[test]
+    fn a_cached_decision_is_answered_without_building_the_context_until_the_store_changes() {
+        let (_d, local, root, key, ring, me) = ring_with_key();
+        let id = [7u8; 16];
+        let built = Cell::new(0);
+        let ask = |r: Requester| asker(&ring, &key, &built)(r, id);
         assert_eq!(ask(me), Ok(()));
         assert_eq!(ask(me), Ok(()));
         assert_eq!(built.get(), 1, "the second answer came from the cache");
@@ -413,32 +430,9 @@ mod tests {
 
     #[test]
     fn an_allow_covers_every_file_of_the_key_only_while_its_policy_reads_no_context() {
-        let (_d, local) = crate::provider::tests::provider();
-        let local = Arc::new(local);
-        let root = Caller::from_ids(0, vec![0], std::process::id());
-        let key = local
-            .kms()
-            .create_key(&root, CreateKeyRequest::default())
-            .unwrap()
-            .key_id;
-        let ring = Keyring::new(local.clone(), root.clone());
-        let me = Requester {
-            uid: 0,
-            gid: 0,
-            pid: std::process::id(),
-        };
+        let (_d, local, root, key, ring, me) = ring_with_key();
         let asked = Cell::new(0);
-        let ask = |r: Requester, id: [u8; 16]| {
-            ring.authorize_ctx(
-                r,
-                Some(&key),
-                || {
-                    asked.set(asked.get() + 1);
-                    Kind::File.context(&id)
-                },
-                id,
-            )
-        };
+        let ask = asker(&ring, &key, &asked);
         // The default policy has no condition: one KMS answer serves every file id.
         assert_eq!(ask(me, [1; 16]), Ok(()));
         assert_eq!(ask(me, [2; 16]), Ok(()));
