@@ -246,13 +246,14 @@ impl FileContent {
                 } => (raw_len, final_index, end),
             };
             let raw = &raw[..raw_len];
-            if dst.len() < ce::plain_len(raw.len()) {
+            let decrypted = ce::plain_len(raw.len());
+            if dst.len() < decrypted {
                 return Err(Errno::ERANGE);
             }
             cipher
                 .decrypt_run_into(w.first, final_index, raw, dst)
                 .map_err(|e| self.corrupt(e))?;
-            Ok(Some((end, ce::plain_len(raw.len()))))
+            Ok(Some((end, decrypted)))
         })?;
         let Some((end, decrypted)) = found else {
             return Ok(0);
