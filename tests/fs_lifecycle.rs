@@ -11,16 +11,6 @@ use std::time::Duration;
 const PROPAGATION: Duration = Duration::from_secs(1);
 
 /// `<key id>:<version>` of the CMK wrapping a mounted file's or directory's key.
-fn key_of(p: &std::path::Path) -> String {
-    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new("user.kmsfs.key").unwrap();
-    let mut buf = vec![0u8; 128];
-    let len = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(len > 0, "getxattr: {}", std::io::Error::last_os_error());
-    buf.truncate(len as usize);
-    String::from_utf8(buf).unwrap()
-}
-
 fn errno(r: std::io::Result<impl Sized>) -> Option<i32> {
     r.err().and_then(|e| e.raw_os_error())
 }
@@ -198,12 +188,27 @@ fn rotation_then_online_rewrap_moves_every_header_to_the_new_version() {
     assert_eq!(keys[0]["Directories"], 3);
     assert_eq!(inv["VolumeKey"]["KeyVersion"], 2);
 
-    // Move everything to another CMK; then the first one can go.
+    // Move everything to another CMK. A file kept open across the re-wrap is governed by the
+    // key it has now: disabling that one stops its reads at once...
+    let held = fs::File::open(m.p("d/f2")).unwrap();
+    let mut buf = vec![0u8; 10_000];
     m.env.create_key(&["--alias", "next"]);
     m.env
         .ok(&["rewrap", m.mnt.to_str().unwrap(), "--to", "alias/next"]);
+    m.env.ok(&["key", "disable", "alias/next"]);
+    std::thread::sleep(PROPAGATION);
+    assert_eq!(errno(held.read_exact_at(&mut buf, 0)), Some(libc::EACCES));
+    m.env.ok(&["key", "enable", "alias/next"]);
+    // ... and the first one can go.
     m.env.ok(&["key", "disable", "alias/fs"]);
     std::thread::sleep(PROPAGATION);
+    held.read_exact_at(&mut buf, 0).unwrap();
+    assert_eq!(
+        buf,
+        vec![1u8; 10_000],
+        "the open file reads on under the new key"
+    );
+    drop(held);
     let r = fs::read(m.p("d/e/f3"));
     assert!(r.is_ok(), "{r:?}: {}", m.log_text());
     assert_eq!(r.unwrap(), vec![2u8; 10_000]);
@@ -212,6 +217,58 @@ fn rotation_then_online_rewrap_moves_every_header_to_the_new_version() {
     m.unmount();
     m.mount(&[]);
     assert_eq!(fs::read(m.p("d/f2")).unwrap(), vec![1u8; 10_000]);
+}
+
+/// Headers are re-wrapped a directory's entries at a time; one that fails is named with its
+/// reason, and every other one is done.
+#[test]
+fn online_rewrap_names_the_header_it_cannot_rewrap_and_does_the_rest() {
+    let m = Mounted::new();
+    fs::create_dir_all(m.p("d/sub")).unwrap();
+    for i in 0..300 {
+        // 300 files: more than one batch.
+        fs::write(m.p(&format!("d/f{i}")), vec![7u8; 100 + i]).unwrap();
+    }
+    // Known by its size: 123 bytes more than that of d/f0, the smallest.
+    let sized: Vec<(u64, std::path::PathBuf)> = m
+        .cipher_files()
+        .into_iter()
+        .map(|p| (fs::metadata(&p).unwrap().len(), p))
+        .filter(|(len, _)| *len > 1024)
+        .collect();
+    let smallest = sized.iter().map(|(len, _)| *len).min().unwrap();
+    let victim = &sized
+        .iter()
+        .find(|(len, _)| *len == smallest + 123)
+        .expect("the backing file of d/f123")
+        .1;
+    m.env.ok(&["key", "rotate", "alias/fs"]);
+    // A slot MAC no longer authenticates.
+    let mut h = fs::read(victim).unwrap();
+    h[32 + 496 - 1] ^= 1;
+    fs::write(victim, &h).unwrap();
+
+    let err = m.env.fails(&["rewrap", m.mnt.to_str().unwrap()], 15);
+    assert!(
+        err.contains("d/f123: the header failed authentication")
+            && err.contains("1 headers could not be re-wrapped (302 were"),
+        "{err}"
+    );
+    let inv = m
+        .env
+        .json(&["key", "versions-in-use", m.cipher.to_str().unwrap()]);
+    let keys = inv["Keys"].as_array().unwrap();
+    let count = |v: u64| {
+        keys.iter().find(|k| k["KeyVersion"] == v).map(|k| {
+            (
+                k["Files"].as_u64().unwrap(),
+                k["Directories"].as_u64().unwrap(),
+            )
+        })
+    };
+    assert_eq!(count(2), Some((299, 3)), "{inv}");
+    assert_eq!(count(1), Some((1, 0)), "{inv}");
+    assert_eq!(fs::read(m.p("d/f299")).unwrap(), vec![7u8; 399]);
 }
 
 #[test]

@@ -228,3 +228,47 @@ fn unprivileged_writes_clear_set_id_bits() {
     fs::set_permissions(m.p("suid"), fs::Permissions::from_mode(0o4777)).unwrap();
     by_user("truncate -s 3", "suid", 0o777, "truncate by a user");
 }
+
+/// A user's `kmsfs rewrap` of a shared mount re-wraps what that user may write and names the
+/// rest: a batch is asked for on the directory, so the daemon checks each entry as the kernel
+/// checks one file.
+#[test]
+fn a_users_rewrap_touches_only_what_they_may_write() {
+    ensure_user(USER, "kmsfstest1");
+    let m = Mounted::with_args(&["--allow-other"]);
+    open_to_users(
+        &m,
+        &format!(
+            r#"{{"Sid":"user","Effect":"Allow","Principal":{{"Local":"uid:{USER}"}},"Action":"kms:*","Resource":"*"}}"#
+        ),
+    );
+    fs::set_permissions(&m.mnt, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::create_dir(m.p("shared")).unwrap();
+    fs::set_permissions(m.p("shared"), fs::Permissions::from_mode(0o777)).unwrap();
+    fs::write(m.p("shared/theirs"), b"root's").unwrap();
+    let mp = m.mnt.clone();
+    let out = as_user(USER, r#"echo mine > "$M/shared/mine""#, &[("M", &mp)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    m.env.ok(&["key", "rotate", "alias/fs"]);
+
+    let out = as_user(USER, r#""$KMSFS" rewrap -q "$M""#, &[("M", &mp)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("shared/theirs: access denied"), "{err}");
+    assert!(!err.contains("shared/mine"), "{err}");
+    assert!(key_of(&m.p("shared/mine")).ends_with(":2"));
+    assert!(
+        key_of(&m.p("shared")).ends_with(":2"),
+        "a 0777 directory's key"
+    );
+    assert!(key_of(&m.p("shared/theirs")).ends_with(":1"), "untouched");
+    assert!(
+        key_of(&m.mnt).ends_with(":1"),
+        "root's directory: untouched"
+    );
+    assert_eq!(fs::read(m.p("shared/theirs")).unwrap(), b"root's");
+}

@@ -366,8 +366,8 @@ fn completions_and_man_pages_are_generated() {
     );
 }
 
-/// Ctrl-C stops a rewrap between two headers (exit 130, saying how far it got); nothing is
-/// damaged, and the same command run again finishes the job.
+/// Ctrl-C stops a rewrap between two batches of headers (exit 130, saying how far it got);
+/// nothing is damaged, and the same command run again finishes the job.
 #[test]
 fn ctrl_c_stops_rewrap_cleanly_and_a_rerun_finishes() {
     let m = Mounted::new();
@@ -386,7 +386,21 @@ fn ctrl_c_stops_rewrap_cleanly_and_a_rerun_finishes() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    // As soon as it catches SIGINT: it stops after its first batch of the 1,011 headers.
+    let caught = || {
+        let status = fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .is_some_and(|m| m & (1 << (libc::SIGINT - 1)) != 0)
+    };
+    for _ in 0..500 {
+        if caught() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

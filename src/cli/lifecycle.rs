@@ -9,12 +9,13 @@ use crate::config::Config;
 use crate::error::{KmsError, Result};
 use crate::fs::mount::is_mount_point;
 use crate::fs::nametransform::CONFIG_FILE;
-use crate::fs::ops::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_XATTR};
+use crate::fs::ops::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_ENTRIES_XATTR, REWRAP_XATTR};
 use crate::fs::{rewrap, sys};
 use crate::kms::Caller;
 use crate::provider::LocalProvider;
 use serde_json::json;
 use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 fn xattr_error(path: &Path, e: crate::fs::errno::Errno) -> KmsError {
@@ -49,7 +50,7 @@ pub fn key_of_path(p: &Path) -> Result<String> {
 /// Directories (first) and regular files under a mounted tree; symlinks are not followed.
 fn mounted_entries(root: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
-    visit_mounted(root, |p| {
+    visit_mounted(root, |p, _| {
         out.push(p.to_path_buf());
         Ok(true)
     })?;
@@ -58,15 +59,17 @@ fn mounted_entries(root: &Path) -> Result<Vec<PathBuf>> {
 
 /// Calls `f` on `root` and on each directory, then at once on the regular files just listed in it (so their
 /// names are still cached by the kernel: no LOOKUP per file), then goes on to the
-/// subdirectories. `f` returns false to stop. Symlinks are not followed.
-fn visit_mounted(root: &Path, mut f: impl FnMut(&Path) -> Result<bool>) -> Result<()> {
+/// subdirectories. `f` (given whether the path is a directory) returns false to stop. Symlinks
+/// are not followed.
+fn visit_mounted(root: &Path, mut f: impl FnMut(&Path, bool) -> Result<bool>) -> Result<()> {
     let mut dirs = std::collections::VecDeque::from([root.to_path_buf()]);
     while let Some(d) = dirs.pop_front() {
-        if !f(&d)? {
+        // The root may be a single file.
+        let is_dir = d.symlink_metadata().is_ok_and(|m| m.is_dir());
+        if !f(&d, is_dir)? {
             return Ok(());
         }
-        // The root may be a single file.
-        if !d.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+        if !is_dir {
             continue;
         }
         let rd = std::fs::read_dir(&d)
@@ -75,7 +78,7 @@ fn visit_mounted(root: &Path, mut f: impl FnMut(&Path) -> Result<bool>) -> Resul
             let Ok(t) = e.file_type() else { continue };
             if t.is_dir() {
                 dirs.push_back(e.path());
-            } else if t.is_file() && !f(&e.path())? {
+            } else if t.is_file() && !f(&e.path(), false)? {
                 return Ok(());
             }
         }
@@ -101,15 +104,16 @@ pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
     };
     // Counted first, for the progress line; then visited directory by directory.
     let mut total = 0u64;
-    visit_mounted(&a.path, |_| {
+    visit_mounted(&a.path, |_, _| {
         total += 1;
         Ok(true)
     })?;
     let mut progress = Progress::new("rewrap", total, a.quiet);
-    let (mut done, mut skipped, mut failed) = (0u64, 0u64, Vec::new());
     let value = a.to.clone().unwrap_or_default();
-    let mut seen = 0u64;
-    visit_mounted(&a.path, |p| {
+    // Siblings go in batches: the files of one directory, and (apart) its subdirectories.
+    let (mut files, mut dirs) = (Batch::new(&value), Batch::new(&value));
+    let (mut skipped, mut seen) = (0u64, 0u64);
+    visit_mounted(&a.path, |p, is_dir| {
         if interrupt::requested() {
             return Ok(false);
         }
@@ -117,23 +121,98 @@ pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
             Some(k) => key_of_path(p).is_ok_and(|v| v.split(':').next() == Some(k.as_str())),
             None => true,
         };
-        if selected {
-            match sys::lsetxattr(p, REWRAP_XATTR.as_bytes(), value.as_bytes()) {
-                Ok(()) => done += 1,
-                Err(e) => failed.push(xattr_error(p, e).to_string()),
-            }
-        } else {
+        if !selected {
             skipped += 1;
+            seen += 1;
+        } else if p == a.path {
+            // The root's key, and the volume key with it.
+            match sys::lsetxattr(p, REWRAP_XATTR.as_bytes(), value.as_bytes()) {
+                Ok(()) => files.done += 1,
+                Err(e) => files.failed.push(xattr_error(p, e).to_string()),
+            }
+            seen += 1;
+        } else if is_dir {
+            seen += dirs.add(p);
+        } else {
+            seen += files.add(p);
         }
-        seen += 1;
         progress.update(seen);
         Ok(true)
     })?;
+    if !interrupt::requested() {
+        seen += files.send() + dirs.send();
+        progress.update(seen);
+    }
     progress.finish();
     if interrupt::requested() {
         return Err(interrupt::stopped("rewrap", seen, total));
     }
-    report(g, done, skipped, &failed)
+    files.failed.append(&mut dirs.failed);
+    report(g, files.done + dirs.done, skipped, &files.failed)
+}
+
+/// The largest `user.kmsfs.rewrap.entries` value sent (the kernel takes up to 64 KiB).
+const BATCH_VALUE_MAX: usize = 60 << 10;
+
+/// Entries of one directory that wait to be re-wrapped together, in one request and with one
+/// sync in the daemon (`user.kmsfs.rewrap.entries`).
+struct Batch<'a> {
+    /// The target key (or empty).
+    to: &'a str,
+    paths: Vec<PathBuf>,
+    bytes: usize,
+    done: u64,
+    failed: Vec<String>,
+}
+
+impl<'a> Batch<'a> {
+    fn new(to: &'a str) -> Self {
+        Batch {
+            to,
+            paths: Vec::new(),
+            bytes: to.len(),
+            done: 0,
+            failed: Vec::new(),
+        }
+    }
+
+    /// Adds `p`, first sending the batch if `p` does not fit in it; returns how many were sent.
+    fn add(&mut self, p: &Path) -> u64 {
+        let len = p.file_name().map_or(0, |n| n.len()) + 1;
+        let fits = self.paths.len() < rewrap::MAX_BATCH
+            && self.bytes + len <= BATCH_VALUE_MAX
+            && self.paths.first().is_none_or(|f| f.parent() == p.parent());
+        let sent = if fits { 0 } else { self.send() };
+        self.paths.push(p.to_path_buf());
+        self.bytes += len;
+        sent
+    }
+
+    /// Re-wraps the entries waiting; returns how many there were.
+    fn send(&mut self) -> u64 {
+        let files = std::mem::take(&mut self.paths);
+        self.bytes = self.to.len();
+        let Some(dir) = files.first().and_then(|p| p.parent()) else {
+            return 0;
+        };
+        let mut value = self.to.as_bytes().to_vec();
+        for p in &files {
+            value.push(0);
+            value.extend_from_slice(p.file_name().unwrap_or_default().as_bytes());
+        }
+        if sys::lsetxattr(dir, REWRAP_ENTRIES_XATTR.as_bytes(), &value).is_ok() {
+            self.done += files.len() as u64;
+            return files.len() as u64;
+        }
+        // One of them failed (the others are done): one at a time, to learn which and why.
+        for p in &files {
+            match sys::lsetxattr(p, REWRAP_XATTR.as_bytes(), self.to.as_bytes()) {
+                Ok(()) => self.done += 1,
+                Err(e) => self.failed.push(xattr_error(p, e).to_string()),
+            }
+        }
+        files.len() as u64
+    }
 }
 
 fn report(g: &Global, done: u64, skipped: u64, failed: &[String]) -> Result<()> {

@@ -37,7 +37,7 @@ mod control;
 mod listing;
 mod namespace;
 mod xattrs;
-pub use control::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_XATTR, STATUS_XATTR};
+pub use control::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_ENTRIES_XATTR, REWRAP_XATTR, STATUS_XATTR};
 pub use listing::{DirEntry, Listing};
 use xattrs::open_xattrs;
 pub use xattrs::{XattrReply, xattr_reply};

@@ -478,3 +478,14 @@ pub fn spawn_serve(mut c: Command) -> (std::process::Child, String) {
         .to_string();
     (child, endpoint)
 }
+
+/// The `<key id>:<version>` a mounted path's header names (`user.kmsfs.key`).
+pub fn key_of(p: &Path) -> String {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new("user.kmsfs.key").unwrap();
+    let mut buf = vec![0u8; 128];
+    let len = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(len > 0, "getxattr: {}", std::io::Error::last_os_error());
+    buf.truncate(len as usize);
+    String::from_utf8(buf).unwrap()
+}

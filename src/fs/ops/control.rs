@@ -6,6 +6,10 @@
 //! - set `user.kmsfs.rewrap`: re-wrap the inode's header under the current version of its CMK,
 //!   or under the CMK named in the value (`kmsfs rewrap MOUNTPOINT`). On the root directory this
 //!   also re-wraps the volume key;
+//! - set `user.kmsfs.rewrap.entries` on a directory to `TO\0NAME\0NAME...`: re-wrap the headers
+//!   of those entries in it (regular files, and directories' keys; at most `rewrap::MAX_BATCH`)
+//!   as one batch, under TO or, if empty, each one's own CMK: one sync for them all instead of
+//!   one per header (`kmsfs rewrap MOUNTPOINT`);
 //! - set `user.kmsfs.reencrypt` on a regular file: give it a fresh id and data key and
 //!   re-encrypt its content (`kmsfs reencrypt`), atomically: a new backing file renamed over the
 //!   old one;
@@ -17,6 +21,7 @@ use crate::fs::rewrap::{self, Outcome};
 pub const PREFIX: &str = "user.kmsfs.";
 pub const KEY_XATTR: &str = "user.kmsfs.key";
 pub const REWRAP_XATTR: &str = "user.kmsfs.rewrap";
+pub const REWRAP_ENTRIES_XATTR: &str = "user.kmsfs.rewrap.entries";
 pub const REENCRYPT_XATTR: &str = "user.kmsfs.reencrypt";
 pub const STATUS_XATTR: &str = "user.kmsfs.status";
 
@@ -26,10 +31,14 @@ pub fn is_control(name: &OsStr) -> bool {
 
 fn kms_errno(e: crate::error::KmsError) -> Errno {
     log::warn!("{e}");
+    errno_of(&e)
+}
+
+fn errno_of(e: &crate::error::KmsError) -> Errno {
     match e.kind {
         crate::error::ErrorKind::InvalidCiphertext => Errno::EIO,
         crate::error::ErrorKind::Validation => Errno::EINVAL,
-        _ => crate::fs::errno::from_kms(&e),
+        _ => crate::fs::errno::from_kms(e),
     }
 }
 
@@ -147,10 +156,10 @@ impl KmsFs {
         value: &[u8],
         r: Requester,
     ) -> FsResult<()> {
-        let to = std::str::from_utf8(value)
-            .map_err(|_| Errno::EINVAL)?
-            .trim();
-        let to = (!to.is_empty()).then_some(to);
+        if name == REWRAP_ENTRIES_XATTR {
+            return self.rewrap_entries(ino, value, r);
+        }
+        let to = target(value)?;
         if name == REENCRYPT_XATTR {
             return self.reencrypt(ino, r);
         }
@@ -215,6 +224,179 @@ impl KmsFs {
                 to.0,
                 to.1
             );
+        }
+        Ok(())
+    }
+}
+
+/// Whether the kernel would let `caller` set a `user.*` xattr on an inode with `st` (its
+/// xattr_permission and generic_permission; kmsfs stores no ACLs): write permission by the
+/// owner, group or other bits, whichever class the caller falls in, and on a sticky directory
+/// ownership too; root always. A batch names its entries in a value set on their directory, so
+/// the kernel checked only that directory.
+fn may_set_user_xattr(caller: &Caller, st: &FileStat) -> bool {
+    if caller.uid == 0 {
+        return true;
+    }
+    let sticky_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR && st.st_mode & libc::S_ISVTX != 0;
+    if sticky_dir && caller.uid != st.st_uid {
+        return false;
+    }
+    let bits = if caller.uid == st.st_uid {
+        st.st_mode >> 6
+    } else if caller.gids.contains(&st.st_gid) {
+        st.st_mode >> 3
+    } else {
+        st.st_mode
+    };
+    bits & 0o2 != 0
+}
+
+/// The CMK a rewrap value names, if any.
+fn target(value: &[u8]) -> FsResult<Option<&str>> {
+    let to = std::str::from_utf8(value)
+        .map_err(|_| Errno::EINVAL)?
+        .trim();
+    Ok((!to.is_empty()).then_some(to))
+}
+
+/// A header in a `user.kmsfs.rewrap.entries` batch: a regular file's, or a directory's key file.
+struct BatchEntry {
+    file: File,
+    kind: Kind,
+    /// The node id of the file or directory.
+    node: u64,
+}
+
+/// The entries of one `user.kmsfs.rewrap.entries` batch, opened.
+struct MountEntries<'a> {
+    fs: &'a KmsFs,
+    entries: Vec<FsResult<BatchEntry>>,
+}
+
+impl rewrap::Headers for MountEntries<'_> {
+    fn count(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// As for one entry (see `control_set`): an open file under its write lock, a closed one
+    /// under the `files` lock; a directory's key as it is.
+    fn with(
+        &self,
+        i: usize,
+        f: &mut dyn FnMut(&File, Kind) -> crate::error::Result<()>,
+    ) -> crate::error::Result<()> {
+        let e = self.entries[i].as_ref().map_err(|e| errno_error(*e))?;
+        if e.kind == Kind::DirKey {
+            return f(&e.file, e.kind);
+        }
+        let files = lock(&self.fs.files);
+        match files.get(&e.node).cloned() {
+            Some(of) => {
+                drop(files);
+                let c = of.content.write().map_err(|_| errno_error(Errno::EIO))?;
+                f(c.file(), e.kind)
+            }
+            None => f(&e.file, e.kind),
+        }
+    }
+
+    fn sync(&self) -> crate::error::Result<()> {
+        rewrap::sync_filesystems(
+            self.entries
+                .iter()
+                .filter_map(|e| e.as_ref().ok().map(|e| &e.file)),
+        )
+    }
+}
+
+fn errno_error(e: Errno) -> crate::error::KmsError {
+    crate::error::KmsError::io("backing file", std::io::Error::from_raw_os_error(e.0))
+}
+
+impl KmsFs {
+    /// `user.kmsfs.rewrap.entries` on directory `dir` (see the module's comment). Fails with the
+    /// errno of the first entry that failed, after trying every one.
+    fn rewrap_entries(&self, dir: u64, value: &[u8], r: Requester) -> FsResult<()> {
+        let mut parts = value.split(|b| *b == 0);
+        let to = target(parts.next().unwrap_or_default())?;
+        let names: Vec<&OsStr> = parts.map(OsStr::from_bytes).collect();
+        if names.is_empty()
+            || names.len() > rewrap::MAX_BATCH
+            || names
+                .iter()
+                .any(|n| n.is_empty() || n.as_bytes().contains(&b'/'))
+        {
+            return Err(Errno::EINVAL);
+        }
+        let caller = self.keys.caller(r);
+        let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let open = |name: &OsStr| -> FsResult<BatchEntry> {
+            let (d, bn) = self.child(dir, name, r)?;
+            let st = stat_at(&d, OsStr::new(bn.entry()))?;
+            // What is opened is checked, not the name: it may have moved on since the stat.
+            let may = |st: &FileStat| {
+                if may_set_user_xattr(&caller, st) {
+                    Ok(st.st_ino)
+                } else {
+                    Err(Errno::EACCES)
+                }
+            };
+            let (file, kind, backing) = if is_dir(&st) {
+                let sub = open_subdir(&d, OsStr::new(bn.entry()), OFlag::O_PATH)?;
+                let backing = may(&nix::sys::stat::fstat(&sub)?)?;
+                let key = openat(&sub, DIRKEY_FILE, flags, Mode::empty())?;
+                (File::from(key), Kind::DirKey, backing)
+            } else if is_file(&st) {
+                let file = File::from(openat(&d, bn.entry(), flags, Mode::empty())?);
+                let opened = nix::sys::stat::fstat(&file)?;
+                if !is_file(&opened) {
+                    return Err(Errno::EINVAL);
+                }
+                (file, Kind::File, may(&opened)?)
+            } else {
+                return Err(Errno::EINVAL);
+            };
+            let node = lock(&self.inodes).node_id(backing);
+            Ok(BatchEntry { file, kind, node })
+        };
+        let batch = MountEntries {
+            fs: self,
+            entries: names.iter().map(|n| open(n)).collect(),
+        };
+        let outcomes = rewrap::rewrap_batch(&batch, self.keys.provider(), &caller, to);
+        let mut first = None;
+        for ((name, e), o) in names.iter().zip(&batch.entries).zip(outcomes) {
+            match (o, e) {
+                (Ok(Outcome::Rewrapped { to: (k, _), .. }), Ok(e)) => {
+                    if let Err(errno) = self.rewrapped(e, k) {
+                        first.get_or_insert(errno);
+                    }
+                }
+                (Ok(_), _) => {}
+                (Err(err), e) => {
+                    let errno = e.as_ref().err().copied().unwrap_or_else(|| errno_of(&err));
+                    let name = name.to_string_lossy();
+                    log::warn!("{}/{name}: not re-wrapped: {err}", self.label(dir));
+                    first.get_or_insert(errno);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// After a batch re-wrapped `e` under `key`: an open file's reads are checked against that
+    /// key from now on; a directory's keys are unwrapped again at their next use.
+    fn rewrapped(&self, e: &BatchEntry, key: String) -> FsResult<()> {
+        if e.kind == Kind::DirKey {
+            if let Some(n) = lock(&self.inodes).get_mut(e.node) {
+                n.dir_keys = None;
+            }
+            return Ok(());
+        }
+        let open = lock(&self.files).get(&e.node).cloned();
+        if let Some(of) = open {
+            of.content.write().map_err(|_| Errno::EIO)?.key = Some(key);
         }
         Ok(())
     }
@@ -323,5 +505,45 @@ impl KmsFs {
         })();
         self.unpin(&f);
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(mode: u32, uid: u32, gid: u32) -> FileStat {
+        // SAFETY: a plain C struct, valid all zero.
+        let mut st: FileStat = unsafe { std::mem::zeroed() };
+        st.st_mode = mode;
+        st.st_uid = uid;
+        st.st_gid = gid;
+        st
+    }
+
+    #[test]
+    fn user_xattrs_need_what_the_kernel_asks_for_them() {
+        let user = Caller::from_ids(1000, vec![100, 1000], 1);
+        let root = Caller::from_ids(0, vec![0], 1);
+        let file = libc::S_IFREG;
+        let dir = libc::S_IFDIR;
+        for (mode, uid, gid, may) in [
+            (file | 0o644, 1000, 1000, true),
+            (file | 0o444, 1000, 1000, false),
+            // The owner's bits decide for the owner, even when the group's would allow.
+            (file | 0o464, 1000, 100, false),
+            (file | 0o664, 0, 100, true),
+            (file | 0o646, 0, 100, false),
+            (file | 0o646, 0, 5, true),
+            (file | 0o644, 0, 0, false),
+            (dir | 0o777, 0, 0, true),
+            // A sticky directory: only its owner.
+            (dir | 0o1777, 0, 0, false),
+            (dir | 0o1755, 1000, 0, true),
+        ] {
+            let st = stat(mode, uid, gid);
+            assert_eq!(may_set_user_xattr(&user, &st), may, "{mode:o} {uid} {gid}");
+            assert!(may_set_user_xattr(&root, &st));
+        }
     }
 }
