@@ -248,6 +248,33 @@ fn online_rewrap_names_the_header_it_cannot_rewrap_and_does_the_rest() {
     h[32 + 496 - 1] ^= 1;
     fs::write(victim, &h).unwrap();
 
+    // The batch request itself: the entries named, re-wrapped at once; a malformed one refused.
+    let entries = |value: &[u8]| {
+        let c = std::ffi::CString::new(m.p("d").into_os_string().into_encoded_bytes()).unwrap();
+        let n = c"user.kmsfs.rewrap.entries";
+        let r = unsafe {
+            libc::setxattr(
+                c.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        (r == 0)
+            .then_some(())
+            .ok_or_else(std::io::Error::last_os_error)
+    };
+    entries(b"\0f1\0sub\0f2").unwrap();
+    for p in ["d/f1", "d/sub", "d/f2"] {
+        assert!(key_of(&m.p(p)).ends_with(":2"), "{p}");
+    }
+    assert!(key_of(&m.p("d/f3")).ends_with(":1"), "not named");
+    for bad in [&b""[..], b"\0", b"\0f1\0", b"\0sub/x", b"\0.."] {
+        assert!(errno(entries(bad)).is_some(), "{bad:?}");
+    }
+    assert_eq!(errno(entries(b"\0nothing")), Some(libc::ENOENT));
+
     let err = m.env.fails(&["rewrap", m.mnt.to_str().unwrap()], 15);
     assert!(
         err.contains("d/f123: the header failed authentication")

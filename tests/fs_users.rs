@@ -271,4 +271,21 @@ fn a_users_rewrap_touches_only_what_they_may_write() {
         "root's directory: untouched"
     );
     assert_eq!(fs::read(m.p("shared/theirs")).unwrap(), b"root's");
+
+    // A batch names entries of the directory it is set on: the caller must be able to look into
+    // that directory (search), not only to write it.
+    fs::create_dir(m.p("blind")).unwrap();
+    fs::write(m.p("blind/open"), b"anyone may write").unwrap();
+    fs::set_permissions(m.p("blind/open"), fs::Permissions::from_mode(0o666)).unwrap();
+    m.env.ok(&["key", "rotate", "alias/fs"]);
+    let batch = r#"python3 -c 'import os, sys; os.setxattr(sys.argv[1], "user.kmsfs.rewrap.entries", b"\0open")' "$M/blind""#;
+    for (mode, ok) in [(0o772, false), (0o773, true)] {
+        fs::set_permissions(m.p("blind"), fs::Permissions::from_mode(mode)).unwrap();
+        let out = as_user(USER, batch, &[("M", &mp)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), ok, "{mode:o}: {err}");
+        assert!(ok || err.contains("Permission denied"), "{err}");
+        let want = if ok { ":3" } else { ":2" };
+        assert!(key_of(&m.p("blind/open")).ends_with(want), "{mode:o}");
+    }
 }

@@ -205,13 +205,18 @@ impl<'a> Batch<'a> {
             return files.len() as u64;
         }
         // One of them failed (the others are done): one at a time, to learn which and why.
+        let mut sent = 0;
         for p in &files {
+            if interrupt::requested() {
+                break;
+            }
             match sys::lsetxattr(p, REWRAP_XATTR.as_bytes(), self.to.as_bytes()) {
                 Ok(()) => self.done += 1,
                 Err(e) => self.failed.push(xattr_error(p, e).to_string()),
             }
+            sent += 1;
         }
-        files.len() as u64
+        sent
     }
 }
 

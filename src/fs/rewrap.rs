@@ -27,7 +27,7 @@ pub enum Outcome {
     },
 }
 
-/// The most headers one batch re-wraps (and one `user.kmsfs.rewrap.files` names): bounds how
+/// The most headers one batch re-wraps (and one `user.kmsfs.rewrap.entries` names): bounds how
 /// long a batch holds up the mount's other requests and how much an interrupt waits for.
 pub const MAX_BATCH: usize = 256;
 
@@ -86,21 +86,39 @@ pub fn rewrap_file(
 /// those uses are made durable; then every new slot is written, and synced; only then is every
 /// old slot cleared, and synced. At every moment each header has a whole slot (the old one
 /// until the new one is durable). A header that changed between the steps is left as it is
-/// now, with an error (a rerun re-wraps it). One outcome per header, in order.
+/// now, with an error (a rerun re-wraps it); one reached twice (hard links) is re-wrapped once
+/// and has the first one's outcome. One outcome per header, in order.
 pub fn rewrap_batch(
     headers: &dyn Headers,
     provider: &dyn KeyProvider,
     caller: &Caller,
     to: Option<&str>,
 ) -> Vec<Result<Outcome>> {
+    // (index, (device, inode)) of each header reached.
+    let mut seen: Vec<(usize, (u64, u64))> = Vec::new();
+    let mut same_as = vec![None; headers.count()];
     let mut plans: Vec<Result<Plan>> = (0..headers.count())
         .map(|i| {
             let mut planned = None;
             headers.with(i, &mut |f, kind| {
-                planned = Some(plan(f, kind, provider, caller, to)?);
+                let m = f.metadata().map_err(|e| KmsError::io("header", e))?;
+                let id = (m.dev(), m.ino());
+                match seen.iter().find(|(_, s)| *s == id) {
+                    Some((j, _)) => same_as[i] = Some(*j),
+                    None => {
+                        seen.push((i, id));
+                        planned = Some(plan(f, kind, provider, caller, to)?);
+                    }
+                }
                 Ok(())
             })?;
-            planned.ok_or_else(|| KmsError::internal("a header was not reached"))
+            // A second name writes nothing (and takes the first one's outcome below).
+            Ok(planned.unwrap_or(Plan {
+                read: Vec::new(),
+                new: None,
+                clear: None,
+                outcome: Outcome::Current,
+            }))
         })
         .collect();
     let writes = |p: &Result<Plan>| p.as_ref().is_ok_and(|p| p.new.is_some());
@@ -121,7 +139,7 @@ pub fn rewrap_batch(
     }
     let clears = |p: &Result<Plan>| p.as_ref().is_ok_and(|p| p.clear.is_some());
     if !plans.iter().any(clears) {
-        return finish(plans);
+        return finish(plans, &same_as);
     }
     // No old slot is cleared before every new one (and any stale one's newer slot) is durable.
     if let Err(e) = headers.sync() {
@@ -141,7 +159,7 @@ pub fn rewrap_batch(
             fail(&mut plans, |p| p.clear.is_some(), &e);
         }
     }
-    finish(plans)
+    finish(plans, &same_as)
 }
 
 /// Marks every plan that `hit` selects as failed with `e`.
@@ -153,8 +171,14 @@ fn fail(plans: &mut [Result<Plan>], hit: impl Fn(&Plan) -> bool, e: &KmsError) {
     }
 }
 
-fn finish(plans: Vec<Result<Plan>>) -> Vec<Result<Outcome>> {
-    plans.into_iter().map(|p| p.map(|p| p.outcome)).collect()
+/// The outcomes, a second name of a header taking the first one's.
+fn finish(plans: Vec<Result<Plan>>, same_as: &[Option<usize>]) -> Vec<Result<Outcome>> {
+    let outcomes: Vec<Result<Outcome>> = plans.into_iter().map(|p| p.map(|p| p.outcome)).collect();
+    same_as
+        .iter()
+        .enumerate()
+        .map(|(i, j)| outcomes[j.unwrap_or(i)].clone())
+        .collect()
 }
 
 /// Reads and unwraps the header of `file` and, unless it is current, re-wraps its key.
@@ -252,17 +276,26 @@ fn clear_old(file: &File, p: &Plan) -> Result<()> {
 }
 
 /// Syncs each filesystem that holds one of `files`, once (`syncfs`): one journal commit and
-/// one cache flush for a whole batch, where a sync per file costs one each.
+/// one cache flush for a whole batch, where a sync per file costs one each. (It also writes
+/// back whatever else is dirty there.) Files on FUSE are synced one by one instead: there
+/// `syncfs` reaches the server only if it asked for that, and succeeds either way.
 pub fn sync_filesystems<'a>(files: impl IntoIterator<Item = &'a File>) -> Result<()> {
-    let mut seen = Vec::new();
+    let err = |e: std::io::Error| KmsError::io("syncing headers", e);
+    let mut synced = Vec::new();
     for f in files {
-        let dev = f
-            .metadata()
-            .map_err(|e| KmsError::io("syncing headers", e))?
-            .dev();
-        if !seen.contains(&dev) {
-            seen.push(dev);
-            nix::unistd::syncfs(f).map_err(|e| KmsError::io("syncing headers", e.into()))?;
+        let dev = f.metadata().map_err(err)?.dev();
+        if synced.contains(&dev) {
+            continue;
+        }
+        let fuse = nix::sys::statfs::fstatfs(f)
+            .map_err(|e| err(e.into()))?
+            .filesystem_type()
+            == nix::sys::statfs::FUSE_SUPER_MAGIC;
+        if fuse {
+            f.sync_data().map_err(err)?;
+        } else {
+            nix::unistd::syncfs(f).map_err(|e| err(e.into()))?;
+            synced.push(dev);
         }
     }
     Ok(())
@@ -716,5 +749,30 @@ mod tests {
         assert_eq!(file(1), replacement, "the replacement is untouched");
         assert_eq!(versions(&p, &file(0)), [Some(2)]);
         assert_eq!(versions(&p, &file(2)), [Some(2)]);
+    }
+
+    #[test]
+    fn a_header_reached_twice_is_rewrapped_once() {
+        let (d, p, caller, key) = provider_with_key();
+        let (fs, _) = files(d.path(), &p, &caller, &key, 2);
+        p.kms().rotate_key_on_demand(&caller, &key).unwrap();
+        // f0 by two names, as hard links are: the same inode twice.
+        std::fs::hard_link(d.path().join("f0"), d.path().join("f0-link")).unwrap();
+        let link = open_rw(&d.path().join("f0-link")).unwrap();
+        let batch = Recorded::new(
+            [fs[0].try_clone(), fs[1].try_clone(), Ok(link)]
+                .into_iter()
+                .map(|f| f.map_err(|e| KmsError::io("", e)))
+                .collect(),
+        );
+        let out = rewrap_batch(&batch, &p, &caller, None);
+        assert!(
+            out.iter()
+                .all(|o| matches!(o, Ok(Outcome::Rewrapped { .. }))),
+            "{out:?}"
+        );
+        assert_eq!(out[0], out[2]);
+        assert_eq!(versions(&p, &header_of(&fs[0])), [Some(2)]);
+        assert_eq!(batch.synced.borrow().len(), 2);
     }
 }

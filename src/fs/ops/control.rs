@@ -229,18 +229,12 @@ impl KmsFs {
     }
 }
 
-/// Whether the kernel would let `caller` set a `user.*` xattr on an inode with `st` (its
-/// xattr_permission and generic_permission; kmsfs stores no ACLs): write permission by the
-/// owner, group or other bits, whichever class the caller falls in, and on a sticky directory
-/// ownership too; root always. A batch names its entries in a value set on their directory, so
-/// the kernel checked only that directory.
-fn may_set_user_xattr(caller: &Caller, st: &FileStat) -> bool {
+/// Whether the mode bits of an inode with `st` grant `mask` (`WRITE`, `SEARCH`) to `caller`, as
+/// the kernel's generic_permission decides without ACLs (kmsfs stores none): the owner's,
+/// group's or others' bits, whichever class the caller falls in; root always.
+fn permits(caller: &Caller, st: &FileStat, mask: u32) -> bool {
     if caller.uid == 0 {
         return true;
-    }
-    let sticky_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR && st.st_mode & libc::S_ISVTX != 0;
-    if sticky_dir && caller.uid != st.st_uid {
-        return false;
     }
     let bits = if caller.uid == st.st_uid {
         st.st_mode >> 6
@@ -249,7 +243,25 @@ fn may_set_user_xattr(caller: &Caller, st: &FileStat) -> bool {
     } else {
         st.st_mode
     };
-    bits & 0o2 != 0
+    bits & mask == mask
+}
+
+const WRITE: u32 = 0o2;
+const SEARCH: u32 = 0o1;
+
+/// What the kernel answers `caller` setting a `user.*` xattr on an inode with `st`
+/// (xattr_permission): EPERM on a sticky directory the caller does not own, EACCES without
+/// write permission. A batch names its entries in a value set on their directory, so the
+/// kernel checked only that directory.
+fn may_set_user_xattr(caller: &Caller, st: &FileStat) -> FsResult<()> {
+    let sticky_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR && st.st_mode & libc::S_ISVTX != 0;
+    if sticky_dir && caller.uid != 0 && caller.uid != st.st_uid {
+        return Err(Errno::EPERM);
+    }
+    if !permits(caller, st, WRITE) {
+        return Err(Errno::EACCES);
+    }
+    Ok(())
 }
 
 /// The CMK a rewrap value names, if any.
@@ -288,6 +300,7 @@ impl rewrap::Headers for MountEntries<'_> {
     ) -> crate::error::Result<()> {
         let e = self.entries[i].as_ref().map_err(|e| errno_error(*e))?;
         if e.kind == Kind::DirKey {
+            still_linked(&e.file)?;
             return f(&e.file, e.kind);
         }
         let files = lock(&self.fs.files);
@@ -297,7 +310,10 @@ impl rewrap::Headers for MountEntries<'_> {
                 let c = of.content.write().map_err(|_| errno_error(Errno::EIO))?;
                 f(c.file(), e.kind)
             }
-            None => f(&e.file, e.kind),
+            None => {
+                still_linked(&e.file)?;
+                f(&e.file, e.kind)
+            }
         }
     }
 
@@ -308,6 +324,23 @@ impl rewrap::Headers for MountEntries<'_> {
                 .filter_map(|e| e.as_ref().ok().map(|e| &e.file)),
         )
     }
+}
+
+/// Fails if `file` is linked nowhere any more: replaced since the batch opened it (by a
+/// reencrypt, which renames a new file over it, or a rename over its name), so that a re-wrap
+/// of it would miss the live one.
+fn still_linked(file: &File) -> crate::error::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = file
+        .metadata()
+        .map_err(|e| crate::error::KmsError::io("backing file", e))?;
+    if m.nlink() == 0 {
+        return Err(crate::error::KmsError::io(
+            "backing file",
+            std::io::Error::other("replaced during its re-wrap (a rerun re-wraps the new one)"),
+        ));
+    }
+    Ok(())
 }
 
 fn errno_error(e: Errno) -> crate::error::KmsError {
@@ -330,18 +363,17 @@ impl KmsFs {
             return Err(Errno::EINVAL);
         }
         let caller = self.keys.caller(r);
+        // The kernel let the caller write to the directory, not look into it.
+        let a = self.at(dir)?;
+        if !permits(&caller, &stat_at(&a.dir, &a.name)?, SEARCH) {
+            return Err(Errno::EACCES);
+        }
         let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let open = |name: &OsStr| -> FsResult<BatchEntry> {
             let (d, bn) = self.child(dir, name, r)?;
             let st = stat_at(&d, OsStr::new(bn.entry()))?;
             // What is opened is checked, not the name: it may have moved on since the stat.
-            let may = |st: &FileStat| {
-                if may_set_user_xattr(&caller, st) {
-                    Ok(st.st_ino)
-                } else {
-                    Err(Errno::EACCES)
-                }
-            };
+            let may = |st: &FileStat| may_set_user_xattr(&caller, st).map(|()| st.st_ino);
             let (file, kind, backing) = if is_dir(&st) {
                 let sub = open_subdir(&d, OsStr::new(bn.entry()), OFlag::O_PATH)?;
                 let backing = may(&nix::sys::stat::fstat(&sub)?)?;
@@ -527,23 +559,45 @@ mod tests {
         let root = Caller::from_ids(0, vec![0], 1);
         let file = libc::S_IFREG;
         let dir = libc::S_IFDIR;
-        for (mode, uid, gid, may) in [
-            (file | 0o644, 1000, 1000, true),
-            (file | 0o444, 1000, 1000, false),
+        let (ok, acces, perm) = (Ok(()), Err(Errno::EACCES), Err(Errno::EPERM));
+        for (mode, uid, gid, want) in [
+            (file | 0o644, 1000, 1000, ok),
+            (file | 0o444, 1000, 1000, acces),
             // The owner's bits decide for the owner, even when the group's would allow.
-            (file | 0o464, 1000, 100, false),
-            (file | 0o664, 0, 100, true),
-            (file | 0o646, 0, 100, false),
-            (file | 0o646, 0, 5, true),
-            (file | 0o644, 0, 0, false),
-            (dir | 0o777, 0, 0, true),
+            (file | 0o464, 1000, 100, acces),
+            (file | 0o664, 0, 100, ok),
+            (file | 0o646, 0, 100, acces),
+            (file | 0o646, 0, 5, ok),
+            (file | 0o644, 0, 0, acces),
+            (dir | 0o777, 0, 0, ok),
             // A sticky directory: only its owner.
-            (dir | 0o1777, 0, 0, false),
-            (dir | 0o1755, 1000, 0, true),
+            (dir | 0o1777, 0, 0, perm),
+            (dir | 0o1755, 1000, 0, ok),
         ] {
             let st = stat(mode, uid, gid);
-            assert_eq!(may_set_user_xattr(&user, &st), may, "{mode:o} {uid} {gid}");
-            assert!(may_set_user_xattr(&root, &st));
+            assert_eq!(may_set_user_xattr(&user, &st), want, "{mode:o} {uid} {gid}");
+            assert_eq!(may_set_user_xattr(&root, &st), Ok(()));
         }
+        // Search permission on a directory, by the same classes.
+        for (mode, uid, may) in [(0o700, 1000, true), (0o760, 0, false), (0o751, 0, true)] {
+            let st = stat(dir | mode, uid, 100);
+            assert_eq!(permits(&user, &st, SEARCH), may, "{mode:o} {uid}");
+            assert!(permits(&root, &st, SEARCH));
+        }
+    }
+
+    #[test]
+    fn a_file_unlinked_since_it_was_opened_is_not_still_linked() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        std::fs::write(&p, b"x").unwrap();
+        let f = File::open(&p).unwrap();
+        assert!(still_linked(&f).is_ok());
+        std::fs::rename(d.path().join("f"), d.path().join("g")).unwrap();
+        assert!(still_linked(&f).is_ok(), "renamed, still the live file");
+        std::fs::write(d.path().join("h"), b"y").unwrap();
+        std::fs::rename(d.path().join("h"), d.path().join("g")).unwrap();
+        let e = still_linked(&f).unwrap_err();
+        assert!(e.message.contains("replaced"), "{e}");
     }
 }
