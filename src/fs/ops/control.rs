@@ -364,8 +364,11 @@ impl KmsFs {
         }
         let caller = self.keys.caller(r);
         // The kernel let the caller write to the directory, not look into it.
-        let a = self.at(dir)?;
-        if !permits(&caller, &stat_at(&a.dir, &a.name)?, SEARCH) {
+        if !permits(
+            &caller,
+            &nix::sys::stat::fstat(&*self.dir_fd(dir)?)?,
+            SEARCH,
+        ) {
             return Err(Errno::EACCES);
         }
         let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -383,11 +386,12 @@ impl KmsFs {
                 let file = File::from(openat(&d, bn.entry(), flags, Mode::empty())?);
                 let opened = nix::sys::stat::fstat(&file)?;
                 if !is_file(&opened) {
-                    return Err(Errno::EINVAL);
+                    return Err(Errno::EPERM);
                 }
                 (file, Kind::File, may(&opened)?)
             } else {
-                return Err(Errno::EINVAL);
+                // As the kernel answers for user.* xattrs on other kinds of inode.
+                return Err(Errno::EPERM);
             };
             let node = lock(&self.inodes).node_id(backing);
             Ok(BatchEntry { file, kind, node })
