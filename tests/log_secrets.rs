@@ -117,6 +117,12 @@ fn logs_never_hold_plaintext_or_key_material() {
     fs::write(m.p(&format!("{MARKER}-dir/under-imp")), &content).unwrap();
     run(&["key", "rotate", "alias/fs"], b"", &mut stderr_all);
     run(&["rewrap", "-q", mnt], b"", &mut stderr_all);
+    // A rewrap that fails for every entry logs each failure in the daemon; the command's own
+    // report names the plaintext paths, as it should, on its standard error (not kept here).
+    let out = m
+        .env
+        .run(&["rewrap", "-q", mnt, "--to", "alias/no-such-key"]);
+    assert!(!out.status.success());
     run(&["reencrypt", "-q", mnt], b"", &mut stderr_all);
     run(&["key", "disable", "alias/imp"], b"", &mut stderr_all);
     std::thread::sleep(std::time::Duration::from_millis(600));
@@ -161,7 +167,9 @@ fn logs_never_hold_plaintext_or_key_material() {
     let daemon_log = fs::read(&m.log).unwrap();
     let text = String::from_utf8_lossy(&daemon_log);
     assert!(
-        text.contains("DEBUG") && text.contains("failed authentication"),
+        text.contains("DEBUG")
+            && text.contains("failed authentication")
+            && text.contains("not re-wrapped"),
         "the daemon did not log its debug and error paths: {text}"
     );
     let audit = fs::read(m.env.store.join("audit.log")).unwrap();

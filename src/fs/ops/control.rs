@@ -402,7 +402,7 @@ impl KmsFs {
         };
         let outcomes = rewrap::rewrap_batch(&batch, self.keys.provider(), &caller, to);
         let mut first = None;
-        for ((name, e), o) in names.iter().zip(&batch.entries).zip(outcomes) {
+        for (i, (e, o)) in batch.entries.iter().zip(outcomes).enumerate() {
             match (o, e) {
                 (Ok(Outcome::Rewrapped { to: (k, _), .. }), Ok(e)) => {
                     if let Err(errno) = self.rewrapped(e, k) {
@@ -412,8 +412,9 @@ impl KmsFs {
                 (Ok(_), _) => {}
                 (Err(err), e) => {
                     let errno = e.as_ref().err().copied().unwrap_or_else(|| errno_of(&err));
-                    let name = name.to_string_lossy();
-                    log::warn!("{}/{name}: not re-wrapped: {err}", self.label(dir));
+                    // By position: logs never name plaintext names (the CLI names the path).
+                    let at = self.label(dir);
+                    log::warn!("{at}: entry {i} of a rewrap batch not re-wrapped: {err}");
                     first.get_or_insert(errno);
                 }
             }
