@@ -382,6 +382,43 @@ fn reencrypt_gives_a_file_a_fresh_data_key_online() {
     );
 }
 
+/// Opens that race a data-key rotation share the file's one state: appends through fresh opens
+/// while the file is re-encrypted again and again all land, in order.
+#[test]
+fn appends_through_fresh_opens_racing_reencrypt_all_land() {
+    use std::io::Write;
+    let m = Mounted::new();
+    let p = m.p("log");
+    fs::write(&p, b"").unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let appender = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+                writeln!(f, "line {n}").unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    for _ in 0..60 {
+        m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let n = appender.join().unwrap();
+    let expected: String = (0..n).map(|i| format!("line {i}\n")).collect();
+    assert!(n > 60, "{n} appends");
+    assert_eq!(fs::read_to_string(&p).unwrap(), expected);
+    m.unmount();
+    assert!(
+        m.env
+            .ok(&["fsck", m.cipher.to_str().unwrap()])
+            .contains("0 problems")
+    );
+}
+
 #[test]
 fn the_daemon_applies_due_automatic_rotation() {
     let mut m = Mounted::new();

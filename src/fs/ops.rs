@@ -700,9 +700,9 @@ impl KmsFs {
         }
     }
 
-    /// Files an open state under the node id of the inode it now has (after reencrypt).
-    fn refile(&self, f: &Arc<OpenFile>, new_ino: u64) {
-        let mut files = lock(&self.files);
+    /// Files an open state under the node id of the inode it now has (after reencrypt), in the
+    /// `files` map the caller holds locked.
+    fn refile(files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>, new_ino: u64) {
         let old = f.ino.swap(new_ino, Ordering::SeqCst);
         if files.get(&old).is_some_and(|g| Arc::ptr_eq(g, f)) {
             files.remove(&old);

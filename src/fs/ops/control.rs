@@ -514,20 +514,22 @@ impl KmsFs {
                 // Durable below the records of its new data key.
                 self.flush_audit()?;
                 fresh.file().sync_all()?;
+                let new_ino =
+                    lock(&self.inodes).node_id(nix::sys::stat::fstat(fresh.file())?.st_ino);
+                // New lookups find the new inode: it gets this same state, filed under the
+                // `files` lock taken before the rename, so that no open of the new inode in
+                // between makes a second state for it (its opens wait for `c` meanwhile).
+                let mut files = lock(&self.files);
                 nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, &*a.name)?;
+                Self::refile(&mut files, &f, new_ino);
                 Ok::<_, Errno>(fresh)
             })();
             match made {
                 Ok(fresh) => {
-                    let new_ino =
-                        lock(&self.inodes).node_id(nix::sys::stat::fstat(fresh.file())?.st_ino);
                     c.supersede();
                     // Now the live file: its in-place rewrites need undo records again.
                     *c = self.journaled(fresh);
                     log::debug!("{}: re-encrypted under a fresh data key", c.label);
-                    drop(c);
-                    // New lookups find the new inode: give them this same state.
-                    self.refile(&f, new_ino);
                     Ok(())
                 }
                 Err(e) => {
