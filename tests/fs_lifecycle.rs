@@ -382,6 +382,50 @@ fn reencrypt_gives_a_file_a_fresh_data_key_online() {
     );
 }
 
+/// `--key` limits a rewrap to the headers wrapped by that CMK, online (where the files of one
+/// directory go in batches) and offline; the others are counted as skipped and left alone.
+#[test]
+fn rewrap_with_key_touches_only_that_keys_headers() {
+    let m = Mounted::new();
+    m.env.create_key(&["--alias", "other"]);
+    fs::create_dir(m.p("mixed")).unwrap();
+    for i in 0..5 {
+        fs::write(m.p(&format!("mixed/fs{i}")), b"under fs").unwrap();
+    }
+    m.env
+        .ok(&["set-key", m.p("mixed").to_str().unwrap(), "alias/other"]);
+    for i in 0..3 {
+        fs::write(m.p(&format!("mixed/other{i}")), b"under other").unwrap();
+    }
+    m.env.ok(&["key", "rotate", "alias/fs"]);
+    m.env.ok(&["key", "rotate", "alias/other"]);
+    let other = m.env.json(&["key", "describe", "alias/other"])["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let out = m
+        .env
+        .json(&["rewrap", m.mnt.to_str().unwrap(), "--key", "alias/other"]);
+    // "mixed" (set-key re-wrapped its key under other) and its three files.
+    assert_eq!(out["Checked"], 4, "{out}");
+    assert_eq!(out["Skipped"], 6, "{out}");
+    for i in 0..3 {
+        let k = key_of(&m.p(&format!("mixed/other{i}")));
+        assert_eq!(k, format!("{other}:2"));
+    }
+    for p in ["mixed/fs0", "mixed/fs4", "."] {
+        assert!(key_of(&m.p(p)).ends_with(":1"), "{p}: left alone");
+    }
+    m.unmount();
+    let cipher = m.cipher.to_str().unwrap();
+    m.env.ok(&["rewrap", "-q", cipher, "--key", "alias/fs"]);
+    let inv = m.env.json(&["key", "versions-in-use", cipher]);
+    let keys = inv["Keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 2, "{inv}");
+    assert!(keys.iter().all(|k| k["KeyVersion"] == 2), "{inv}");
+}
+
 /// Opens that race a data-key rotation share the file's one state: appends through fresh opens
 /// while the file is re-encrypted again and again all land, in order.
 #[test]
