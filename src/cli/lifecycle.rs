@@ -126,10 +126,7 @@ pub fn rewrap(g: &Global, cfg: &Config, a: &RewrapArgs) -> Result<()> {
             seen += 1;
         } else if p == a.path {
             // The root's key, and the volume key with it.
-            match sys::lsetxattr(p, REWRAP_XATTR.as_bytes(), value.as_bytes()) {
-                Ok(()) => files.done += 1,
-                Err(e) => files.failed.push(xattr_error(p, e).to_string()),
-            }
+            files.one(p);
             seen += 1;
         } else if is_dir {
             seen += dirs.add(p);
@@ -210,13 +207,18 @@ impl<'a> Batch<'a> {
             if interrupt::requested() {
                 break;
             }
-            match sys::lsetxattr(p, REWRAP_XATTR.as_bytes(), self.to.as_bytes()) {
-                Ok(()) => self.done += 1,
-                Err(e) => self.failed.push(xattr_error(p, e).to_string()),
-            }
+            self.one(p);
             sent += 1;
         }
         sent
+    }
+
+    /// Re-wraps `p` alone (`user.kmsfs.rewrap`), and counts it.
+    fn one(&mut self, p: &Path) {
+        match sys::lsetxattr(p, REWRAP_XATTR.as_bytes(), self.to.as_bytes()) {
+            Ok(()) => self.done += 1,
+            Err(e) => self.failed.push(xattr_error(p, e).to_string()),
+        }
     }
 }
 

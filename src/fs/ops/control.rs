@@ -173,47 +173,28 @@ impl KmsFs {
         if set_key && (kind != Kind::DirKey || to.is_none()) {
             return Err(Errno::EINVAL);
         }
-        let outcome = if kind == Kind::File {
-            // Never beside a truncate that gives the file a new header: an open file is
-            // re-wrapped under its write lock; a closed one under the `files` lock, which any
-            // truncate needs first (to open it). Closed files are not opened through the mount
-            // for this: a rewrap costs one Decrypt (the new slot's MAC needs the data key) and
-            // one Encrypt (ReEncrypt with a remote provider).
+        let rewrap = |f: &File| rewrap::rewrap_file(f, kind, provider, &caller, to);
+        let (outcome, node) = if kind == Kind::File {
+            // Closed files are not opened through the mount for this: a rewrap costs one
+            // Decrypt (the new slot's MAC needs the data key) and one Encrypt (ReEncrypt with
+            // a remote provider).
             // By what was opened, not by `ino`: a reencrypt may have moved the name meanwhile.
             let node = lock(&self.inodes).node_id(nix::sys::stat::fstat(&file)?.st_ino);
-            let files = lock(&self.files);
-            match files.get(&node).cloned() {
-                Some(of) => {
-                    drop(files);
-                    drop(file);
-                    let mut c = of.content.write().map_err(|_| Errno::EIO)?;
-                    let o = rewrap::rewrap_file(c.file(), kind, provider, &caller, to)
-                        .map_err(kms_errno)?;
-                    if let Outcome::Rewrapped { to: (k, _), .. } = &o {
-                        c.key = Some(k.clone());
-                    }
-                    o
-                }
-                None => {
-                    rewrap::rewrap_file(&file, kind, provider, &caller, to).map_err(kms_errno)?
-                }
-            }
+            let o = self.under_header_lock(node, &file, |f, _| rewrap(f))?;
+            (o.map_err(kms_errno)?, node)
         } else {
-            let o = rewrap::rewrap_file(&file, kind, provider, &caller, to).map_err(kms_errno)?;
-            // Forget the cached keys: the next use unwraps them under the new CMK, which also
-            // makes that CMK the one new entries use.
-            if let (Outcome::Rewrapped { .. }, Some(n)) = (&o, lock(&self.inodes).get_mut(ino)) {
-                n.dir_keys = None;
-            }
-            if ino == ROOT && !set_key {
-                if let Outcome::Rewrapped { to: (k, _), .. } =
-                    rewrap::rewrap_volume(&self.root, provider, &caller, to).map_err(kms_errno)?
-                {
-                    *lock(&self.volume_cmk) = k;
-                }
-            }
-            o
+            (rewrap(&file).map_err(kms_errno)?, ino)
         };
+        if let Outcome::Rewrapped { to: (k, _), .. } = &outcome {
+            self.rewrapped(kind, node, k.clone())?;
+        }
+        if ino == ROOT && !set_key {
+            if let Outcome::Rewrapped { to: (k, _), .. } =
+                rewrap::rewrap_volume(&self.root, provider, &caller, to).map_err(kms_errno)?
+            {
+                *lock(&self.volume_cmk) = k;
+            }
+        }
         if let Outcome::Rewrapped { from, to } = outcome {
             // Per file, so debug: the audit log has every re-wrap anyway.
             log::debug!(
@@ -291,8 +272,8 @@ impl rewrap::Headers for MountEntries<'_> {
         self.entries.len()
     }
 
-    /// As for one entry (see `control_set`): an open file under its write lock, a closed one
-    /// under the `files` lock; a directory's key as it is.
+    /// A regular file under `KmsFs::under_header_lock`, step by step; a directory's key as it
+    /// is. The batch's own descriptor must still be the live file.
     fn with(
         &self,
         i: usize,
@@ -303,18 +284,15 @@ impl rewrap::Headers for MountEntries<'_> {
             still_linked(&e.file)?;
             return f(&e.file, e.kind);
         }
-        let files = lock(&self.fs.files);
-        match files.get(&e.node).cloned() {
-            Some(of) => {
-                drop(files);
-                let c = of.content.write().map_err(|_| errno_error(Errno::EIO))?;
-                f(c.file(), e.kind)
+        let step = |file: &File, own: bool| {
+            if own {
+                still_linked(file)?;
             }
-            None => {
-                still_linked(&e.file)?;
-                f(&e.file, e.kind)
-            }
-        }
+            f(file, e.kind)
+        };
+        self.fs
+            .under_header_lock(e.node, &e.file, step)
+            .map_err(errno_error)?
     }
 
     fn sync(&self) -> crate::error::Result<()> {
@@ -405,7 +383,7 @@ impl KmsFs {
         for (i, (e, o)) in batch.entries.iter().zip(outcomes).enumerate() {
             match (o, e) {
                 (Ok(Outcome::Rewrapped { to: (k, _), .. }), Ok(e)) => {
-                    if let Err(errno) = self.rewrapped(e, k) {
+                    if let Err(errno) = self.rewrapped(e.kind, e.node, k) {
                         first.get_or_insert(errno);
                     }
                 }
@@ -422,16 +400,38 @@ impl KmsFs {
         first.map_or(Ok(()), Err)
     }
 
-    /// After a batch re-wrapped `e` under `key`: an open file's reads are checked against that
-    /// key from now on; a directory's keys are unwrapped again at their next use.
-    fn rewrapped(&self, e: &BatchEntry, key: String) -> FsResult<()> {
-        if e.kind == Kind::DirKey {
-            if let Some(n) = lock(&self.inodes).get_mut(e.node) {
+    /// Runs `f` on the backing file of regular file `node` where no truncate can give it a new
+    /// header meanwhile: an open file on its state's descriptor under its write lock; a closed
+    /// one on `own` (the caller's descriptor) under the `files` lock, which any truncate needs
+    /// first (to open it). `f` is told whether it got `own`.
+    fn under_header_lock<R>(
+        &self,
+        node: u64,
+        own: &File,
+        f: impl FnOnce(&File, bool) -> R,
+    ) -> FsResult<R> {
+        let files = lock(&self.files);
+        match files.get(&node).cloned() {
+            Some(of) => {
+                drop(files);
+                let c = of.content.write().map_err(|_| Errno::EIO)?;
+                Ok(f(c.file(), false))
+            }
+            None => Ok(f(own, true)),
+        }
+    }
+
+    /// After header `node` (of `kind`) was re-wrapped under `key`: an open file's reads are
+    /// checked against that key from now on; a directory's keys are unwrapped again at their
+    /// next use (under the new CMK, which new entries then use too).
+    fn rewrapped(&self, kind: Kind, node: u64, key: String) -> FsResult<()> {
+        if kind == Kind::DirKey {
+            if let Some(n) = lock(&self.inodes).get_mut(node) {
                 n.dir_keys = None;
             }
             return Ok(());
         }
-        let open = lock(&self.files).get(&e.node).cloned();
+        let open = lock(&self.files).get(&node).cloned();
         if let Some(of) = open {
             of.content.write().map_err(|_| Errno::EIO)?.key = Some(key);
         }
