@@ -58,11 +58,12 @@ fn cipher_directory_holds_no_plaintext_names_or_content() {
     fs::create_dir(m.p("secret-dir-name")).unwrap();
     fs::write(m.p("secret-dir-name/secret-file-name.txt"), &body).unwrap();
     std::os::unix::fs::symlink("secret-link-target", m.p("secret-link")).unwrap();
-    xattr_set(
+    set_xattr(
         &m.p("secret-dir-name/secret-file-name.txt"),
         "user.secret-attr",
         b"SECRET-XATTR-VALUE",
-    );
+    )
+    .unwrap();
     for f in files_under(&m.cipher) {
         // An undo record may be removed between the listing and the read.
         let Ok(data) = fs::read(&f) else { continue };
@@ -87,21 +88,6 @@ fn cipher_directory_holds_no_plaintext_names_or_content() {
             .to_string_lossy()
             .contains("secret")
     );
-}
-
-pub fn xattr_set(p: &std::path::Path, name: &str, value: &[u8]) {
-    let cp = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let cn = std::ffi::CString::new(name).unwrap();
-    let rc = unsafe {
-        libc::setxattr(
-            cp.as_ptr(),
-            cn.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
 }
 
 #[test]

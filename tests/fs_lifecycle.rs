@@ -249,22 +249,7 @@ fn online_rewrap_names_the_header_it_cannot_rewrap_and_does_the_rest() {
     fs::write(victim, &h).unwrap();
 
     // The batch request itself: the entries named, re-wrapped at once; a malformed one refused.
-    let entries = |value: &[u8]| {
-        let c = std::ffi::CString::new(m.p("d").into_os_string().into_encoded_bytes()).unwrap();
-        let n = c"user.kmsfs.rewrap.entries";
-        let r = unsafe {
-            libc::setxattr(
-                c.as_ptr(),
-                n.as_ptr(),
-                value.as_ptr().cast(),
-                value.len(),
-                0,
-            )
-        };
-        (r == 0)
-            .then_some(())
-            .ok_or_else(std::io::Error::last_os_error)
-    };
+    let entries = |value: &[u8]| set_xattr(&m.p("d"), "user.kmsfs.rewrap.entries", value);
     entries(b"\0f1\0sub\0f2").unwrap();
     for p in ["d/f1", "d/sub", "d/f2"] {
         assert!(key_of(&m.p(p)).ends_with(":2"), "{p}");
@@ -349,12 +334,9 @@ fn reencrypt_gives_a_file_a_fresh_data_key_online() {
     let m = Mounted::new();
     let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(m.p("secret"), &data).unwrap();
+    set_xattr(&m.p("secret"), "user.note", b"hi").unwrap();
     let c = std::ffi::CString::new(m.p("secret").as_os_str().as_encoded_bytes()).unwrap();
     let n = std::ffi::CString::new("user.note").unwrap();
-    assert_eq!(
-        unsafe { libc::setxattr(c.as_ptr(), n.as_ptr(), b"hi".as_ptr().cast(), 2, 0) },
-        0
-    );
     let id = |m: &Mounted| fs::read(&m.cipher_files()[0]).unwrap()[8..24].to_vec();
     let before = id(&m);
     let h = fs::File::open(m.p("secret")).unwrap();

@@ -101,7 +101,12 @@ fn logs_never_hold_plaintext_or_key_material() {
     fs::write(m.p(&format!("{MARKER}-dir/{name}")), &content).unwrap();
     fs::write(m.p("plain"), &content).unwrap();
     std::os::unix::fs::symlink(format!("/target/{MARKER}"), m.p("link")).unwrap();
-    xattr_set(&m.p("plain"), &format!("{MARKER} xattr value"));
+    set_xattr(
+        &m.p("plain"),
+        "user.note",
+        format!("{MARKER} xattr value").as_bytes(),
+    )
+    .unwrap();
     fs::rename(m.p("plain"), m.p(&format!("{MARKER}-renamed"))).unwrap();
     assert_eq!(
         fs::read_to_string(m.p(&format!("{MARKER}-dir/{name}"))).unwrap(),
@@ -205,19 +210,4 @@ fn logs_never_hold_plaintext_or_key_material() {
             }
         }
     }
-}
-
-fn xattr_set(p: &std::path::Path, value: &str) {
-    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-    // SAFETY: valid C strings and a buffer of the given length.
-    let rc = unsafe {
-        libc::setxattr(
-            c.as_ptr(),
-            c"user.note".as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    };
-    assert_eq!(rc, 0, "setxattr: {}", std::io::Error::last_os_error());
 }

@@ -489,3 +489,24 @@ pub fn key_of(p: &Path) -> String {
     buf.truncate(len as usize);
     String::from_utf8(buf).unwrap()
 }
+
+/// setxattr(2) of `name` on `p`.
+pub fn set_xattr(p: &Path, name: &str, value: &[u8]) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid C strings and a buffer of value.len() bytes.
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
