@@ -30,7 +30,22 @@ fn arguments() -> Vec<std::ffi::OsString> {
     }
 }
 
+/// The CPU check in src/cpu_check.c runs before `main` (Rust code built for x86-64-v3 may use its
+/// instructions anywhere, the check included); referring to it keeps its object in the link.
+#[cfg(target_arch = "x86_64")]
+fn cpu_check_linked() {
+    unsafe extern "C" {
+        fn kmsfs_cpu_check_linked() -> libc::c_int;
+    }
+    // SAFETY: a C function without arguments that returns a constant.
+    let _ = unsafe { kmsfs_cpu_check_linked() };
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn cpu_check_linked() {}
+
 fn main() {
+    cpu_check_linked();
     let argv = arguments();
     kmsfs::cli::set_argv(argv.clone());
     let cli = Cli::parse_from(argv);
