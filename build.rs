@@ -4,34 +4,62 @@
 
 use std::fmt::Write as _;
 
-/// GCC's `__builtin_cpu_supports` name for a Rust target feature beyond the x86-64 baseline.
-fn gcc_name(rust: &str) -> Option<&'static str> {
-    Some(match rust {
-        "aes" => "aes",
-        "pclmulqdq" => "pclmul",
-        "sse3" => "sse3",
-        "ssse3" => "ssse3",
-        "sse4.1" => "sse4.1",
-        "sse4.2" => "sse4.2",
-        "popcnt" => "popcnt",
-        "avx" => "avx",
-        "avx2" => "avx2",
-        "bmi1" => "bmi",
-        "bmi2" => "bmi2",
-        "fma" => "fma",
-        "f16c" => "f16c",
-        "lzcnt" => "lzcnt",
-        "movbe" => "movbe",
-        "xsave" => "xsave",
-        "vaes" => "vaes",
-        "vpclmulqdq" => "vpclmulqdq",
-        "avx512f" => "avx512f",
-        "avx512bw" => "avx512bw",
-        "avx512cd" => "avx512cd",
-        "avx512dq" => "avx512dq",
-        "avx512vl" => "avx512vl",
-        _ => return None,
-    })
+/// Target features every x86-64 CPU has (or that are not CPU features).
+const BASELINE: &[&str] = &["fxsr", "sse", "sse2", "x87", "crt-static"];
+
+/// Features whose name GCC's `__builtin_cpu_supports` (GCC 11 or later) spells as Rust does.
+const SAME_NAME: &[&str] = &[
+    "adx",
+    "aes",
+    "avx",
+    "avx2",
+    "avx512bf16",
+    "avx512bitalg",
+    "avx512bw",
+    "avx512cd",
+    "avx512dq",
+    "avx512f",
+    "avx512fp16",
+    "avx512ifma",
+    "avx512vbmi",
+    "avx512vbmi2",
+    "avx512vl",
+    "avx512vnni",
+    "avx512vpopcntdq",
+    "avxvnni",
+    "bmi2",
+    "cmpxchg16b",
+    "f16c",
+    "fma",
+    "fma4",
+    "gfni",
+    "lzcnt",
+    "movbe",
+    "popcnt",
+    "rdseed",
+    "sha",
+    "sse3",
+    "sse4.1",
+    "sse4.2",
+    "sse4a",
+    "ssse3",
+    "vaes",
+    "vpclmulqdq",
+    "xop",
+    "xsave",
+    "xsavec",
+    "xsaveopt",
+    "xsaves",
+];
+
+/// GCC's name for a Rust target feature beyond the baseline, if it can test it.
+fn gcc_name(rust: &str) -> Option<&str> {
+    match rust {
+        "bmi1" => Some("bmi"),
+        "pclmulqdq" => Some("pclmul"),
+        "rdrand" => Some("rdrnd"),
+        f => SAME_NAME.contains(&f).then_some(f),
+    }
 }
 
 fn main() {
@@ -42,8 +70,16 @@ fn main() {
     }
     let features = std::env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
     let mut needs = String::from("#define KMSFS_CPU_NEEDS");
-    for name in features.split(',').filter_map(gcc_name) {
-        let _ = write!(needs, " NEED(\"{name}\")");
+    for f in features
+        .split(',')
+        .filter(|f| !f.is_empty() && !BASELINE.contains(f))
+    {
+        match gcc_name(f) {
+            Some(name) => {
+                let _ = write!(needs, " NEED(\"{name}\")");
+            }
+            None => println!("cargo:warning=the startup CPU check cannot test target feature {f}"),
+        }
     }
     needs.push('\n');
     let out = std::path::PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
@@ -51,7 +87,9 @@ fn main() {
     cc::Build::new()
         .file("src/cpu_check.c")
         .include(&out)
-        // The baseline, whatever the Rust code is compiled for: the check must run anywhere.
+        // The baseline, whatever the Rust code is compiled for: the check must run anywhere
+        // (cpu_check.c refuses to compile otherwise).
+        .inherit_rustflags(false)
         .flag("-march=x86-64")
         .flag("-mtune=generic")
         .warnings(true)

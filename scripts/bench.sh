@@ -24,6 +24,7 @@
 # gnuplot with apt-get if missing; unmounts everything it mounted, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/rustflags.sh
 export LC_ALL=C
 runs=3 quick=0 plot= out= io_uring=on base=/dev/shm
 while [ $# -gt 0 ]; do

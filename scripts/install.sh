@@ -10,6 +10,7 @@
 # --bin FILE (install this binary instead of building), --no-deps (do not apt-get fuse3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/rustflags.sh
 prefix=/usr/local destdir= bin= deps=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -32,6 +33,8 @@ if [ -z "$bin" ]; then
     bin=target/release/kmsfs
 fi
 
+# A binary this CPU cannot run (src/cpu_check.c) says so here, before anything is installed.
+"$bin" --version >/dev/null
 root=$destdir
 install -d "$root$prefix/bin" "$root/sbin" "$root$prefix/share/man/man1" \
     "$root$prefix/share/bash-completion/completions" "$root$prefix/share/zsh/site-functions" \

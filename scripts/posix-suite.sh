@@ -6,6 +6,7 @@
 #   IO_URING (default auto): the mount's --io-uring (on: per-CPU rings, off: /dev/fuse).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/rustflags.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 for tool in pjdfstest fsx; do
     command -v "$tool" >/dev/null || cargo install --locked --quiet "$tool"

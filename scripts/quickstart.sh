@@ -6,6 +6,7 @@
 #   choose the directories.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/rustflags.sh
 if ! command -v fusermount3 >/dev/null; then
     echo "installing fuse3 (needs root)"
     sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo

@@ -10,6 +10,11 @@
 
 #include "cpu_needs.h"
 
+#if defined(__SSE3__) || defined(__AVX__) || defined(__AES__) || defined(__PCLMUL__) ||            \
+    defined(__POPCNT__) || defined(__BMI__) || defined(__MOVBE__)
+#error "src/cpu_check.c must be compiled for the x86-64 baseline: take -march/-m flags out of CFLAGS"
+#endif
+
 /* Referred to from main, so that the linker keeps this object and its constructor. */
 int kmsfs_cpu_check_linked(void) { return 1; }
 
@@ -24,7 +29,8 @@ static void say(const char *s) {
     }
 }
 
-__attribute__((constructor)) static void kmsfs_cpu_check(void) {
+/* Priority 101: before every constructor without one (mimalloc's, and any a crate adds). */
+__attribute__((constructor(101))) static void kmsfs_cpu_check(void) {
     const char *missing[64];
     size_t n = 0;
     __builtin_cpu_init();
