@@ -408,6 +408,29 @@ fn rewrap_with_key_touches_only_that_keys_headers() {
     assert!(keys.iter().all(|k| k["KeyVersion"] == 2), "{inv}");
 }
 
+/// After a reencrypt the file has a new inode in the kernel beside the old one an open
+/// descriptor keeps, each with its own idea of the size: O_APPEND writes through both still go
+/// to the end of the file.
+#[test]
+fn appends_through_the_old_and_the_new_inode_after_reencrypt_both_land() {
+    use std::io::Write;
+    let m = Mounted::new();
+    let p = m.p("log");
+    fs::write(&p, b"0123").unwrap();
+    let append = || fs::OpenOptions::new().append(true).open(&p).unwrap();
+    let mut old = append();
+    m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
+    // Past the entry's time to live (1 s): the next open looks the name up again.
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    let mut new = append();
+    old.write_all(b"A").unwrap();
+    new.write_all(b"B").unwrap();
+    old.write_all(b"C").unwrap();
+    drop((old, new));
+    assert_eq!(fs::read(&p).unwrap(), b"0123ABC");
+    m.unmount();
+}
+
 /// Opens that race a data-key rotation share the file's one state: appends through fresh opens
 /// while the file is re-encrypted again and again all land, in order.
 #[test]

@@ -25,7 +25,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -64,10 +64,12 @@ impl OpenFile {
 }
 
 enum Handle {
-    /// `direct`: the kernel was told to bypass its page cache for this handle.
+    /// `direct`: the kernel was told to bypass its page cache for this handle. `append`: a
+    /// direct O_APPEND handle, whose writes go to the end of the file as the daemon knows it.
     File {
         file: Arc<OpenFile>,
         direct: bool,
+        append: bool,
     },
     Dir {
         entries: Arc<[DirEntry]>,
@@ -327,8 +329,17 @@ impl KmsFs {
     fn file_handle(&self, f: Arc<OpenFile>, flags: i32, keep_cache: bool) -> Opened {
         let wants = pagecache::wants_direct(flags, self.direct_writes());
         let direct = lock(&f.modes).admit(wants);
+        // The kernel takes an O_APPEND write's offset from its inode's size. After a reencrypt
+        // the file has a new node, and writes through a handle on the old one leave the new
+        // inode's size behind until its attributes expire; the daemon's size is the file's.
+        // (A cached handle's offset also places the bytes in the page cache: left as it is.)
+        let append = direct && flags & libc::O_APPEND != 0;
         Opened {
-            fh: self.new_handle(Handle::File { file: f, direct }),
+            fh: self.new_handle(Handle::File {
+                file: f,
+                direct,
+                append,
+            }),
             keep_cache,
             direct,
         }
@@ -608,62 +619,84 @@ impl KmsFs {
     /// lock, so a closing handle never removes state another is about to use. A cached state is
     /// checked against `r`'s rights, and re-keyed if its key was revoked meanwhile.
     fn open_file(&self, ino: u64, r: Requester) -> FsResult<Arc<OpenFile>> {
-        let cached = {
-            let files = lock(&self.files);
-            files.get(&ino).cloned().inspect(|f| {
-                f.handles.fetch_add(1, Ordering::SeqCst);
-            })
-        };
-        if let Some(f) = cached {
-            if let Err(e) = self.check_content(&f, r) {
-                self.unpin(&f);
-                return Err(e);
+        // A reencrypt renames a new backing file over the node's name and files the open state
+        // under the new file's node. An open of the old node after that shares the state filed
+        // under the node its name names now; one that opened the old file just before the
+        // rename finds it unlinked and starts again. Two states for one file would each have
+        // their own view of its content, and writes through them would overwrite each other.
+        for _ in 0..3 {
+            if let Some(f) = self.pinned(ino, r)? {
+                return Ok(f);
+            }
+            let file = Self::open_backing(&self.at(ino)?)?;
+            let meta = file.metadata()?;
+            let node = lock(&self.inodes).node_id(meta.ino());
+            if node != ino {
+                if let Some(f) = self.pinned(node, r)? {
+                    return Ok(f);
+                }
+            }
+            if meta.len() == 0 {
+                return self.open_headerless(node, file, r);
+            }
+            let content = self.load_content(file, self.label(ino), r)?;
+            let mut files = lock(&self.files);
+            if content.file().metadata()?.nlink() == 0 {
+                continue;
+            }
+            // Another thread may have opened it meanwhile; keep the first.
+            let mut inserted = false;
+            let f = files
+                .entry(node)
+                .or_insert_with(|| {
+                    inserted = true;
+                    OpenFile::new(content, node, 0)
+                })
+                .clone();
+            f.handles.fetch_add(1, Ordering::SeqCst);
+            if inserted {
+                // Only the state that is kept repairs an interrupted write, before anyone else
+                // can use it: first the undo record of an in-place rewrite, then a torn append.
+                let c = f.content.write().map_err(|_| Errno::EIO)?;
+                if let Some(j) = &self.journal {
+                    if let Err(e) = j.recover(&c.id, c.file(), &c.label) {
+                        // Its bytes may be half old, half new: not served until it is restored.
+                        log::error!("{}: could not undo an interrupted write: {e}", c.label);
+                        drop(c);
+                        files.remove(&node);
+                        return Err(Errno::EIO);
+                    }
+                }
+                if let Some(end) = c.torn_tail()? {
+                    match c.file().set_len(end) {
+                        Ok(()) => log::warn!(
+                            "{}: removed the incomplete tail of an interrupted write",
+                            c.label
+                        ),
+                        Err(e) => log::warn!(
+                            "{}: has an incomplete tail from an interrupted write: {e}",
+                            c.label
+                        ),
+                    }
+                }
             }
             return Ok(f);
         }
-        let file = Self::open_backing(&self.at(ino)?)?;
-        if file.metadata()?.len() == 0 {
-            return self.open_headerless(ino, file, r);
+        // Renamed over three times while being opened.
+        Err(Errno(libc::ESTALE))
+    }
+
+    /// The open state filed under `node`, pinned for `r` (who may use its key), if there is one.
+    fn pinned(&self, node: u64, r: Requester) -> FsResult<Option<Arc<OpenFile>>> {
+        let cached = lock(&self.files).get(&node).cloned().inspect(|f| {
+            f.handles.fetch_add(1, Ordering::SeqCst);
+        });
+        let Some(f) = cached else { return Ok(None) };
+        if let Err(e) = self.check_content(&f, r) {
+            self.unpin(&f);
+            return Err(e);
         }
-        let content = self.load_content(file, self.label(ino), r)?;
-        let mut files = lock(&self.files);
-        // Another thread may have opened it meanwhile; keep the first.
-        let mut inserted = false;
-        let f = files
-            .entry(ino)
-            .or_insert_with(|| {
-                inserted = true;
-                OpenFile::new(content, ino, 0)
-            })
-            .clone();
-        f.handles.fetch_add(1, Ordering::SeqCst);
-        if inserted {
-            // Only the state that is kept repairs an interrupted write, before anyone else can
-            // use it: first the undo record of an in-place rewrite, then a torn append.
-            let c = f.content.write().map_err(|_| Errno::EIO)?;
-            if let Some(j) = &self.journal {
-                if let Err(e) = j.recover(&c.id, c.file(), &c.label) {
-                    // Its bytes may be half old, half new: not served until it is restored.
-                    log::error!("{}: could not undo an interrupted write: {e}", c.label);
-                    drop(c);
-                    files.remove(&ino);
-                    return Err(Errno::EIO);
-                }
-            }
-            if let Some(end) = c.torn_tail()? {
-                match c.file().set_len(end) {
-                    Ok(()) => log::warn!(
-                        "{}: removed the incomplete tail of an interrupted write",
-                        c.label
-                    ),
-                    Err(e) => log::warn!(
-                        "{}: has an incomplete tail from an interrupted write: {e}",
-                        c.label
-                    ),
-                }
-            }
-        }
-        Ok(f)
+        Ok(Some(f))
     }
 
     /// A regular file without even a header: its creation (or truncation to 0) was interrupted
@@ -770,7 +803,7 @@ impl KmsFs {
 
     pub fn release(&self, fh: u64) {
         let h = lock(&self.handles).remove(&fh);
-        if let Some(Handle::File { file, direct }) = h {
+        if let Some(Handle::File { file, direct, .. }) = h {
             lock(&file.modes).leave(direct);
             self.unpin(&file);
         }
@@ -814,12 +847,16 @@ impl KmsFs {
         r: Requester,
         kill_suidgid: bool,
     ) -> FsResult<usize> {
-        let f = self.handle_file(fh)?;
+        let (f, append) = match lock(&self.handles).get(&fh) {
+            Some(Handle::File { file, append, .. }) => (file.clone(), *append),
+            _ => return Err(Errno::EBADF),
+        };
         self.check_content(&f, r)?;
         let mut c = f.content.write().map_err(|_| Errno::EIO)?;
         if kill_suidgid {
             clear_set_id(c.file())?;
         }
+        let offset = if append { c.size()? } else { offset };
         c.write(offset, data)
     }
 
