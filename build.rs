@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 /// Target features every x86-64 CPU has (or that are not CPU features).
 const BASELINE: &[&str] = &["fxsr", "sse", "sse2", "x87", "crt-static"];
 
-/// Features whose name GCC's `__builtin_cpu_supports` (GCC 11 or later) spells as Rust does.
+/// Features whose name GCC's `__builtin_cpu_supports` (GCC 12 or later) spells as Rust does.
 const SAME_NAME: &[&str] = &[
     "adx",
     "aes",
@@ -65,6 +65,9 @@ fn gcc_name(rust: &str) -> Option<&str> {
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=src/cpu_check.c");
+    // The target features come from these (a build with --target does not rerun otherwise).
+    println!("cargo:rerun-if-env-changed=RUSTFLAGS");
+    println!("cargo:rerun-if-env-changed=CARGO_ENCODED_RUSTFLAGS");
     if std::env::var("CARGO_CFG_TARGET_ARCH").as_deref() != Ok("x86_64") {
         return;
     }

@@ -5,6 +5,7 @@
 #   FILES (default 10000), BIG_FILES (default 4), BIG_MB (default 256 each: 1 GiB in all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/rustflags.sh
 cargo build --release --quiet
 kmsfs=$PWD/target/release/kmsfs
 work=$(mktemp -d /dev/shm/kmsfs-bench.XXXXXX)

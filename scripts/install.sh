@@ -10,7 +10,6 @@
 # --bin FILE (install this binary instead of building), --no-deps (do not apt-get fuse3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/rustflags.sh
 prefix=/usr/local destdir= bin= deps=1
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -29,12 +28,14 @@ if [ "$deps" = 1 ] && ! command -v fusermount3 >/dev/null; then
     apt-get install -y -qq fuse3 >/dev/null
 fi
 if [ -z "$bin" ]; then
+    source scripts/rustflags.sh
     cargo build --release --quiet
     bin=target/release/kmsfs
 fi
 
-# A binary this CPU cannot run (src/cpu_check.c) says so here, before anything is installed.
-"$bin" --version >/dev/null
+# A binary this CPU cannot run (src/cpu_check.c) says so here, before anything is installed
+# (not when staging into --destdir: that binary may be for another machine).
+[ -n "$destdir" ] || "$bin" --version >/dev/null
 root=$destdir
 install -d "$root$prefix/bin" "$root/sbin" "$root$prefix/share/man/man1" \
     "$root$prefix/share/bash-completion/completions" "$root$prefix/share/zsh/site-functions" \

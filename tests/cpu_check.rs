@@ -32,8 +32,8 @@ fn run_on(cpu: &str, e: &Env, args: &[&str], stdin: &[u8]) -> Output {
     feed(on_cpu(cpu, &e.command(args)), stdin)
 }
 
-/// GCC's names for the features this build assumes and `cpu` lacks, from the Rust features a
-/// CPU of that model lacks.
+/// GCC's names for the features this build assumes among those a CPU model lacks (each with
+/// whether the build assumes it).
 fn lacking(lacks: &[(&'static str, bool)]) -> Vec<&'static str> {
     lacks
         .iter()
@@ -49,6 +49,9 @@ fn beyond_haswell() -> Vec<&'static str> {
         ("rdseed", cfg!(target_feature = "rdseed")),
         ("sha", cfg!(target_feature = "sha")),
         ("xsavec", cfg!(target_feature = "xsavec")),
+        ("xsaves", cfg!(target_feature = "xsaves")),
+        ("sse4a", cfg!(target_feature = "sse4a")),
+        ("xop", cfg!(target_feature = "xop")),
         ("gfni", cfg!(target_feature = "gfni")),
         ("vaes", cfg!(target_feature = "vaes")),
         ("vpclmulqdq", cfg!(target_feature = "vpclmulqdq")),
@@ -69,6 +72,8 @@ fn a_cpu_without_what_the_build_needs_is_refused_with_a_message() {
         ("lzcnt", cfg!(target_feature = "lzcnt")),
         ("movbe", cfg!(target_feature = "movbe")),
         ("xsave", cfg!(target_feature = "xsave")),
+        ("xsaveopt", cfg!(target_feature = "xsaveopt")),
+        ("rdrnd", cfg!(target_feature = "rdrand")),
     ]);
     want.extend(beyond_haswell());
     let e = Env::bare();
