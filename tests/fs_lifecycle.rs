@@ -419,10 +419,16 @@ fn appends_through_the_old_and_the_new_inode_after_reencrypt_both_land() {
     fs::write(&p, b"0123").unwrap();
     let append = || fs::OpenOptions::new().append(true).open(&p).unwrap();
     let mut old = append();
+    let old_ino = std::os::unix::fs::MetadataExt::ino(&old.metadata().unwrap());
     m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
     // Past the entry's time to live (1 s): the next open looks the name up again.
     std::thread::sleep(std::time::Duration::from_millis(1300));
     let mut new = append();
+    let new_ino = std::os::unix::fs::MetadataExt::ino(&new.metadata().unwrap());
+    assert_ne!(
+        old_ino, new_ino,
+        "two inodes in the kernel, as after any reencrypt"
+    );
     old.write_all(b"A").unwrap();
     new.write_all(b"B").unwrap();
     old.write_all(b"C").unwrap();

@@ -313,12 +313,15 @@ impl Filesystem for Fuse {
         offset: u64,
         data: &[u8],
         write_flags: WriteFlags,
-        _flags: OpenFlags,
+        flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        match self.fs.write(fh.0, offset, data, self.req(r), kill) {
+        // O_APPEND as the file has it now, unless the write is writeback of cached pages.
+        let append =
+            flags.0 & libc::O_APPEND != 0 && !write_flags.contains(WriteFlags::FUSE_WRITE_CACHE);
+        match self.fs.write(fh.0, offset, data, self.req(r), kill, append) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(errno(e)),
         }

@@ -64,12 +64,10 @@ impl OpenFile {
 }
 
 enum Handle {
-    /// `direct`: the kernel was told to bypass its page cache for this handle. `append`: a
-    /// direct O_APPEND handle, whose writes go to the end of the file as the daemon knows it.
+    /// `direct`: the kernel was told to bypass its page cache for this handle.
     File {
         file: Arc<OpenFile>,
         direct: bool,
-        append: bool,
     },
     Dir {
         entries: Arc<[DirEntry]>,
@@ -329,17 +327,8 @@ impl KmsFs {
     fn file_handle(&self, f: Arc<OpenFile>, flags: i32, keep_cache: bool) -> Opened {
         let wants = pagecache::wants_direct(flags, self.direct_writes());
         let direct = lock(&f.modes).admit(wants);
-        // The kernel takes an O_APPEND write's offset from its inode's size. After a reencrypt
-        // the file has a new node, and writes through a handle on the old one leave the new
-        // inode's size behind until its attributes expire; the daemon's size is the file's.
-        // (A cached handle's offset also places the bytes in the page cache: left as it is.)
-        let append = direct && flags & libc::O_APPEND != 0;
         Opened {
-            fh: self.new_handle(Handle::File {
-                file: f,
-                direct,
-                append,
-            }),
+            fh: self.new_handle(Handle::File { file: f, direct }),
             keep_cache,
             direct,
         }
@@ -637,7 +626,7 @@ impl KmsFs {
                 }
             }
             if meta.len() == 0 {
-                return self.open_headerless(node, file, r);
+                return self.open_headerless(ino, node, file, r);
             }
             let content = self.load_content(file, self.label(ino), r)?;
             let mut files = lock(&self.files);
@@ -702,9 +691,17 @@ impl KmsFs {
     /// A regular file without even a header: its creation (or truncation to 0) was interrupted
     /// before the header was written, so it is an empty file. It gets a header now, under the
     /// `files` lock so that no other open writes a different one.
-    fn open_headerless(&self, ino: u64, file: File, r: Requester) -> FsResult<Arc<OpenFile>> {
+    /// `ino` is the kernel's node (its directory's key, its label), `node` the one its backing
+    /// file has now, under which the state is filed (see `open_file`).
+    fn open_headerless(
+        &self,
+        ino: u64,
+        node: u64,
+        file: File,
+        r: Requester,
+    ) -> FsResult<Arc<OpenFile>> {
         let mut files = lock(&self.files);
-        if let Some(f) = files.get(&ino).cloned() {
+        if let Some(f) = files.get(&node).cloned() {
             f.handles.fetch_add(1, Ordering::SeqCst);
             drop(files);
             if let Err(e) = self.check_content(&f, r) {
@@ -717,8 +714,8 @@ impl KmsFs {
         let label = self.label(ino);
         let content = self.fresh_content(&file, label.clone(), &key, r)?;
         log::warn!("{label}: had no header (its creation was interrupted): now an empty file");
-        let f = OpenFile::new(content, ino, 1);
-        files.insert(ino, f.clone());
+        let f = OpenFile::new(content, node, 1);
+        files.insert(node, f.clone());
         Ok(f)
     }
 
@@ -803,7 +800,7 @@ impl KmsFs {
 
     pub fn release(&self, fh: u64) {
         let h = lock(&self.handles).remove(&fh);
-        if let Some(Handle::File { file, direct, .. }) = h {
+        if let Some(Handle::File { file, direct }) = h {
             lock(&file.modes).leave(direct);
             self.unpin(&file);
         }
@@ -839,6 +836,7 @@ impl KmsFs {
 
     /// `kill_suidgid`: the kernel says the writer may not keep set-id bits (we handle that for
     /// it, see `fuse::init`).
+    /// `append`: the file has O_APPEND at this write, and it is not writeback of cached pages.
     pub fn write(
         &self,
         fh: u64,
@@ -846,9 +844,10 @@ impl KmsFs {
         data: &[u8],
         r: Requester,
         kill_suidgid: bool,
+        append: bool,
     ) -> FsResult<usize> {
-        let (f, append) = match lock(&self.handles).get(&fh) {
-            Some(Handle::File { file, append, .. }) => (file.clone(), *append),
+        let (f, direct) = match lock(&self.handles).get(&fh) {
+            Some(Handle::File { file, direct }) => (file.clone(), *direct),
             _ => return Err(Errno::EBADF),
         };
         self.check_content(&f, r)?;
@@ -856,7 +855,11 @@ impl KmsFs {
         if kill_suidgid {
             clear_set_id(c.file())?;
         }
-        let offset = if append { c.size()? } else { offset };
+        // The kernel takes an O_APPEND write's offset from its inode's size. After a reencrypt
+        // the file has a new node, and writes through a descriptor on the old one leave the new
+        // inode's size behind until its attributes expire; the daemon's size is the file's. (A
+        // cached handle's offset also places the bytes in the page cache: left as it is.)
+        let offset = if append && direct { c.size()? } else { offset };
         c.write(offset, data)
     }
 

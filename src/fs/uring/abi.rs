@@ -74,6 +74,8 @@ const FATTR_ATIME_NOW: u32 = 1 << 7;
 const FATTR_MTIME_NOW: u32 = 1 << 8;
 /// `FUSE_WRITE_KILL_SUIDGID` in `fuse_write_in.write_flags`.
 const WRITE_KILL_SUIDGID: u32 = 1 << 2;
+/// `FUSE_WRITE_CACHE`: the write carries page-cache contents (writeback), at their own offset.
+const WRITE_CACHE: u32 = 1 << 0;
 /// `FUSE_FSYNC_FDATASYNC`.
 const FSYNC_FDATASYNC: u32 = 1 << 0;
 
@@ -231,6 +233,9 @@ pub enum Op<'a> {
         offset: u64,
         data: &'a [u8],
         kill_suidgid: bool,
+        /// The file has O_APPEND at this write (`fuse_write_in.flags`), and it is not
+        /// writeback of cached pages.
+        append: bool,
     },
     Statfs,
     Release {
@@ -400,6 +405,8 @@ pub fn parse<'a>(opcode: u32, a: &[u8], p: &'a [u8]) -> FsResult<Op<'a>> {
                 offset: u64_at(a, 8)?,
                 data: p.get(..size).ok_or(Errno::EINVAL)?,
                 kill_suidgid: u32_at(a, 20)? & WRITE_KILL_SUIDGID != 0,
+                append: u32_at(a, 32)? & libc::O_APPEND as u32 != 0
+                    && u32_at(a, 20)? & WRITE_CACHE == 0,
             }
         }
         STATFS => Op::Statfs,
@@ -781,9 +788,22 @@ mod tests {
                 fh: 3,
                 offset: 8192,
                 data: b"data",
-                kill_suidgid: true
+                kill_suidgid: true,
+                append: false
             }
         );
+        // The file's flags at the write (offset 32): O_APPEND counts unless it is writeback.
+        w[32..36].copy_from_slice(&(libc::O_APPEND as u32 | libc::O_WRONLY as u32).to_le_bytes());
+        let appends = |w: &[u8]| match parse(op::WRITE, w, b"data") {
+            Ok(Op::Write { append, .. }) => append,
+            other => panic!("{other:?}"),
+        };
+        assert!(appends(&w));
+        w[20..24].copy_from_slice(&(WRITE_KILL_SUIDGID | WRITE_CACHE).to_le_bytes());
+        assert!(!appends(&w));
+        w[20..24].copy_from_slice(&0u32.to_le_bytes());
+        w[32..36].copy_from_slice(&(libc::O_WRONLY as u32).to_le_bytes());
+        assert!(!appends(&w));
         // setxattr: size, flags; name then value.
         let mut x = [0u8; OP_IN_SIZE];
         x[0..4].copy_from_slice(&3u32.to_le_bytes());

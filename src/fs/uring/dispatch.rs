@@ -98,8 +98,9 @@ pub fn serve(c: &Ctx, ino: u64, r: Requester, op: Op, out: &mut Out) -> FsResult
             offset,
             data,
             kill_suidgid,
+            append,
         } => {
-            let n = fs.write(fh, offset, data, r, kill_suidgid)?;
+            let n = fs.write(fh, offset, data, r, kill_suidgid, append)?;
             out.write_out(n as u32)
         }
         Op::Statfs => {
