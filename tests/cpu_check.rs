@@ -10,26 +10,11 @@ mod common;
 use common::{Env, feed};
 use std::process::{Command, Output};
 
-/// `cmd` (the kmsfs binary with its arguments and environment) on an emulated `cpu`.
-fn on_cpu(cpu: &str, cmd: &Command) -> Command {
-    let mut q = Command::new("qemu-x86_64");
-    q.args(["-cpu", cpu])
-        .arg(cmd.get_program())
-        .args(cmd.get_args())
-        .env_clear();
-    for (k, v) in cmd.get_envs() {
-        if let Some(v) = v {
-            q.env(k, v);
-        }
-    }
-    q
-}
-
 fn run_on(cpu: &str, e: &Env, args: &[&str], stdin: &[u8]) -> Output {
     if let Err(err) = Command::new("qemu-x86_64").arg("--version").output() {
         panic!("qemu-x86_64 (Debian package qemu-user) is needed: {err}");
     }
-    feed(on_cpu(cpu, &e.command(args)), stdin)
+    feed(e.command_via("qemu-x86_64", &["-cpu", cpu], args), stdin)
 }
 
 /// GCC's names for the features this build assumes among those a CPU model lacks (each with

@@ -792,8 +792,13 @@ impl KmsFs {
     }
 
     fn handle_file(&self, fh: u64) -> FsResult<Arc<OpenFile>> {
+        self.handle_file_mode(fh).map(|(file, _)| file)
+    }
+
+    /// The open file behind handle `fh`, and whether the handle bypasses the page cache.
+    fn handle_file_mode(&self, fh: u64) -> FsResult<(Arc<OpenFile>, bool)> {
         match lock(&self.handles).get(&fh) {
-            Some(Handle::File { file, .. }) => Ok(file.clone()),
+            Some(Handle::File { file, direct }) => Ok((file.clone(), *direct)),
             _ => Err(Errno::EBADF),
         }
     }
@@ -846,10 +851,7 @@ impl KmsFs {
         kill_suidgid: bool,
         append: bool,
     ) -> FsResult<usize> {
-        let (f, direct) = match lock(&self.handles).get(&fh) {
-            Some(Handle::File { file, direct }) => (file.clone(), *direct),
-            _ => return Err(Errno::EBADF),
-        };
+        let (f, direct) = self.handle_file_mode(fh)?;
         self.check_content(&f, r)?;
         let mut c = f.content.write().map_err(|_| Errno::EIO)?;
         if kill_suidgid {

@@ -55,25 +55,28 @@ impl Env {
         c
     }
 
-    /// The same command, run as another user (real uid and gid, no supplementary groups).
-    pub fn command_as(&self, uid: u32, gid: u32, args: &[&str]) -> Command {
+    /// The same command, run by `wrapper` with `wrapper_args` before the binary (with the same
+    /// environment).
+    pub fn command_via(&self, wrapper: &str, wrapper_args: &[&str], args: &[&str]) -> Command {
         let base = self.command(args);
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &gid.to_string(),
-            "--clear-groups",
-            BIN,
-        ])
-        .args(args)
-        .env_clear();
+        let mut c = Command::new(wrapper);
+        c.args(wrapper_args).arg(BIN).args(args).env_clear();
         for (k, v) in base.get_envs() {
             if let Some(v) = v {
                 c.env(k, v);
             }
         }
+        c
+    }
+
+    /// The same command, run as another user (real uid and gid, no supplementary groups).
+    pub fn command_as(&self, uid: u32, gid: u32, args: &[&str]) -> Command {
+        let (uid, gid) = (uid.to_string(), gid.to_string());
+        let mut c = self.command_via(
+            "setpriv",
+            &["--reuid", &uid, "--regid", &gid, "--clear-groups"],
+            args,
+        );
         c.env("HOME", "/");
         c
     }
