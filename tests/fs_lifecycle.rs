@@ -335,8 +335,6 @@ fn reencrypt_gives_a_file_a_fresh_data_key_online() {
     let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
     fs::write(m.p("secret"), &data).unwrap();
     set_xattr(&m.p("secret"), "user.note", b"hi").unwrap();
-    let c = std::ffi::CString::new(m.p("secret").as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new("user.note").unwrap();
     let id = |m: &Mounted| fs::read(&m.cipher_files()[0]).unwrap()[8..24].to_vec();
     let before = id(&m);
     let h = fs::File::open(m.p("secret")).unwrap();
@@ -347,9 +345,7 @@ fn reencrypt_gives_a_file_a_fresh_data_key_online() {
     h.read_exact_at(&mut buf, 0).unwrap();
     assert_eq!(buf, data, "open handles keep working");
     assert_eq!(fs::read(m.p("secret")).unwrap(), data);
-    let mut v = [0u8; 8];
-    let len = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), v.as_mut_ptr().cast(), v.len()) };
-    assert_eq!(&v[..len as usize], b"hi");
+    assert_eq!(get_xattr(&m.p("secret"), "user.note").unwrap(), b"hi");
     fs::hard_link(m.p("secret"), m.p("twin")).unwrap();
     let err = m
         .env
@@ -434,6 +430,80 @@ fn appends_through_the_old_and_the_new_inode_after_reencrypt_both_land() {
     old.write_all(b"C").unwrap();
     drop((old, new));
     assert_eq!(fs::read(&p).unwrap(), b"0123ABC");
+    m.unmount();
+}
+
+/// After a reencrypt and a fresh lookup of the name, the kernel still sends what a descriptor
+/// opened before does by the old node: its stat, xattrs, truncate and chmod reach the file, and
+/// a key disable stops its cached pages.
+#[test]
+fn a_descriptor_from_before_a_reencrypt_keeps_working_after_a_fresh_lookup() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let m = Mounted::new();
+    let p = m.p("f");
+    fs::write(&p, b"0123456789").unwrap();
+    // The reader first: a file's descriptors all use the page cache, or none does (the first
+    // open decides), and this test needs cached pages.
+    let reader = fs::File::open(&p).unwrap();
+    let old = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&p)
+        .unwrap();
+    let mut buf = [0u8; 10];
+    reader.read_exact_at(&mut buf, 0).unwrap();
+    let old_ino = old.metadata().unwrap().ino();
+    m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
+    // Past the entry's and the attributes' time to live (1 s): the name is looked up afresh,
+    // and the old node's attributes are asked for again.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert_ne!(fs::metadata(&p).unwrap().ino(), old_ino, "a new node");
+    let by_fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", old.as_raw_fd()));
+    let st = old.metadata().expect("fstat through the old node");
+    assert_eq!((st.len(), st.ino()), (10, old_ino));
+    set_xattr(&by_fd, "user.colour", b"blue").expect("setxattr through the old node");
+    assert_eq!(get_xattr(&by_fd, "user.colour").unwrap(), b"blue");
+    assert_eq!(get_xattr(&p, "user.colour").unwrap(), b"blue");
+    old.set_len(4).expect("ftruncate through the old node");
+    old.set_permissions(fs::Permissions::from_mode(0o600))
+        .expect("fchmod through the old node");
+    let st = old.metadata().unwrap();
+    assert_eq!((st.len(), st.mode() & 0o777), (4, 0o600));
+    // The new node's attributes are the kernel's for up to their time to live.
+    std::thread::sleep(Duration::from_millis(1100));
+    let st = fs::metadata(&p).unwrap();
+    assert_eq!((st.len(), st.mode() & 0o777), (4, 0o600));
+    assert_eq!(fs::read(&p).unwrap(), b"0123");
+    // Twice more (on ext4 the numbers alternate: the old node's number comes back as this
+    // file), with a fresh lookup between: the old node still follows.
+    m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
+    fs::metadata(&p).unwrap();
+    m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        old.metadata().expect("fstat after three reencrypts").len(),
+        4
+    );
+    assert_eq!(get_xattr(&by_fd, "user.colour").unwrap(), b"blue");
+    old.write_all_at(b"45", 4).unwrap();
+    assert_eq!(fs::read(&p).unwrap(), b"012345");
+
+    // A key store change first (the kernel's pages of closed files are marked dropped), then
+    // the disable: the old node's cached pages must go too.
+    reader.read_exact_at(&mut buf[..4], 0).unwrap();
+    m.env.create_key(&["--alias", "unrelated"]);
+    std::thread::sleep(PROPAGATION);
+    reader.read_exact_at(&mut buf[..4], 0).unwrap();
+    m.env.ok(&["key", "disable", "alias/fs"]);
+    std::thread::sleep(PROPAGATION);
+    assert_eq!(
+        errno(reader.read_exact_at(&mut buf[..4], 0)),
+        Some(libc::EACCES),
+        "the old node's page cache outlived a disable"
+    );
+    m.env.ok(&["key", "enable", "alias/fs"]);
+    drop((old, reader));
     m.unmount();
 }
 

@@ -293,19 +293,7 @@ fn fifos_xattrs_statfs_fallocate_fsync() {
                 libc::setxattr(cp.as_ptr(), cn.as_ptr(), v.as_ptr().cast(), v.len(), flags)
             })
         };
-        let get = |n: &str| -> Result<Vec<u8>, i32> {
-            let cn = CString::new(n).unwrap();
-            let mut buf = vec![0u8; 256];
-            let r = unsafe {
-                libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-            };
-            if r < 0 {
-                Err(std::io::Error::last_os_error().raw_os_error().unwrap())
-            } else {
-                buf.truncate(r as usize);
-                Ok(buf)
-            }
-        };
+        let get = |n: &str| get_xattr(&target, n).map_err(|e| e.raw_os_error().unwrap());
         assert_eq!(set("user.color", b"blue", 0), 0);
         assert_eq!(get("user.color").unwrap(), b"blue");
         assert_eq!(set("user.color", b"red", libc::XATTR_CREATE), libc::EEXIST);
@@ -830,18 +818,8 @@ fn xattrs_survive_truncation_to_zero() {
     let m = Mounted::new();
     let p = m.p("x");
     fs::write(&p, b"content").unwrap();
-    let cp = c(&p);
-    let cn = CString::new("user.tag").unwrap();
-    assert_eq!(
-        errno_of(unsafe {
-            libc::setxattr(cp.as_ptr(), cn.as_ptr(), b"kept".as_ptr().cast(), 4, 0)
-        }),
-        0
-    );
+    set_xattr(&p, "user.tag", b"kept").unwrap();
     fs::write(&p, b"").unwrap();
     fs::write(&p, b"new content").unwrap();
-    let mut buf = [0u8; 16];
-    let n = unsafe { libc::getxattr(cp.as_ptr(), cn.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert_eq!(n, 4, "{}", std::io::Error::last_os_error());
-    assert_eq!(&buf[..4], b"kept");
+    assert_eq!(get_xattr(&p, "user.tag").unwrap(), b"kept");
 }

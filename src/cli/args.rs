@@ -205,6 +205,7 @@ pub struct ReencryptArgs {
     /// Files in a kmsfs mount (directories: every file below them)
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// No progress display
     #[arg(long, short = 'q')]
     pub quiet: bool,
 }

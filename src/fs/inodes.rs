@@ -37,6 +37,11 @@ pub struct Node {
     pub may_cache: bool,
     /// Boxed: most nodes never have one, and a listing makes a node per entry.
     pub cache_stamp: Option<Box<Recorded>>,
+    /// Set when a reencrypt renamed a new backing file over this node's name: the node that has
+    /// the file now. The kernel keeps this node for descriptors opened before, so what it sends
+    /// for them follows the file. Never a node that follows another (`Inodes::followers`); each
+    /// follower holds one lookup of it.
+    pub successor: Option<u64>,
 }
 
 /// A node's links: held inline for the usual single name, so a node costs no allocation.
@@ -54,6 +59,7 @@ impl Node {
             dir_fd: None,
             may_cache: false,
             cache_stamp: None,
+            successor: None,
         }
     }
 }
@@ -117,6 +123,8 @@ pub struct Inodes {
     root_backing_ino: u64,
     nodes: Map<u64, Node>,
     by_name: Map<NameKey, u64>,
+    /// The nodes that follow each node (see `Node::successor`).
+    followers: Map<u64, SmallVec<[u64; 1]>>,
     dir_fds: usize,
 }
 
@@ -129,6 +137,7 @@ impl Inodes {
             root_backing_ino,
             nodes,
             by_name: Map::default(),
+            followers: Map::default(),
             dir_fds: 0,
         }
     }
@@ -155,7 +164,7 @@ impl Inodes {
     /// Backing names from the root down to a node, through first links (empty for the root).
     pub fn components(&self, ino: u64) -> Option<Vec<OsString>> {
         let mut parts = Vec::new();
-        let mut cur = ino;
+        let mut cur = self.resolve(ino);
         while cur != ROOT {
             let (parent, name) = self.nodes.get(&cur)?.links.first()?;
             parts.push(name.to_os_string());
@@ -258,30 +267,141 @@ impl Inodes {
         if let Some(old) = old.filter(|&o| o != ino) {
             self.drop_node_link(old, parent, name);
         }
+        self.revive(ino, Some((parent, name)));
         let node = self.nodes.entry(ino).or_insert_with(|| Node::new(0));
-        if node.gone {
-            node.generation += 1;
-            // Names it had that the index still gives it (removed behind our back) go too.
-            let stale = node
-                .links
-                .iter()
-                .filter(|(p, m)| !(*p == parent && **m == *name));
-            unindex(&mut self.by_name, ino, stale);
-            node.links.clear();
-            node.dir_keys = None;
-            node.may_cache = false;
-            node.cache_stamp = None;
-            if node.dir_fd.take().is_some() {
-                self.dir_fds -= 1;
-            }
-            node.gone = false;
-        }
         node.nlookup += 1;
         node.one_link = backing.one_link;
         if !node.links.iter().any(|(p, m)| *p == parent && **m == *name) {
             node.links.insert(0, (parent, name_rc));
         }
         (ino, node.generation)
+    }
+
+    /// A node whose backing inode went is another inode once its number comes back: a new
+    /// generation, and nothing kept of the old one but the link `keep` it comes back under.
+    fn revive(&mut self, ino: u64, keep: Option<(u64, &OsStr)>) {
+        let Some(node) = self.nodes.get_mut(&ino).filter(|n| n.gone) else {
+            return;
+        };
+        node.generation += 1;
+        // Names it had that the index still gives it (removed behind our back) go too.
+        let stale = node
+            .links
+            .iter()
+            .filter(|(p, m)| keep.is_none_or(|(kp, kn)| !(*p == kp && **m == *kn)));
+        unindex(&mut self.by_name, ino, stale);
+        node.links.clear();
+        node.dir_keys = None;
+        node.may_cache = false;
+        node.cache_stamp = None;
+        if node.dir_fd.take().is_some() {
+            self.dir_fds -= 1;
+        }
+        node.gone = false;
+        let followed = node.successor.take();
+        // Nodes that followed the file that had this number: it is gone, they name nothing.
+        if let Some(fs) = self.followers.remove(&ino) {
+            if let Some(node) = self.nodes.get_mut(&ino) {
+                node.nlookup = node.nlookup.saturating_sub(fs.len() as u64);
+            }
+            for f in fs {
+                if let Some(n) = self.nodes.get_mut(&f) {
+                    n.successor = None;
+                }
+            }
+        }
+        if let Some(t) = followed {
+            self.unfollow(ino, t);
+            self.forget(t, 1);
+        }
+    }
+
+    /// Takes `f` off `target`'s followers (the lookup it held is the caller's to release).
+    fn unfollow(&mut self, f: u64, target: u64) {
+        if let Some(fs) = self.followers.get_mut(&target) {
+            fs.retain(|x| *x != f);
+            if fs.is_empty() {
+                self.followers.remove(&target);
+            }
+        }
+    }
+
+    /// Reencrypt renamed backing inode `new` over the name of node `old`, whose backing inode is
+    /// gone now. `old`'s names move to `new`, and `old` (with the nodes that followed it)
+    /// follows `new` (see `resolve`) for as long as the kernel keeps it. A number that comes
+    /// back as another file is another inode (`revive`); one that comes back as this file
+    /// (ext4 hands freed numbers out again: reencrypts alternate between two) is this file's
+    /// again, with the generation the kernel knows it by.
+    pub fn supersede(&mut self, old: u64, new: u64) {
+        if old == new || old == ROOT || new == ROOT || !self.nodes.contains_key(&old) {
+            return;
+        }
+        // Lookups released at the end, when nothing removed can be needed any more.
+        let mut release: SmallVec<[u64; 2]> = SmallVec::new();
+        let returning = self.nodes.get(&new).and_then(|n| n.successor) == Some(old);
+        if returning {
+            self.unfollow(new, old);
+            release.push(old);
+            if let Some(n) = self.nodes.get_mut(&new) {
+                n.successor = None;
+                n.gone = false;
+            }
+        } else {
+            self.revive(new, None);
+        }
+        let Some(o) = self.nodes.get_mut(&old) else {
+            return;
+        };
+        let links = std::mem::take(&mut o.links);
+        let one_link = o.one_link;
+        // Unlinked through the mount since the rename: that took the new file's name.
+        let unlinked = std::mem::replace(&mut o.gone, true);
+        if let Some(t) = o.successor.take() {
+            // Not expected (reencrypt works on the node that has the file), but kept consistent.
+            self.unfollow(old, t);
+            release.push(t);
+        }
+        let mut movers = self.followers.remove(&old).unwrap_or_default();
+        release.extend(std::iter::repeat_n(old, movers.len()));
+        movers.push(old);
+        for f in &movers {
+            if let Some(n) = self.nodes.get_mut(f) {
+                n.successor = Some(new);
+            }
+        }
+        let n = self.nodes.entry(new).or_insert_with(|| Node::new(0));
+        n.nlookup += movers.len() as u64;
+        n.one_link = one_link;
+        n.gone |= unlinked;
+        for (parent, name) in links {
+            // A lookup since the rename may have moved the name already.
+            if !n.links.iter().any(|(p, m)| *p == parent && *m == name) {
+                n.links.insert(0, (parent, name.clone()));
+            }
+            if let Some(i) = self.by_name.get_mut(&NameRef(parent, &name)) {
+                if *i == old {
+                    *i = new;
+                }
+            }
+        }
+        self.followers.entry(new).or_default().extend(movers);
+        for t in release {
+            self.forget(t, 1);
+        }
+    }
+
+    /// The node that has `ino`'s file now: `ino` itself, or the node the reencrypts since it
+    /// was found led to.
+    pub fn resolve(&self, ino: u64) -> u64 {
+        self.nodes
+            .get(&ino)
+            .and_then(|n| n.successor)
+            .unwrap_or(ino)
+    }
+
+    /// Nodes that follow another (see `supersede`): the kernel may hold pages under them.
+    pub fn superseded(&self) -> Vec<u64> {
+        self.followers.values().flatten().copied().collect()
     }
 
     fn drop_link(&mut self, ino: u64, parent: u64, name: &OsStr) {
@@ -326,6 +446,7 @@ impl Inodes {
 
     /// Node `ino` gained a name (a link made through the mount): it has more than one now.
     pub fn linked(&mut self, ino: u64) {
+        let ino = self.resolve(ino);
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.one_link = false;
         }
@@ -420,7 +541,7 @@ impl Inodes {
             .collect()
     }
 
-    /// The kernel dropped `n` references.
+    /// The kernel dropped `n` references (or a follower its one).
     pub fn forget(&mut self, ino: u64, n: u64) {
         if ino == ROOT {
             return;
@@ -429,13 +550,20 @@ impl Inodes {
             return;
         };
         node.nlookup = node.nlookup.saturating_sub(n);
-        if node.nlookup == 0 {
-            if let Some(node) = self.nodes.remove(&ino) {
-                if node.dir_fd.is_some() {
-                    self.dir_fds -= 1;
-                }
-                unindex(&mut self.by_name, ino, &node.links);
-            }
+        if node.nlookup > 0 {
+            return;
+        }
+        let Some(node) = self.nodes.remove(&ino) else {
+            return;
+        };
+        if node.dir_fd.is_some() {
+            self.dir_fds -= 1;
+        }
+        unindex(&mut self.by_name, ino, &node.links);
+        if let Some(t) = node.successor {
+            self.unfollow(ino, t);
+            // A node followed is never a follower: this goes one level deep.
+            self.forget(t, 1);
         }
     }
 
@@ -573,6 +701,102 @@ mod tests {
         t.unlink(ROOT, OsStr::new("f"), true);
         t.link(ROOT, OsStr::new("h"), Backing::file(12));
         assert!(!t.restamp(f, stamp(&b), true, later(2000)));
+    }
+
+    /// After a reencrypt the kernel's old node follows the file to its new inode (for
+    /// descriptors opened before) until the kernel forgets it; the node it follows lives as
+    /// long as it is followed; a reused number is another file, unless it comes back as this
+    /// one.
+    #[test]
+    fn a_superseded_node_follows_its_file_until_forgotten() {
+        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+        let (d, _) = t.link(ROOT, OsStr::new("d"), Backing::file(11));
+        let (old, _) = t.link(d, OsStr::new("f"), Backing::file(20));
+        t.supersede(old, 21);
+        assert_eq!(t.resolve(old), 21);
+        assert_eq!(t.find(d, OsStr::new("f")), Some(21), "the name moved");
+        assert_eq!(t.path(old).unwrap(), PathBuf::from("/c/d/f"));
+        assert_eq!(t.superseded(), vec![old]);
+        // The kernel looks the name up afresh, then forgets the new node before the old one.
+        let (new, _) = t.link(d, OsStr::new("f"), Backing::file(21));
+        assert_eq!((new, t.get(new).unwrap().links.len()), (21, 1));
+        t.forget(new, 1);
+        t.rename((d, OsStr::new("f")), (ROOT, OsStr::new("g")));
+        assert_eq!(
+            t.path(old).unwrap(),
+            PathBuf::from("/c/g"),
+            "kept for the old node"
+        );
+        // Twice more: the old node follows the newest; the ones between, which the kernel
+        // forgot, went with the last reference to them.
+        t.supersede(21, 22);
+        t.supersede(22, 23);
+        assert_eq!(t.resolve(old), 23);
+        assert!(t.get(21).is_none() && t.get(22).is_none());
+        assert_eq!(t.find(ROOT, OsStr::new("g")), Some(23));
+        assert_eq!(t.superseded(), vec![old]);
+        let (last, _) = t.link(ROOT, OsStr::new("g"), Backing::file(23));
+        assert_eq!(
+            t.get(last).unwrap().nlookup,
+            2,
+            "the follower's and the lookup"
+        );
+        // Forgetting the old node releases what it held.
+        t.forget(old, 1);
+        assert!(t.get(old).is_none());
+        assert_eq!(t.get(last).unwrap().nlookup, 1);
+        assert!(t.superseded().is_empty());
+        assert_eq!(t.path(last).unwrap(), PathBuf::from("/c/g"));
+    }
+
+    /// ext4 hands a freed inode number out again: reencrypts alternate between two numbers, and
+    /// the node of each comes back as the same file, generation unchanged.
+    #[test]
+    fn a_number_that_comes_back_as_the_same_file_keeps_its_node() {
+        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+        let (a, g) = t.link(ROOT, OsStr::new("f"), Backing::file(20));
+        for round in 0..6 {
+            let (from, to) = if round % 2 == 0 { (20, 21) } else { (21, 20) };
+            t.supersede(from, to);
+            assert_eq!(t.resolve(a), to, "round {round}");
+            assert_eq!(t.resolve(21), to, "round {round}");
+            assert_eq!(t.find(ROOT, OsStr::new("f")), Some(to));
+            assert_eq!(t.link(ROOT, OsStr::new("f"), Backing::file(to)), (to, g));
+            assert!(t.get(to).unwrap().successor.is_none());
+        }
+        assert_eq!(t.superseded(), vec![21]);
+        // The kernel forgets both: nothing is left behind.
+        let (na, nb) = (t.get(20).unwrap().nlookup, t.get(21).unwrap().nlookup);
+        t.forget(21, nb);
+        t.forget(20, na - 1);
+        assert_eq!(t.len(), 1, "only the root");
+        assert!(t.superseded().is_empty());
+    }
+
+    /// A number reused by another file: what followed the file that had it follows nothing.
+    #[test]
+    fn a_number_reused_by_another_file_ends_what_followed_it() {
+        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+        let (a, g) = t.link(ROOT, OsStr::new("a"), Backing::file(30));
+        t.supersede(a, 31);
+        let (again, g1) = t.link(ROOT, OsStr::new("other"), Backing::file(30));
+        assert_eq!(
+            (again, g1),
+            (a, g + 1),
+            "the old node's number: another file"
+        );
+        assert_eq!(t.resolve(a), a);
+        assert_eq!(t.path(a).unwrap(), PathBuf::from("/c/other"));
+        assert!(t.get(31).is_none(), "released by the node that followed it");
+        // The followed file unlinked, and its number reused while the old node still follows.
+        let (b, _) = t.link(ROOT, OsStr::new("b"), Backing::file(40));
+        t.supersede(b, 41);
+        t.unlink(ROOT, OsStr::new("b"), true);
+        t.link(ROOT, OsStr::new("c"), Backing::file(41));
+        assert_eq!(t.resolve(b), b);
+        assert!(t.components(b).is_none(), "names nothing");
+        assert!(t.superseded().is_empty());
+        assert_eq!(t.get(41).unwrap().nlookup, 1);
     }
 
     /// Lookups by borrowed name rely on it hashing as the stored key does.

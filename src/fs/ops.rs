@@ -405,10 +405,13 @@ impl KmsFs {
                 name: Arc::from(OsStr::new(".")),
             });
         }
-        let (parent, name) = lock(&self.inodes)
-            .get(ino)
-            .and_then(|n| n.links.first().cloned())
-            .ok_or(Errno::ENOENT)?;
+        let (parent, name) = {
+            let inodes = lock(&self.inodes);
+            inodes
+                .get(inodes.resolve(ino))
+                .and_then(|n| n.links.first().cloned())
+                .ok_or(Errno::ENOENT)?
+        };
         Ok(At {
             dir: self.dir_fd(parent)?,
             name,
@@ -453,9 +456,12 @@ impl KmsFs {
     /// The CMK for a new data key of file `ino`: its directory's, else `current` (the one it
     /// has), else the volume's.
     fn key_for_file(&self, ino: u64, current: Option<String>, r: Requester) -> FsResult<String> {
-        let parent = lock(&self.inodes)
-            .get(ino)
-            .and_then(|n| n.links.first().map(|l| l.0));
+        let parent = {
+            let inodes = lock(&self.inodes);
+            inodes
+                .get(inodes.resolve(ino))
+                .and_then(|n| n.links.first().map(|l| l.0))
+        };
         match (parent, current) {
             (Some(p), _) => self.key_for_new(p, r),
             (None, Some(k)) => Ok(k),
@@ -509,8 +515,15 @@ impl KmsFs {
         lock(&self.inodes).forget(ino, n);
     }
 
+    /// The open state of the file kernel node `ino` names, if it is open. By the node that has
+    /// the file now: a reencrypt files the state under its new inode's node.
+    fn open_state(&self, ino: u64) -> Option<Arc<OpenFile>> {
+        let live = lock(&self.inodes).resolve(ino);
+        lock(&self.files).get(&live).cloned()
+    }
+
     pub fn getattr(&self, ino: u64) -> FsResult<FileAttr> {
-        let open = lock(&self.files).get(&ino).cloned();
+        let open = self.open_state(ino);
         if let Some(f) = open {
             let c = f.content.read().map_err(|_| Errno::EIO)?;
             return Ok(to_attr(ino, &nix::sys::stat::fstat(c.file())?));
@@ -614,19 +627,23 @@ impl KmsFs {
         // rename finds it unlinked and starts again. Two states for one file would each have
         // their own view of its content, and writes through them would overwrite each other.
         for _ in 0..3 {
-            if let Some(f) = self.pinned(ino, r)? {
+            let live = lock(&self.inodes).resolve(ino);
+            if let Some(f) = self.pinned(live, r)? {
                 return Ok(f);
             }
             let file = Self::open_backing(&self.at(ino)?)?;
             let meta = file.metadata()?;
             let node = lock(&self.inodes).node_id(meta.ino());
-            if node != ino {
+            if node != live {
                 if let Some(f) = self.pinned(node, r)? {
                     return Ok(f);
                 }
             }
             if meta.len() == 0 {
-                return self.open_headerless(ino, node, file, r);
+                match self.open_headerless(ino, node, file, r)? {
+                    Some(f) => return Ok(f),
+                    None => continue,
+                }
             }
             let content = self.load_content(file, self.label(ino), r)?;
             let mut files = lock(&self.files);
@@ -692,14 +709,15 @@ impl KmsFs {
     /// before the header was written, so it is an empty file. It gets a header now, under the
     /// `files` lock so that no other open writes a different one.
     /// `ino` is the kernel's node (its directory's key, its label), `node` the one its backing
-    /// file has now, under which the state is filed (see `open_file`).
+    /// file has now, under which the state is filed (see `open_file`). None if the file is no
+    /// longer empty, or no longer linked, now that the lock is held.
     fn open_headerless(
         &self,
         ino: u64,
         node: u64,
         file: File,
         r: Requester,
-    ) -> FsResult<Arc<OpenFile>> {
+    ) -> FsResult<Option<Arc<OpenFile>>> {
         let mut files = lock(&self.files);
         if let Some(f) = files.get(&node).cloned() {
             f.handles.fetch_add(1, Ordering::SeqCst);
@@ -708,7 +726,13 @@ impl KmsFs {
                 self.unpin(&f);
                 return Err(e);
             }
-            return Ok(f);
+            return Ok(Some(f));
+        }
+        // Seen empty before the lock: another open may have given it a header (and data) since,
+        // or a reencrypt replaced it. Either way, look again.
+        let now = file.metadata()?;
+        if now.nlink() == 0 || now.len() != 0 {
+            return Ok(None);
         }
         let key = self.key_for_file(ino, None, r)?;
         let label = self.label(ino);
@@ -716,7 +740,7 @@ impl KmsFs {
         log::warn!("{label}: had no header (its creation was interrupted): now an empty file");
         let f = OpenFile::new(content, node, 1);
         files.insert(node, f.clone());
-        Ok(f)
+        Ok(Some(f))
     }
 
     /// One user of an open file is done; the last one drops its state (and so its keys).
@@ -731,13 +755,14 @@ impl KmsFs {
     }
 
     /// Files an open state under the node id of the inode it now has (after reencrypt), in the
-    /// `files` map the caller holds locked.
-    fn refile(files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>, new_ino: u64) {
+    /// `files` map the caller holds locked. Returns the node it was filed under.
+    fn refile(files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>, new_ino: u64) -> u64 {
         let old = f.ino.swap(new_ino, Ordering::SeqCst);
         if files.get(&old).is_some_and(|g| Arc::ptr_eq(g, f)) {
             files.remove(&old);
         }
         files.insert(new_ino, f.clone());
+        old
     }
 
     fn new_handle(&self, h: Handle) -> u64 {
@@ -928,7 +953,7 @@ impl KmsFs {
         r: Requester,
     ) -> FsResult<FileAttr> {
         // An open file that lost its last name (unlinked) is changed through its descriptor.
-        let open = lock(&self.files).get(&ino).cloned();
+        let open = self.open_state(ino);
         let a = match (self.at(ino), &open) {
             (Ok(a), _) => Some(a),
             (Err(_), Some(_)) => None,
@@ -1080,7 +1105,11 @@ impl KmsFs {
         // reaches the daemon and is checked against the reader's rights again; and those of
         // closed files, which the next open would otherwise keep.
         affected.extend(lock(&self.files).keys());
-        affected.extend(lock(&self.inodes).clear_stamps());
+        let mut inodes = lock(&self.inodes);
+        affected.extend(inodes.clear_stamps());
+        // The nodes a reencrypt left behind: descriptors opened before read through them.
+        affected.extend(inodes.superseded());
+        drop(inodes);
         let dirs = lock(&self.inodes).cached_dir_keys();
         for (ino, d) in dirs {
             let Some(key) = d.key.as_deref() else {

@@ -484,13 +484,22 @@ pub fn spawn_serve(mut c: Command) -> (std::process::Child, String) {
 
 /// The `<key id>:<version>` a mounted path's header names (`user.kmsfs.key`).
 pub fn key_of(p: &Path) -> String {
+    let v = get_xattr(p, "user.kmsfs.key").unwrap_or_else(|e| panic!("getxattr: {e}"));
+    String::from_utf8(v).unwrap()
+}
+
+/// getxattr(2) of `name` on `p` (values up to 4 KiB).
+pub fn get_xattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
     let c = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
-    let n = std::ffi::CString::new("user.kmsfs.key").unwrap();
-    let mut buf = vec![0u8; 128];
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid C strings and a buffer of buf.len() bytes.
     let len = unsafe { libc::getxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    assert!(len > 0, "getxattr: {}", std::io::Error::last_os_error());
+    if len < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
     buf.truncate(len as usize);
-    String::from_utf8(buf).unwrap()
+    Ok(buf)
 }
 
 /// setxattr(2) of `name` on `p`.

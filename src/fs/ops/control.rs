@@ -521,7 +521,9 @@ impl KmsFs {
                 // between makes a second state for it (its opens wait for `c` meanwhile).
                 let mut files = lock(&self.files);
                 nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, &*a.name)?;
-                Self::refile(&mut files, &f, new_ino);
+                let old = Self::refile(&mut files, &f, new_ino);
+                // The kernel keeps the old node for descriptors opened before: it follows.
+                lock(&self.inodes).supersede(old, new_ino);
                 Ok::<_, Errno>(fresh)
             })();
             match made {

@@ -73,7 +73,7 @@ impl KmsFs {
         st: &FileStat,
         r: Requester,
     ) -> FsResult<(crate::cryptocore::SecretKey, [u8; 16])> {
-        let open = lock(&self.files).get(&ino).cloned();
+        let open = self.open_state(ino);
         if let Some(of) = open {
             self.check_content(&of, r)?;
             let c = of.content.read().map_err(|_| Errno::EIO)?;
@@ -110,7 +110,7 @@ impl KmsFs {
             return self.control_set(ino, name, value, r);
         }
         Self::check_xattr_name(name)?;
-        let open = lock(&self.files).get(&ino).cloned();
+        let open = self.open_state(ino);
         if let Some(of) = open {
             // Sealed and stored under the file's lock: a concurrent re-key cannot slip between.
             self.check_content(&of, r)?;
