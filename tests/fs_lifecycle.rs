@@ -460,8 +460,10 @@ fn a_descriptor_from_before_a_reencrypt_keeps_working_after_a_fresh_lookup() {
     std::thread::sleep(Duration::from_millis(1300));
     assert_ne!(fs::metadata(&p).unwrap().ino(), old_ino, "a new node");
     let by_fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", old.as_raw_fd()));
-    let st = old.metadata().expect("fstat through the old node");
-    assert_eq!((st.len(), st.ino()), (10, old_ino));
+    assert_eq!(
+        old.metadata().expect("fstat through the old node").len(),
+        10
+    );
     set_xattr(&by_fd, "user.colour", b"blue").expect("setxattr through the old node");
     assert_eq!(get_xattr(&by_fd, "user.colour").unwrap(), b"blue");
     assert_eq!(get_xattr(&p, "user.colour").unwrap(), b"blue");
@@ -478,6 +480,7 @@ fn a_descriptor_from_before_a_reencrypt_keeps_working_after_a_fresh_lookup() {
     // Twice more (on ext4 the numbers alternate: the old node's number comes back as this
     // file), with a fresh lookup between: the old node still follows.
     m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
+    std::thread::sleep(Duration::from_millis(1100));
     fs::metadata(&p).unwrap();
     m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(1100));
@@ -504,6 +507,48 @@ fn a_descriptor_from_before_a_reencrypt_keeps_working_after_a_fresh_lookup() {
     );
     m.env.ok(&["key", "enable", "alias/fs"]);
     drop((old, reader));
+    m.unmount();
+}
+
+/// The inode number a reencrypt frees is not handed to another file while the kernel may still
+/// send requests for it: on ext4 the next file re-encrypted would get it, and a descriptor of
+/// the first file would then reach the second.
+#[test]
+fn a_reencrypt_does_not_free_its_inode_number_for_another_file_meanwhile() {
+    use std::os::unix::fs::MetadataExt;
+    let m = Mounted::new();
+    let (p, q) = (m.p("p"), m.p("q"));
+    fs::write(&p, b"pppppppppp").unwrap();
+    fs::write(&q, b"qqq").unwrap();
+    let held = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    let (p_ino, q_ino) = (
+        fs::metadata(&p).unwrap().ino(),
+        fs::metadata(&q).unwrap().ino(),
+    );
+    m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
+    m.env.ok(&["reencrypt", "-q", q.to_str().unwrap()]);
+    // Past the time to live of the names and of the descriptor's attributes.
+    std::thread::sleep(Duration::from_millis(1100));
+    let (p_now, q_now) = (
+        fs::metadata(&p).unwrap().ino(),
+        fs::metadata(&q).unwrap().ino(),
+    );
+    assert!(
+        p_now != p_ino && q_now != q_ino && q_now != p_ino,
+        "{p_ino} {q_ino} -> {p_now} {q_now}"
+    );
+    let held_files = m.status()["Caches"]["ReencryptedFilesHeld"].as_u64();
+    assert!(held_files >= Some(1), "{held_files:?}");
+    assert_eq!(
+        held.metadata().unwrap().len(),
+        10,
+        "p's size, through p's old node"
+    );
+    held.set_len(4).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(fs::read(&p).unwrap(), b"pppp");
+    assert_eq!(fs::read(&q).unwrap(), b"qqq", "q untouched");
+    drop(held);
     m.unmount();
 }
 

@@ -42,6 +42,9 @@ pub struct Node {
     /// for them follows the file. Never a node that follows another (`Inodes::followers`); each
     /// follower holds one lookup of it.
     pub successor: Option<u64>,
+    /// A follower's old backing file, held open so that the backing filesystem does not hand
+    /// its inode number to another file while the kernel may still send requests for it.
+    pub pin: Option<OwnedFd>,
 }
 
 /// A node's links: held inline for the usual single name, so a node costs no allocation.
@@ -60,12 +63,14 @@ impl Node {
             may_cache: false,
             cache_stamp: None,
             successor: None,
+            pin: None,
         }
     }
 }
 
-/// Directory descriptors kept at most (each pins one open file): 4096, or a quarter of the
-/// process's descriptor limit if that is lower, so open files always have room.
+/// Directory descriptors kept at most (each takes one open file), and as many old backing
+/// files held for reencrypted nodes: 4096, or a quarter of the process's descriptor limit if
+/// that is lower, so open files always have room.
 pub const DIR_FDS_MAX: usize = 4096;
 
 fn dir_fds_max() -> usize {
@@ -126,6 +131,7 @@ pub struct Inodes {
     /// The nodes that follow each node (see `Node::successor`).
     followers: Map<u64, SmallVec<[u64; 1]>>,
     dir_fds: usize,
+    pins: usize,
 }
 
 impl Inodes {
@@ -139,6 +145,7 @@ impl Inodes {
             by_name: Map::default(),
             followers: Map::default(),
             dir_fds: 0,
+            pins: 0,
         }
     }
 
@@ -220,6 +227,11 @@ impl Inodes {
         self.dir_fds
     }
 
+    /// Old backing files held for the nodes reencrypt left behind (see `supersede`).
+    pub fn pins_held(&self) -> usize {
+        self.pins
+    }
+
     /// Backing path of a node (for messages: operations go through directory descriptors).
     pub fn path(&self, ino: u64) -> Option<PathBuf> {
         let mut p = self.root.clone();
@@ -298,6 +310,9 @@ impl Inodes {
             self.dir_fds -= 1;
         }
         node.gone = false;
+        if node.pin.take().is_some() {
+            self.pins -= 1;
+        }
         let followed = node.successor.take();
         // Nodes that followed the file that had this number: it is gone, they name nothing.
         if let Some(fs) = self.followers.remove(&ino) {
@@ -327,12 +342,15 @@ impl Inodes {
     }
 
     /// Reencrypt renamed backing inode `new` over the name of node `old`, whose backing inode is
-    /// gone now. `old`'s names move to `new`, and `old` (with the nodes that followed it)
-    /// follows `new` (see `resolve`) for as long as the kernel keeps it. A number that comes
-    /// back as another file is another inode (`revive`); one that comes back as this file
-    /// (ext4 hands freed numbers out again: reencrypts alternate between two) is this file's
-    /// again, with the generation the kernel knows it by.
-    pub fn supersede(&mut self, old: u64, new: u64) {
+    /// unlinked now. `old`'s names move to `new`, and `old` (with the nodes that followed it)
+    /// follows `new` (see `resolve`) for as long as the kernel keeps it, holding `pin` (the old
+    /// backing file) if there is room, so that its number is not reused meanwhile. The caller
+    /// holds the table locked from before the rename, so no lookup or unlink came between:
+    /// any node `new` already has is stale (its file went behind the mount's back, its number
+    /// reused), unless it follows `old` (unpinned, its number came back as this file: ext4
+    /// hands freed numbers out again), in which case it is this file's again, with the
+    /// generation the kernel knows it by.
+    pub fn supersede(&mut self, old: u64, new: u64, pin: Option<OwnedFd>) {
         if old == new || old == ROOT || new == ROOT || !self.nodes.contains_key(&old) {
             return;
         }
@@ -345,8 +363,14 @@ impl Inodes {
             if let Some(n) = self.nodes.get_mut(&new) {
                 n.successor = None;
                 n.gone = false;
+                if n.pin.take().is_some() {
+                    self.pins -= 1;
+                }
             }
         } else {
+            if let Some(n) = self.nodes.get_mut(&new) {
+                n.gone = true;
+            }
             self.revive(new, None);
         }
         let Some(o) = self.nodes.get_mut(&old) else {
@@ -385,6 +409,12 @@ impl Inodes {
             }
         }
         self.followers.entry(new).or_default().extend(movers);
+        if let (Some(o), Some(pin)) = (self.nodes.get_mut(&old), pin) {
+            if o.pin.is_none() && self.pins < dir_fds_max() {
+                o.pin = Some(pin);
+                self.pins += 1;
+            }
+        }
         for t in release {
             self.forget(t, 1);
         }
@@ -559,6 +589,9 @@ impl Inodes {
         if node.dir_fd.is_some() {
             self.dir_fds -= 1;
         }
+        if node.pin.is_some() {
+            self.pins -= 1;
+        }
         unindex(&mut self.by_name, ino, &node.links);
         if let Some(t) = node.successor {
             self.unfollow(ino, t);
@@ -712,7 +745,7 @@ mod tests {
         let mut t = Inodes::new(PathBuf::from("/c"), 10);
         let (d, _) = t.link(ROOT, OsStr::new("d"), Backing::file(11));
         let (old, _) = t.link(d, OsStr::new("f"), Backing::file(20));
-        t.supersede(old, 21);
+        t.supersede(old, 21, None);
         assert_eq!(t.resolve(old), 21);
         assert_eq!(t.find(d, OsStr::new("f")), Some(21), "the name moved");
         assert_eq!(t.path(old).unwrap(), PathBuf::from("/c/d/f"));
@@ -729,8 +762,8 @@ mod tests {
         );
         // Twice more: the old node follows the newest; the ones between, which the kernel
         // forgot, went with the last reference to them.
-        t.supersede(21, 22);
-        t.supersede(22, 23);
+        t.supersede(21, 22, None);
+        t.supersede(22, 23, None);
         assert_eq!(t.resolve(old), 23);
         assert!(t.get(21).is_none() && t.get(22).is_none());
         assert_eq!(t.find(ROOT, OsStr::new("g")), Some(23));
@@ -757,7 +790,7 @@ mod tests {
         let (a, g) = t.link(ROOT, OsStr::new("f"), Backing::file(20));
         for round in 0..6 {
             let (from, to) = if round % 2 == 0 { (20, 21) } else { (21, 20) };
-            t.supersede(from, to);
+            t.supersede(from, to, None);
             assert_eq!(t.resolve(a), to, "round {round}");
             assert_eq!(t.resolve(21), to, "round {round}");
             assert_eq!(t.find(ROOT, OsStr::new("f")), Some(to));
@@ -765,12 +798,46 @@ mod tests {
             assert!(t.get(to).unwrap().successor.is_none());
         }
         assert_eq!(t.superseded(), vec![21]);
-        // The kernel forgets both: nothing is left behind.
-        let (na, nb) = (t.get(20).unwrap().nlookup, t.get(21).unwrap().nlookup);
-        t.forget(21, nb);
-        t.forget(20, na - 1);
+        // The kernel looked 20 up 4 times and 21 three; 21 follows 20. When the kernel forgets
+        // both, nothing is left behind.
+        assert_eq!(t.get(20).unwrap().nlookup, 5);
+        assert_eq!(t.get(21).unwrap().nlookup, 3);
+        t.forget(21, 3);
+        t.forget(20, 4);
         assert_eq!(t.len(), 1, "only the root");
         assert!(t.superseded().is_empty());
+    }
+
+    /// The old backing file is held for a follower (up to a bound), so its number stays taken;
+    /// a node the new number already had is stale and becomes another inode.
+    #[test]
+    fn a_follower_holds_its_old_file_and_a_stale_node_is_renewed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pin = || {
+            let f = std::fs::File::create(dir.path().join("x")).expect("create");
+            Some(OwnedFd::from(f))
+        };
+        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+        let (a, _) = t.link(ROOT, OsStr::new("a"), Backing::file(20));
+        // 21 was a file the kernel knows, deleted behind the mount's back.
+        let (stale, g) = t.link(ROOT, OsStr::new("gone-behind"), Backing::file(21));
+        t.supersede(a, 21, pin());
+        assert_eq!(t.pins_held(), 1);
+        assert_eq!(t.get(stale).unwrap().generation, g + 1, "another inode now");
+        assert_eq!(
+            t.get(21).unwrap().links.len(),
+            1,
+            "only the name it has now"
+        );
+        assert_eq!(t.find(ROOT, OsStr::new("gone-behind")), None);
+        assert_eq!(t.resolve(a), 21);
+        t.forget(a, 1);
+        assert_eq!(t.pins_held(), 0, "released with the node");
+        assert_eq!(
+            t.get(21).unwrap().nlookup,
+            1,
+            "the kernel's lookup of the old file"
+        );
     }
 
     /// A number reused by another file: what followed the file that had it follows nothing.
@@ -778,7 +845,7 @@ mod tests {
     fn a_number_reused_by_another_file_ends_what_followed_it() {
         let mut t = Inodes::new(PathBuf::from("/c"), 10);
         let (a, g) = t.link(ROOT, OsStr::new("a"), Backing::file(30));
-        t.supersede(a, 31);
+        t.supersede(a, 31, None);
         let (again, g1) = t.link(ROOT, OsStr::new("other"), Backing::file(30));
         assert_eq!(
             (again, g1),
@@ -790,7 +857,7 @@ mod tests {
         assert!(t.get(31).is_none(), "released by the node that followed it");
         // The followed file unlinked, and its number reused while the old node still follows.
         let (b, _) = t.link(ROOT, OsStr::new("b"), Backing::file(40));
-        t.supersede(b, 41);
+        t.supersede(b, 41, None);
         t.unlink(ROOT, OsStr::new("b"), true);
         t.link(ROOT, OsStr::new("c"), Backing::file(41));
         assert_eq!(t.resolve(b), b);

@@ -99,9 +99,14 @@ impl KmsFs {
                 })
             })
             .collect();
-        let (inodes, dir_keys, dir_fds) = {
+        let (inodes, dir_keys, dir_fds, pins) = {
             let i = lock(&self.inodes);
-            (i.len(), i.dir_keys_cached(), i.dir_fds_cached())
+            (
+                i.len(),
+                i.dir_keys_cached(),
+                i.dir_fds_cached(),
+                i.pins_held(),
+            )
         };
         serde_json::json!({
             "Pid": std::process::id(),
@@ -123,6 +128,7 @@ impl KmsFs {
                 "Inodes": inodes,
                 "DirectoryKeys": dir_keys,
                 "DirectoryDescriptors": dir_fds,
+                "ReencryptedFilesHeld": pins,
             },
         })
     }
@@ -516,18 +522,40 @@ impl KmsFs {
                 fresh.file().sync_all()?;
                 let new_ino =
                     lock(&self.inodes).node_id(nix::sys::stat::fstat(fresh.file())?.st_ino);
+                let pin = c.file().try_clone().ok().map(OwnedFd::from);
                 // New lookups find the new inode: it gets this same state, filed under the
                 // `files` lock taken before the rename, so that no open of the new inode in
-                // between makes a second state for it (its opens wait for `c` meanwhile).
+                // between makes a second state for it (its opens wait for `c` meanwhile). The
+                // kernel keeps the old node for descriptors opened before: it follows the new
+                // one, recorded under the table's lock also taken before the rename, so that
+                // no lookup or unlink of the name comes between.
                 let mut files = lock(&self.files);
+                let mut inodes = lock(&self.inodes);
                 nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, &*a.name)?;
                 let old = Self::refile(&mut files, &f, new_ino);
-                // The kernel keeps the old node for descriptors opened before: it follows.
-                lock(&self.inodes).supersede(old, new_ino);
+                inodes.supersede(old, new_ino, pin);
                 Ok::<_, Errno>(fresh)
             })();
             match made {
                 Ok(fresh) => {
+                    // The old file may stay open (see `Inodes::supersede`), unlinked: its blocks
+                    // go once the rename is durable, which a crash could otherwise undo.
+                    let synced = openat(
+                        &a.dir,
+                        ".",
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(std::io::Error::from)
+                    .and_then(|d| File::from(d).sync_all());
+                    match synced {
+                        Ok(()) => {
+                            if let Err(e) = c.file().set_len(0) {
+                                log::warn!("{}: old copy not emptied: {e}", c.label);
+                            }
+                        }
+                        Err(e) => log::warn!("{}: rename not synced: {e}", c.label),
+                    }
                     c.supersede();
                     // Now the live file: its in-place rewrites need undo records again.
                     *c = self.journaled(fresh);
