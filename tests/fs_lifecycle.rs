@@ -460,10 +460,9 @@ fn a_descriptor_from_before_a_reencrypt_keeps_working_after_a_fresh_lookup() {
     std::thread::sleep(Duration::from_millis(1300));
     assert_ne!(fs::metadata(&p).unwrap().ino(), old_ino, "a new node");
     let by_fd = std::path::PathBuf::from(format!("/proc/self/fd/{}", old.as_raw_fd()));
-    assert_eq!(
-        old.metadata().expect("fstat through the old node").len(),
-        10
-    );
+    let st = old.metadata().expect("fstat through the old node");
+    assert_eq!(st.len(), 10);
+    assert_eq!(st.ino(), old_ino, "a descriptor keeps its inode number");
     set_xattr(&by_fd, "user.colour", b"blue").expect("setxattr through the old node");
     assert_eq!(get_xattr(&by_fd, "user.colour").unwrap(), b"blue");
     assert_eq!(get_xattr(&p, "user.colour").unwrap(), b"blue");
@@ -477,8 +476,7 @@ fn a_descriptor_from_before_a_reencrypt_keeps_working_after_a_fresh_lookup() {
     let st = fs::metadata(&p).unwrap();
     assert_eq!((st.len(), st.mode() & 0o777), (4, 0o600));
     assert_eq!(fs::read(&p).unwrap(), b"0123");
-    // Twice more (on ext4 the numbers alternate: the old node's number comes back as this
-    // file), with a fresh lookup between: the old node still follows.
+    // Twice more, with a fresh lookup between: the old node follows the newest.
     m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
     std::thread::sleep(Duration::from_millis(1100));
     fs::metadata(&p).unwrap();
@@ -537,8 +535,25 @@ fn a_reencrypt_does_not_free_its_inode_number_for_another_file_meanwhile() {
         p_now != p_ino && q_now != q_ino && q_now != p_ino,
         "{p_ino} {q_ino} -> {p_now} {q_now}"
     );
-    let held_files = m.status()["Caches"]["ReencryptedFilesHeld"].as_u64();
+    let status = m.status();
+    let held_files = status["Caches"]["ReencryptedFilesHeld"].as_u64();
     assert!(held_files >= Some(1), "{held_files:?}");
+    // What the daemon holds of the old files takes no space: emptied once the rename was
+    // durable.
+    let fds = format!("/proc/{}/fd", status["Pid"]);
+    let mut old_copies = 0;
+    for e in fs::read_dir(&fds).unwrap() {
+        let path = e.unwrap().path();
+        let Ok(target) = fs::read_link(&path) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if target.starts_with(m.cipher.to_str().unwrap()) && target.ends_with(" (deleted)") {
+            old_copies += 1;
+            assert_eq!(fs::metadata(&path).unwrap().len(), 0, "{target}");
+        }
+    }
+    assert!(old_copies >= 1);
     assert_eq!(
         held.metadata().unwrap().len(),
         10,

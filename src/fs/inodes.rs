@@ -257,7 +257,17 @@ impl Inodes {
         shared: impl FnOnce() -> Arc<OsStr>,
         backing: Backing,
     ) -> (u64, u64) {
-        let ino = self.node_id(backing.ino);
+        let mut ino = self.node_id(backing.ino);
+        // A held number is no other file's: this is a stat from before the reencrypt that
+        // replaced the file (a lookup or listing racing it), linked after. It names the file.
+        if let Some(live) = self
+            .nodes
+            .get(&ino)
+            .filter(|n| n.pin.is_some())
+            .and_then(|n| n.successor)
+        {
+            ino = live;
+        }
         // One hash of the name: the index entry is found, or made, in place.
         let key = NameRef(parent, name);
         let hash = self.by_name.hasher().hash_one(&key);
@@ -837,6 +847,29 @@ mod tests {
             t.get(21).unwrap().nlookup,
             1,
             "the kernel's lookup of the old file"
+        );
+    }
+
+    /// A lookup that stat'ed the file before a reencrypt and records it after finds the old
+    /// number held: it gets the file's node now, and the follower stays as it was.
+    #[test]
+    fn a_stat_from_before_a_reencrypt_reaches_the_file_it_became() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = std::fs::File::create(dir.path().join("x")).expect("create");
+        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+        let (a, g) = t.link(ROOT, OsStr::new("a"), Backing::file(20));
+        t.supersede(a, 21, Some(OwnedFd::from(f)));
+        let g21 = t.get(21).unwrap().generation;
+        assert_eq!(t.link(ROOT, OsStr::new("a"), Backing::file(20)), (21, g21));
+        assert_eq!(t.get(a).unwrap().generation, g, "not renewed");
+        assert_eq!((t.resolve(a), t.pins_held()), (21, 1));
+        assert_eq!(t.find(ROOT, OsStr::new("a")), Some(21));
+        // Without a held file the number may be another file's: renewed, as before.
+        let (b, gb) = t.link(ROOT, OsStr::new("b"), Backing::file(30));
+        t.supersede(b, 31, None);
+        assert_eq!(
+            t.link(ROOT, OsStr::new("c"), Backing::file(30)),
+            (b, gb + 1)
         );
     }
 

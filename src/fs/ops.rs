@@ -645,7 +645,14 @@ impl KmsFs {
                     None => continue,
                 }
             }
-            let content = self.load_content(file, self.label(ino), r)?;
+            let content = match self.load_content(file, self.label(ino), r) {
+                Ok(c) => c,
+                // Replaced (and its old copy emptied) by a reencrypt since it was opened?
+                Err(e) => match self.at(ino).and_then(|a| stat_at(&a.dir, &a.name)) {
+                    Ok(now) if now.st_ino != meta.ino() => continue,
+                    _ => return Err(e),
+                },
+            };
             let mut files = lock(&self.files);
             if content.file().metadata()?.nlink() == 0 {
                 continue;

@@ -286,6 +286,13 @@ const SYNCFS_DURABLE: [u32; 6] = [
     0x2FC1_2FC1,
 ];
 
+/// Whether `f` is on one of the local filesystems of `SYNCFS_DURABLE`, where a sync also orders
+/// what came before it (a directory's sync makes a rename in it durable).
+pub fn durable_local(f: &File) -> nix::Result<bool> {
+    let kind = nix::sys::statfs::fstatfs(f)?.filesystem_type().0;
+    Ok(SYNCFS_DURABLE.contains(&(kind as u32)))
+}
+
 /// Syncs each filesystem that holds one of `files`, once (`syncfs`): one journal commit and
 /// one cache flush for a whole batch, where a sync per file costs one each. (It also writes
 /// back whatever else is dirty there.) Only on the local filesystems of `SYNCFS_DURABLE`:
@@ -299,11 +306,7 @@ pub fn sync_filesystems<'a>(files: impl IntoIterator<Item = &'a File>) -> Result
         if synced.contains(&dev) {
             continue;
         }
-        let kind = nix::sys::statfs::fstatfs(f)
-            .map_err(|e| err(e.into()))?
-            .filesystem_type()
-            .0;
-        if SYNCFS_DURABLE.contains(&(kind as u32)) {
+        if durable_local(f).map_err(|e| err(e.into()))? {
             nix::unistd::syncfs(f).map_err(|e| err(e.into()))?;
             synced.push(dev);
         } else {

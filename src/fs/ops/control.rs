@@ -446,6 +446,31 @@ impl KmsFs {
 }
 
 impl KmsFs {
+    /// After reencrypt renamed its copy over `c`'s file: the old file stays open while the
+    /// kernel keeps its node (see `Inodes::supersede`), so its blocks are freed now, once it is
+    /// certainly linked nowhere and the rename is durable (a crash could otherwise bring back
+    /// the old name over an emptied file). Elsewhere the old copy is kept until released.
+    fn empty_replaced(&self, dir: &OwnedFd, c: &FileContent) {
+        let old = c.file();
+        let unlinked = nix::sys::stat::fstat(old).is_ok_and(|st| st.st_nlink == 0);
+        if !unlinked || !rewrap::durable_local(old).unwrap_or(false) {
+            return;
+        }
+        let synced = openat(
+            dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(std::io::Error::from)
+        .and_then(|d| File::from(d).sync_all())
+        .and_then(|()| old.set_len(0));
+        if let Err(e) = synced {
+            // A read-only backing file cannot be emptied: kept until released.
+            log::debug!("{}: old copy kept: {e}", c.label);
+        }
+    }
+
     /// Data-key rotation for one file: copies its plaintext into a new backing file with a fresh
     /// id and data key (wrapped by the same CMK), with its xattrs, mode, owner and times, then
     /// renames it over the old one. Readers and writers wait meanwhile; a crash leaves the old
@@ -538,24 +563,7 @@ impl KmsFs {
             })();
             match made {
                 Ok(fresh) => {
-                    // The old file may stay open (see `Inodes::supersede`), unlinked: its blocks
-                    // go once the rename is durable, which a crash could otherwise undo.
-                    let synced = openat(
-                        &a.dir,
-                        ".",
-                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map_err(std::io::Error::from)
-                    .and_then(|d| File::from(d).sync_all());
-                    match synced {
-                        Ok(()) => {
-                            if let Err(e) = c.file().set_len(0) {
-                                log::warn!("{}: old copy not emptied: {e}", c.label);
-                            }
-                        }
-                        Err(e) => log::warn!("{}: rename not synced: {e}", c.label),
-                    }
+                    self.empty_replaced(&a.dir, &c);
                     c.supersede();
                     // Now the live file: its in-place rewrites need undo records again.
                     *c = self.journaled(fresh);
