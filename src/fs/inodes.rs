@@ -258,15 +258,14 @@ impl Inodes {
         backing: Backing,
     ) -> (u64, u64) {
         let mut ino = self.node_id(backing.ino);
-        // A held number is no other file's: this is a stat from before the reencrypt that
-        // replaced the file (a lookup or listing racing it), linked after. It names the file.
-        if let Some(live) = self
-            .nodes
-            .get(&ino)
-            .filter(|n| n.pin.is_some())
-            .and_then(|n| n.successor)
-        {
+        let gone = self.nodes.get(&ino).filter(|n| n.gone);
+        let held = gone.filter(|n| n.pin.is_some()).and_then(|n| n.successor);
+        if let Some(live) = held {
+            // A held number is no other file's: this is a stat from before the reencrypt that
+            // replaced the file (a lookup or listing racing it), linked after. It names the file.
             ino = live;
+        } else if gone.is_some() {
+            self.revive(ino, Some((parent, name)));
         }
         // One hash of the name: the index entry is found, or made, in place.
         let key = NameRef(parent, name);
@@ -289,7 +288,6 @@ impl Inodes {
         if let Some(old) = old.filter(|&o| o != ino) {
             self.drop_node_link(old, parent, name);
         }
-        self.revive(ino, Some((parent, name)));
         let node = self.nodes.entry(ino).or_insert_with(|| Node::new(0));
         node.nlookup += 1;
         node.one_link = backing.one_link;
