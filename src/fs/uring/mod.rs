@@ -1,7 +1,7 @@
 //! FUSE over io_uring (Linux 6.14+): the kernel queues each request on a ring of the CPU its
 //! caller runs on, and a daemon thread pinned to that CPU serves it, so a request and its reply
 //! need no hand-off between CPUs. On a VM those hand-offs (an inter-processor interrupt and a
-//! wake-up of a halted vCPU each way) bound small I/O; see README "Performance".
+//! wake-up of a halted vCPU each way) bound small I/O; see docs/PERFORMANCE.md.
 //!
 //! The /dev/fuse session (fuser) still does the INIT handshake and serves FORGET and INTERRUPT,
 //! which the kernel keeps on the device, and whatever arrives before every queue is registered.
