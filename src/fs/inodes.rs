@@ -318,9 +318,7 @@ impl Inodes {
             self.dir_fds -= 1;
         }
         node.gone = false;
-        if node.pin.take().is_some() {
-            self.pins -= 1;
-        }
+        self.pins -= usize::from(node.pin.take().is_some());
         let followed = node.successor.take();
         // Nodes that followed the file that had this number: it is gone, they name nothing.
         if let Some(fs) = self.followers.remove(&ino) {
@@ -352,15 +350,16 @@ impl Inodes {
     /// Reencrypt renamed backing inode `new` over the name of node `old`, whose backing inode is
     /// unlinked now. `old`'s names move to `new`, and `old` (with the nodes that followed it)
     /// follows `new` (see `resolve`) for as long as the kernel keeps it, holding `pin` (the old
-    /// backing file) if there is room, so that its number is not reused meanwhile. The caller
+    /// backing file) if there is room, so that its number is not reused meanwhile; true if it
+    /// does. The caller
     /// holds the table locked from before the rename, so no lookup or unlink came between:
     /// any node `new` already has is stale (its file went behind the mount's back, its number
     /// reused), unless it follows `old` (unpinned, its number came back as this file: ext4
     /// hands freed numbers out again), in which case it is this file's again, with the
     /// generation the kernel knows it by.
-    pub fn supersede(&mut self, old: u64, new: u64, pin: Option<OwnedFd>) {
+    pub fn supersede(&mut self, old: u64, new: u64, pin: Option<OwnedFd>) -> bool {
         if old == new || old == ROOT || new == ROOT || !self.nodes.contains_key(&old) {
-            return;
+            return false;
         }
         // Lookups released at the end, when nothing removed can be needed any more.
         let mut release: SmallVec<[u64; 2]> = SmallVec::new();
@@ -371,9 +370,7 @@ impl Inodes {
             if let Some(n) = self.nodes.get_mut(&new) {
                 n.successor = None;
                 n.gone = false;
-                if n.pin.take().is_some() {
-                    self.pins -= 1;
-                }
+                self.pins -= usize::from(n.pin.take().is_some());
             }
         } else {
             if let Some(n) = self.nodes.get_mut(&new) {
@@ -382,12 +379,11 @@ impl Inodes {
             self.revive(new, None);
         }
         let Some(o) = self.nodes.get_mut(&old) else {
-            return;
+            return false;
         };
         let links = std::mem::take(&mut o.links);
         let one_link = o.one_link;
-        // Unlinked through the mount since the rename: that took the new file's name.
-        let unlinked = std::mem::replace(&mut o.gone, true);
+        o.gone = true;
         if let Some(t) = o.successor.take() {
             // Not expected (reencrypt works on the node that has the file), but kept consistent.
             self.unfollow(old, t);
@@ -404,7 +400,6 @@ impl Inodes {
         let n = self.nodes.entry(new).or_insert_with(|| Node::new(0));
         n.nlookup += movers.len() as u64;
         n.one_link = one_link;
-        n.gone |= unlinked;
         for (parent, name) in links {
             // A lookup since the rename may have moved the name already.
             if !n.links.iter().any(|(p, m)| *p == parent && *m == name) {
@@ -417,15 +412,18 @@ impl Inodes {
             }
         }
         self.followers.entry(new).or_default().extend(movers);
+        let mut held = false;
         if let (Some(o), Some(pin)) = (self.nodes.get_mut(&old), pin) {
             if o.pin.is_none() && self.pins < dir_fds_max() {
                 o.pin = Some(pin);
                 self.pins += 1;
+                held = true;
             }
         }
         for t in release {
             self.forget(t, 1);
         }
+        held
     }
 
     /// The node that has `ino`'s file now: `ino` itself, or the node the reencrypts since it
@@ -435,6 +433,18 @@ impl Inodes {
             .get(&ino)
             .and_then(|n| n.successor)
             .unwrap_or(ino)
+    }
+
+    /// (parent, backing name) of the file kernel node `ino` reaches now (through `resolve`).
+    pub fn name_of(&self, ino: u64) -> Option<(u64, Arc<OsStr>)> {
+        self.nodes.get(&self.resolve(ino))?.links.first().cloned()
+    }
+
+    /// The nodes that follow `ino` (see `supersede`).
+    pub fn followers_of(&self, ino: u64) -> Vec<u64> {
+        self.followers
+            .get(&ino)
+            .map_or_else(Vec::new, |f| f.to_vec())
     }
 
     /// Nodes that follow another (see `supersede`): the kernel may hold pages under them.

@@ -49,6 +49,9 @@ pub struct OpenFile {
     ino: AtomicU64,
     /// Its handles by page-cache mode (see `pagecache`).
     modes: Mutex<Modes>,
+    /// A reencrypt left kernel nodes behind that follow this file (see `Inodes::supersede`):
+    /// a change through one of its nodes outdates what the kernel cached under the others.
+    followed: AtomicBool,
 }
 
 impl OpenFile {
@@ -59,8 +62,19 @@ impl OpenFile {
             handles: AtomicU64::new(handles),
             ino: AtomicU64::new(ino),
             modes: Mutex::new(Modes::default()),
+            followed: AtomicBool::new(false),
         })
     }
+}
+
+/// What the kernel should drop of its caches (see `KmsFs::take_stale`).
+#[derive(Default)]
+pub struct Stale {
+    /// (parent, name): entries that reach a node a reencrypt replaced, so that the kernel lets
+    /// go of it unless a descriptor holds it.
+    pub entries: Vec<(u64, OsString)>,
+    /// Nodes whose cached pages a change through another node of the same file outdated.
+    pub pages: Vec<u64>,
 }
 
 enum Handle {
@@ -90,6 +104,9 @@ pub struct KmsFs {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Kernel caches to drop, sent by the mount's watcher thread: a notification sent while
+    /// serving a request could wait for locks the kernel holds for that request.
+    stale: Mutex<Stale>,
     is_root: bool,
     /// Undo records of in-place rewrites; None where the cipher dir cannot be written.
     journal: Option<Arc<crate::fs::undo::Journal>>,
@@ -293,6 +310,7 @@ impl KmsFs {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            stale: Mutex::new(Stale::default()),
             is_root: nix::unistd::geteuid().is_root(),
         })
     }
@@ -358,6 +376,20 @@ impl KmsFs {
             .map_or_else(|| format!("inode {ino}"), |p| p.display().to_string())
     }
 
+    /// Node `ino`'s parent and plaintext name (for notifying the kernel), if its directory's
+    /// name keys are in memory.
+    fn plain_entry(&self, ino: u64) -> Option<(u64, OsString)> {
+        let (parent, name, keys) = {
+            let inodes = lock(&self.inodes);
+            let (parent, name) = inodes.name_of(ino)?;
+            (parent, name, inodes.get(parent)?.dir_keys.clone()?)
+        };
+        let dir = self.dir_fd(parent).ok()?;
+        let mut names = nt::NameCipher::new(&keys.keys.names);
+        let plain = self.plain_name(&dir, &|| self.label(parent), &mut names, &name)?;
+        Some((parent, plain))
+    }
+
     fn root_fd(&self) -> FsResult<OwnedFd> {
         Ok(nix::fcntl::open(
             &self.root,
@@ -405,13 +437,7 @@ impl KmsFs {
                 name: Arc::from(OsStr::new(".")),
             });
         }
-        let (parent, name) = {
-            let inodes = lock(&self.inodes);
-            inodes
-                .get(inodes.resolve(ino))
-                .and_then(|n| n.links.first().cloned())
-                .ok_or(Errno::ENOENT)?
-        };
+        let (parent, name) = lock(&self.inodes).name_of(ino).ok_or(Errno::ENOENT)?;
         Ok(At {
             dir: self.dir_fd(parent)?,
             name,
@@ -456,12 +482,7 @@ impl KmsFs {
     /// The CMK for a new data key of file `ino`: its directory's, else `current` (the one it
     /// has), else the volume's.
     fn key_for_file(&self, ino: u64, current: Option<String>, r: Requester) -> FsResult<String> {
-        let parent = {
-            let inodes = lock(&self.inodes);
-            inodes
-                .get(inodes.resolve(ino))
-                .and_then(|n| n.links.first().map(|l| l.0))
-        };
+        let parent = lock(&self.inodes).name_of(ino).map(|(p, _)| p);
         match (parent, current) {
             (Some(p), _) => self.key_for_new(p, r),
             (None, Some(k)) => Ok(k),
@@ -894,7 +915,44 @@ impl KmsFs {
         // inode's size behind until its attributes expire; the daemon's size is the file's. (A
         // cached handle's offset also places the bytes in the page cache: left as it is.)
         let offset = if append && direct { c.size()? } else { offset };
-        c.write(offset, data)
+        let n = c.write(offset, data)?;
+        self.outdated(&f);
+        Ok(n)
+    }
+
+    /// File `f` changed: if a reencrypt left other kernel nodes for it, what they cached goes.
+    fn outdated(&self, f: &OpenFile) {
+        if f.followed.load(Ordering::Relaxed) {
+            lock(&self.stale).pages.push(f.ino.load(Ordering::SeqCst));
+        }
+    }
+
+    /// The kernel caches to drop now: the queued entries, and every node of each file changed
+    /// since the last call (the node it is filed under and the ones that follow it).
+    pub fn take_stale(&self) -> Stale {
+        let mut s = std::mem::take(&mut *lock(&self.stale));
+        if s.pages.is_empty() {
+            return s;
+        }
+        s.pages.sort_unstable();
+        s.pages.dedup();
+        let followers: Vec<Vec<u64>> = {
+            let inodes = lock(&self.inodes);
+            s.pages.iter().map(|n| inodes.followers_of(*n)).collect()
+        };
+        let mut nodes = Vec::new();
+        for (n, f) in s.pages.iter().zip(followers) {
+            if f.is_empty() {
+                // None left: its changes need not be reported any more.
+                if let Some(file) = lock(&self.files).get(n) {
+                    file.followed.store(false, Ordering::Relaxed);
+                }
+            }
+            nodes.push(*n);
+            nodes.extend(f);
+        }
+        s.pages = nodes;
+        s
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
@@ -943,6 +1001,9 @@ impl KmsFs {
                 c.truncate(size)
             }
         })();
+        if result.is_ok() {
+            self.outdated(&f);
+        }
         self.unpin(&f);
         result
     }

@@ -456,16 +456,17 @@ impl KmsFs {
         if !unlinked || !rewrap::durable_local(old).unwrap_or(false) {
             return;
         }
-        let synced = openat(
-            dir,
-            ".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(std::io::Error::from)
-        .and_then(|d| File::from(d).sync_all())
-        .and_then(|()| old.set_len(0));
+        let synced =
+            open_listable_dir(dir, OsStr::new(".")).and_then(|d| Ok(File::from(d).sync_all()?));
         if let Err(e) = synced {
+            log::warn!(
+                "{}: the directory of a re-encrypted file did not sync: {}",
+                c.label,
+                std::io::Error::from_raw_os_error(e.0)
+            );
+            return;
+        }
+        if let Err(e) = old.set_len(0) {
             // A read-only backing file cannot be emptied: kept until released.
             log::debug!("{}: old copy kept: {e}", c.label);
         }
@@ -548,22 +549,36 @@ impl KmsFs {
                 let new_ino =
                     lock(&self.inodes).node_id(nix::sys::stat::fstat(fresh.file())?.st_ino);
                 let pin = c.file().try_clone().ok().map(OwnedFd::from);
+                let entry = self.plain_entry(ino);
                 // New lookups find the new inode: it gets this same state, filed under the
                 // `files` lock taken before the rename, so that no open of the new inode in
                 // between makes a second state for it (its opens wait for `c` meanwhile). The
                 // kernel keeps the old node for descriptors opened before: it follows the new
                 // one, recorded under the table's lock also taken before the rename, so that
-                // no lookup or unlink of the name comes between.
+                // no lookup or unlink through the mount is recorded between.
                 let mut files = lock(&self.files);
                 let mut inodes = lock(&self.inodes);
+                // The name must still be this file: an unlink or a rename of it during the copy
+                // (through another node of the file, or behind the mount) is not undone.
+                if stat_at(&a.dir, &a.name)?.st_ino != st.st_ino {
+                    return Err(Errno::ENOENT);
+                }
                 nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, &*a.name)?;
                 let old = Self::refile(&mut files, &f, new_ino);
-                inodes.supersede(old, new_ino, pin);
-                Ok::<_, Errno>(fresh)
+                let held = inodes.supersede(old, new_ino, pin);
+                f.followed.store(true, Ordering::Relaxed);
+                Ok::<_, Errno>((fresh, held, entry))
             })();
             match made {
-                Ok(fresh) => {
-                    self.empty_replaced(&a.dir, &c);
+                Ok((fresh, held, entry)) => {
+                    if held {
+                        self.empty_replaced(&a.dir, &c);
+                    }
+                    // The kernel's entry still reaches the old node: once it drops it, only
+                    // descriptors opened before keep that node (and its held file).
+                    if let Some(e) = entry {
+                        lock(&self.stale).entries.push(e);
+                    }
                     c.supersede();
                     // Now the live file: its in-place rewrites need undo records again.
                     *c = self.journaled(fresh);
