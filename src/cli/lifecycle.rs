@@ -26,7 +26,8 @@ fn xattr_error(path: &Path, e: crate::fs::errno::Errno) -> KmsError {
         }
         libc::EINVAL => "invalid request (a key for a directory only; see the mount's log)".into(),
         libc::EIO => "the header failed authentication (see the mount's log)".into(),
-        n => format!("errno {n}"),
+        libc::ENOENT => "no such file (removed or replaced while it was worked on?)".into(),
+        n => std::io::Error::from_raw_os_error(n).to_string(),
     };
     KmsError::validation(format!("{}: {why}", path.display()))
 }
