@@ -351,12 +351,11 @@ impl Inodes {
     /// unlinked now. `old`'s names move to `new`, and `old` (with the nodes that followed it)
     /// follows `new` (see `resolve`) for as long as the kernel keeps it, holding `pin` (the old
     /// backing file) if there is room, so that its number is not reused meanwhile; true if it
-    /// does. The caller
-    /// holds the table locked from before the rename, so no lookup or unlink came between:
-    /// any node `new` already has is stale (its file went behind the mount's back, its number
-    /// reused), unless it follows `old` (unpinned, its number came back as this file: ext4
-    /// hands freed numbers out again), in which case it is this file's again, with the
-    /// generation the kernel knows it by.
+    /// does. The caller holds the table locked from before the rename, so no lookup or unlink
+    /// came between: any node `new` already has is stale (its file went behind the mount's
+    /// back, its number reused), unless it follows `old` (unheld, its number came back as this
+    /// file: ext4 hands freed numbers out again), in which case it is this file's again, with
+    /// the generation the kernel knows it by.
     pub fn supersede(&mut self, old: u64, new: u64, pin: Option<OwnedFd>) -> bool {
         if old == new || old == ROOT || new == ROOT || !self.nodes.contains_key(&old) {
             return false;
