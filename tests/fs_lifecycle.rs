@@ -536,10 +536,9 @@ fn a_reencrypt_does_not_free_its_inode_number_for_another_file_meanwhile() {
         "{p_ino} {q_ino} -> {p_now} {q_now}"
     );
     let status = m.status();
-    assert_eq!(
-        status["Caches"]["ReencryptedFilesHeld"], 1,
-        "p's, for its descriptor"
-    );
+    // p's, for its descriptor; q's until the kernel's forget of its old node arrives.
+    let held_files = status["Caches"]["ReencryptedFilesHeld"].as_u64();
+    assert!(held_files >= Some(1), "{held_files:?}");
     // What the daemon holds of the old file takes no space: emptied once the rename was
     // durable, on the local filesystems whose syncs order (ext4, XFS, Btrfs, F2FS, tmpfs, ZFS).
     let emptied = kmsfs::fs::rewrap::durable_local(&fs::File::open(&m.cipher).unwrap()).unwrap();
@@ -559,7 +558,7 @@ fn a_reencrypt_does_not_free_its_inode_number_for_another_file_meanwhile() {
             }
         }
     }
-    assert_eq!(old_copies, 1);
+    assert!(old_copies >= 1);
     assert_eq!(
         held.metadata().unwrap().len(),
         10,
@@ -573,26 +572,14 @@ fn a_reencrypt_does_not_free_its_inode_number_for_another_file_meanwhile() {
     m.unmount();
 }
 
-/// After a reencrypt the kernel is told to drop its entry for the name, so it forgets the old
-/// node unless a descriptor holds it; and a write through the file's new node reaches what a
-/// descriptor opened before reads through the old one, whose cached pages would otherwise stay.
+/// After a reencrypt a write through the file's new node reaches what a descriptor opened
+/// before reads through the old one, whose cached pages would otherwise stay; the old node and
+/// its held file go with the last descriptor.
 #[test]
-fn after_a_reencrypt_the_old_node_is_let_go_and_its_pages_kept_coherent() {
+fn after_a_reencrypt_pages_stay_coherent_and_the_old_node_goes_with_its_descriptors() {
     use std::os::unix::fs::MetadataExt;
     let m = Mounted::new();
     let held = |m: &Mounted| m.status()["Caches"]["ReencryptedFilesHeld"].as_u64();
-    let g = m.p("g");
-    fs::write(&g, b"g").unwrap();
-    fs::metadata(&g).unwrap();
-    m.env.ok(&["reencrypt", "-q", g.to_str().unwrap()]);
-    // Nothing touches the name meanwhile: only the daemon's notice ends the old entry.
-    std::thread::sleep(PROPAGATION);
-    assert_eq!(
-        held(&m),
-        Some(0),
-        "the old node of an unused name is forgotten"
-    );
-
     let p = m.p("f");
     fs::write(&p, b"before").unwrap();
     let reader = fs::File::open(&p).unwrap();

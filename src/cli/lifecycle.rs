@@ -467,10 +467,14 @@ pub fn reencrypt(g: &Global, a: &crate::cli::args::ReencryptArgs) -> Result<()> 
                 files.len() as u64,
             ));
         }
-        let r = File::open(p)
+        // By path, not through an open descriptor: a read-only open would make the file's
+        // descriptors opened meanwhile use the page cache (see `pagecache`), whose O_APPEND
+        // offsets come from the kernel's size of each node, and a reencrypt gives the file a
+        // second node.
+        let r = std::fs::canonicalize(p)
             .map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))
-            .and_then(|f| {
-                sys::fsetxattr(&f, REENCRYPT_XATTR.as_bytes(), b"", 0).map_err(|e| match e.0 {
+            .and_then(|real| {
+                sys::lsetxattr(&real, REENCRYPT_XATTR.as_bytes(), b"").map_err(|e| match e.0 {
                     libc::EMLINK => KmsError::validation(format!(
                         "{}: has several hard links; re-encrypting would split them",
                         p.display()

@@ -486,11 +486,6 @@ fn spawn_key_watcher(
                     log::debug!("invalidating inode {ino}: {e}");
                 }
             }
-            for (parent, name) in stale.entries {
-                if let Err(e) = notifier.inval_entry(fuser::INodeNo(parent), &name) {
-                    log::debug!("invalidating an entry of inode {parent}: {e}");
-                }
-            }
             let _ = fs.flush_audit();
             std::thread::sleep(KEY_POLL);
         }

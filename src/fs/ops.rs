@@ -70,9 +70,6 @@ impl OpenFile {
 /// What the kernel should drop of its caches (see `KmsFs::take_stale`).
 #[derive(Default)]
 pub struct Stale {
-    /// (parent, name): entries that reach a node a reencrypt replaced, so that the kernel lets
-    /// go of it unless a descriptor holds it.
-    pub entries: Vec<(u64, OsString)>,
     /// Nodes whose cached pages a change through another node of the same file outdated.
     pub pages: Vec<u64>,
 }
@@ -374,20 +371,6 @@ impl KmsFs {
         lock(&self.inodes)
             .path(ino)
             .map_or_else(|| format!("inode {ino}"), |p| p.display().to_string())
-    }
-
-    /// Node `ino`'s parent and plaintext name (for notifying the kernel), if its directory's
-    /// name keys are in memory.
-    fn plain_entry(&self, ino: u64) -> Option<(u64, OsString)> {
-        let (parent, name, keys) = {
-            let inodes = lock(&self.inodes);
-            let (parent, name) = inodes.name_of(ino)?;
-            (parent, name, inodes.get(parent)?.dir_keys.clone()?)
-        };
-        let dir = self.dir_fd(parent).ok()?;
-        let mut names = nt::NameCipher::new(&keys.keys.names);
-        let plain = self.plain_name(&dir, &|| self.label(parent), &mut names, &name)?;
-        Some((parent, plain))
     }
 
     fn root_fd(&self) -> FsResult<OwnedFd> {
@@ -927,8 +910,8 @@ impl KmsFs {
         }
     }
 
-    /// The kernel caches to drop now: the queued entries, and every node of each file changed
-    /// since the last call (the node it is filed under and the ones that follow it).
+    /// The kernel caches to drop now: every node of each file changed since the last call (the
+    /// node it is filed under and the ones that follow it).
     pub fn take_stale(&self) -> Stale {
         let mut s = std::mem::take(&mut *lock(&self.stale));
         if s.pages.is_empty() {

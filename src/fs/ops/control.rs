@@ -549,7 +549,6 @@ impl KmsFs {
                 let new_ino =
                     lock(&self.inodes).node_id(nix::sys::stat::fstat(fresh.file())?.st_ino);
                 let pin = c.file().try_clone().ok().map(OwnedFd::from);
-                let entry = self.plain_entry(ino);
                 // New lookups find the new inode: it gets this same state, filed under the
                 // `files` lock taken before the rename, so that no open of the new inode in
                 // between makes a second state for it (its opens wait for `c` meanwhile). The
@@ -567,17 +566,12 @@ impl KmsFs {
                 let old = Self::refile(&mut files, &f, new_ino);
                 let held = inodes.supersede(old, new_ino, pin);
                 f.followed.store(true, Ordering::Relaxed);
-                Ok::<_, Errno>((fresh, held, entry))
+                Ok::<_, Errno>((fresh, held))
             })();
             match made {
-                Ok((fresh, held, entry)) => {
+                Ok((fresh, held)) => {
                     if held {
                         self.empty_replaced(&a.dir, &c);
-                    }
-                    // The kernel's entry still reaches the old node: once it drops it, only
-                    // descriptors opened before keep that node (and its held file).
-                    if let Some(e) = entry {
-                        lock(&self.stale).entries.push(e);
                     }
                     c.supersede();
                     // Now the live file: its in-place rewrites need undo records again.

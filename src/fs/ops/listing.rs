@@ -33,7 +33,7 @@ impl Listing {
 impl KmsFs {
     /// Decrypts one backing directory entry's name; None for kmsfs's own files and for names that
     /// do not decrypt (logged).
-    pub(super) fn plain_name(
+    fn plain_name(
         &self,
         dir: &OwnedFd,
         label: &dyn Fn() -> String,
