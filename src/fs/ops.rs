@@ -67,13 +67,6 @@ impl OpenFile {
     }
 }
 
-/// What the kernel should drop of its caches (see `KmsFs::take_stale`).
-#[derive(Default)]
-pub struct Stale {
-    /// Nodes whose cached pages a change through another node of the same file outdated.
-    pub pages: Vec<u64>,
-}
-
 enum Handle {
     /// `direct`: the kernel was told to bypass its page cache for this handle.
     File {
@@ -101,9 +94,11 @@ pub struct KmsFs {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    /// Kernel caches to drop, sent by the mount's watcher thread: a notification sent while
-    /// serving a request could wait for locks the kernel holds for that request.
-    stale: Mutex<Stale>,
+    /// Files (by the node their state is filed under) changed through one kernel node while
+    /// others follow them: the mount's watcher thread drops the kernel's pages of all of them
+    /// (see `stale_pages`), as a notification sent while serving a request could wait for
+    /// locks the kernel holds for that request.
+    changed: Mutex<Vec<u64>>,
     is_root: bool,
     /// Undo records of in-place rewrites; None where the cipher dir cannot be written.
     journal: Option<Arc<crate::fs::undo::Journal>>,
@@ -307,7 +302,7 @@ impl KmsFs {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            stale: Mutex::new(Stale::default()),
+            changed: Mutex::new(Vec::new()),
             is_root: nix::unistd::geteuid().is_root(),
         })
     }
@@ -906,25 +901,25 @@ impl KmsFs {
     /// File `f` changed: if a reencrypt left other kernel nodes for it, what they cached goes.
     fn outdated(&self, f: &OpenFile) {
         if f.followed.load(Ordering::Relaxed) {
-            lock(&self.stale).pages.push(f.ino.load(Ordering::SeqCst));
+            lock(&self.changed).push(f.ino.load(Ordering::SeqCst));
         }
     }
 
-    /// The kernel caches to drop now: every node of each file changed since the last call (the
-    /// node it is filed under and the ones that follow it).
-    pub fn take_stale(&self) -> Stale {
-        let mut s = std::mem::take(&mut *lock(&self.stale));
-        if s.pages.is_empty() {
-            return s;
+    /// The kernel nodes whose cached pages to drop now: every node of each file changed since
+    /// the last call (the node it is filed under and the ones that follow it).
+    pub fn stale_pages(&self) -> Vec<u64> {
+        let mut changed = std::mem::take(&mut *lock(&self.changed));
+        if changed.is_empty() {
+            return changed;
         }
-        s.pages.sort_unstable();
-        s.pages.dedup();
+        changed.sort_unstable();
+        changed.dedup();
         let followers: Vec<Vec<u64>> = {
             let inodes = lock(&self.inodes);
-            s.pages.iter().map(|n| inodes.followers_of(*n)).collect()
+            changed.iter().map(|n| inodes.followers_of(*n)).collect()
         };
         let mut nodes = Vec::new();
-        for (n, f) in s.pages.iter().zip(followers) {
+        for (n, f) in changed.iter().zip(followers) {
             if f.is_empty() {
                 // None left: its changes need not be reported any more.
                 if let Some(file) = lock(&self.files).get(n) {
@@ -934,8 +929,7 @@ impl KmsFs {
             nodes.push(*n);
             nodes.extend(f);
         }
-        s.pages = nodes;
-        s
+        nodes
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
@@ -1156,12 +1150,13 @@ impl KmsFs {
         // reaches the daemon and is checked against the reader's rights again; and those of
         // closed files, which the next open would otherwise keep.
         affected.extend(lock(&self.files).keys());
-        let mut inodes = lock(&self.inodes);
-        affected.extend(inodes.clear_stamps());
-        // The nodes a reencrypt left behind: descriptors opened before read through them.
-        affected.extend(inodes.superseded());
-        drop(inodes);
-        let dirs = lock(&self.inodes).cached_dir_keys();
+        let dirs = {
+            let mut inodes = lock(&self.inodes);
+            affected.extend(inodes.clear_stamps());
+            // The nodes a reencrypt left behind: descriptors opened before read through them.
+            affected.extend(inodes.superseded());
+            inodes.cached_dir_keys()
+        };
         for (ino, d) in dirs {
             let Some(key) = d.key.as_deref() else {
                 continue;
