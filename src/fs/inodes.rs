@@ -3,6 +3,12 @@
 //! inode number reused after its file was deleted gets a new generation, which tells the kernel
 //! its cached inode is stale. A node keeps every (parent, name) link it was found under, so hard
 //! links keep working when one of their names goes away.
+//!
+//! One exception: a reencrypt gives a file a new backing inode, and its node stays the file's
+//! while the kernel keeps it (`rebase`), so that the kernel has one inode per file, with one page
+//! cache and one size (two would each compute O_APPEND offsets from their own size). Lookups of
+//! the new number reach that node through `aliases`; the old number, once freed and given to
+//! another file, gets a spare id, as no two files may share one.
 
 use crate::fs::keyring::DirKeys;
 use crate::fs::pagecache::{Recorded, Stamp};
@@ -20,6 +26,9 @@ pub const ROOT: u64 = 1;
 
 pub struct Node {
     pub generation: u64,
+    /// Its file's backing inode number: the one its id comes from, unless a reencrypt moved the
+    /// file (see `Inodes::rebase`), or the number was another node's id (a spare id).
+    pub backing: u64,
     /// (parent, backing name); the name is shared with the name index.
     pub links: Links,
     pub nlookup: u64,
@@ -37,23 +46,16 @@ pub struct Node {
     pub may_cache: bool,
     /// Boxed: most nodes never have one, and a listing makes a node per entry.
     pub cache_stamp: Option<Box<Recorded>>,
-    /// Set when a reencrypt renamed a new backing file over this node's name: the node that has
-    /// the file now. The kernel keeps this node for descriptors opened before, so what it sends
-    /// for them follows the file. Never a node that follows another (`Inodes::followers`); each
-    /// follower holds one lookup of it.
-    pub successor: Option<u64>,
-    /// A follower's old backing file, held open so that the backing filesystem does not hand
-    /// its inode number to another file while the kernel may still send requests for it.
-    pub pin: Option<OwnedFd>,
 }
 
 /// A node's links: held inline for the usual single name, so a node costs no allocation.
 pub type Links = SmallVec<[(u64, Arc<OsStr>); 1]>;
 
 impl Node {
-    fn new(nlookup: u64) -> Node {
+    fn new(nlookup: u64, backing: u64) -> Node {
         Node {
             generation: 0,
+            backing,
             links: Links::new(),
             nlookup,
             one_link: false,
@@ -62,15 +64,12 @@ impl Node {
             dir_fd: None,
             may_cache: false,
             cache_stamp: None,
-            successor: None,
-            pin: None,
         }
     }
 }
 
-/// Directory descriptors kept at most (each takes one open file), and as many old backing
-/// files held for reencrypted nodes: 4096, or a quarter of the process's descriptor limit if
-/// that is lower, so open files always have room.
+/// Directory descriptors kept at most (each takes one open file): 4096, or a quarter of the
+/// process's descriptor limit if that is lower, so open files always have room.
 pub const DIR_FDS_MAX: usize = 4096;
 
 fn dir_fds_max() -> usize {
@@ -123,34 +122,46 @@ impl Equivalent<NameKey> for NameRef<'_> {
     }
 }
 
+/// Where spare ids start (see `Inodes::spare_id`): above the inode numbers filesystems hand out.
+const SPARE_IDS: u64 = 1 << 63;
+
 pub struct Inodes {
     root: PathBuf,
     root_backing_ino: u64,
     nodes: Map<u64, Node>,
     by_name: Map<NameKey, u64>,
-    /// The nodes that follow each node (see `Node::successor`).
-    followers: Map<u64, SmallVec<[u64; 1]>>,
+    /// Backing inode numbers whose node has another id: files a reencrypt moved while the
+    /// kernel kept their node, and files whose number was the id of such a node.
+    aliases: Map<u64, u64>,
+    next_spare: u64,
     dir_fds: usize,
-    pins: usize,
 }
 
 impl Inodes {
     pub fn new(root: PathBuf, root_backing_ino: u64) -> Inodes {
         let mut nodes = Map::default();
-        nodes.insert(ROOT, Node::new(1));
+        nodes.insert(ROOT, Node::new(1, root_backing_ino));
         Inodes {
             root,
             root_backing_ino,
             nodes,
             by_name: Map::default(),
-            followers: Map::default(),
+            aliases: Map::default(),
+            next_spare: SPARE_IDS,
             dir_fds: 0,
-            pins: 0,
         }
     }
 
     /// The node id of a backing inode number.
     pub fn node_id(&self, backing_ino: u64) -> u64 {
+        self.aliases
+            .get(&backing_ino)
+            .copied()
+            .unwrap_or_else(|| self.own_id(backing_ino))
+    }
+
+    /// The id a backing inode number gives when no other node has it.
+    fn own_id(&self, backing_ino: u64) -> u64 {
         if backing_ino == self.root_backing_ino {
             ROOT
         } else if backing_ino == ROOT {
@@ -171,7 +182,7 @@ impl Inodes {
     /// Backing names from the root down to a node, through first links (empty for the root).
     pub fn components(&self, ino: u64) -> Option<Vec<OsString>> {
         let mut parts = Vec::new();
-        let mut cur = self.resolve(ino);
+        let mut cur = ino;
         while cur != ROOT {
             let (parent, name) = self.nodes.get(&cur)?.links.first()?;
             parts.push(name.to_os_string());
@@ -227,9 +238,22 @@ impl Inodes {
         self.dir_fds
     }
 
-    /// Old backing files held for the nodes reencrypt left behind (see `supersede`).
-    pub fn pins_held(&self) -> usize {
-        self.pins
+    /// Nodes whose file a reencrypt moved to another backing inode (see `rebase`).
+    pub fn rebased(&self) -> usize {
+        self.nodes
+            .iter()
+            .filter(|(id, n)| **id != ROOT && n.backing != self.own_id(**id))
+            .count()
+    }
+
+    /// Whether `backing_ino` is the old number of a file a reencrypt moved since: the node with
+    /// its id has another backing inode now. A stat that gave it may predate the move.
+    pub fn moved_from(&self, backing_ino: u64) -> bool {
+        !self.aliases.contains_key(&backing_ino)
+            && self
+                .nodes
+                .get(&self.own_id(backing_ino))
+                .is_some_and(|n| n.backing != backing_ino)
     }
 
     /// Backing path of a node (for messages: operations go through directory descriptors).
@@ -258,13 +282,15 @@ impl Inodes {
         backing: Backing,
     ) -> (u64, u64) {
         let mut ino = self.node_id(backing.ino);
-        let gone = self.nodes.get(&ino).filter(|n| n.gone);
-        let held = gone.filter(|n| n.pin.is_some()).and_then(|n| n.successor);
-        if let Some(live) = held {
-            // A held number is no other file's: this is a stat from before the reencrypt that
-            // replaced the file (a lookup or listing racing it), linked after. It names the file.
-            ino = live;
-        } else if gone.is_some() {
+        if self
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.backing != backing.ino)
+        {
+            // Its id is a node's whose file a reencrypt moved (see `moved_from`).
+            ino = self.spare_id(backing.ino);
+        }
+        if self.nodes.get(&ino).is_some_and(|n| n.gone) {
             self.revive(ino, Some((parent, name)));
         }
         // One hash of the name: the index entry is found, or made, in place.
@@ -288,7 +314,10 @@ impl Inodes {
         if let Some(old) = old.filter(|&o| o != ino) {
             self.drop_node_link(old, parent, name);
         }
-        let node = self.nodes.entry(ino).or_insert_with(|| Node::new(0));
+        let node = self
+            .nodes
+            .entry(ino)
+            .or_insert_with(|| Node::new(0, backing.ino));
         node.nlookup += 1;
         node.one_link = backing.one_link;
         if !node.links.iter().any(|(p, m)| *p == parent && **m == *name) {
@@ -318,137 +347,46 @@ impl Inodes {
             self.dir_fds -= 1;
         }
         node.gone = false;
-        self.pins -= usize::from(node.pin.take().is_some());
-        let followed = node.successor.take();
-        // Nodes that followed the file that had this number: it is gone, they name nothing.
-        if let Some(fs) = self.followers.remove(&ino) {
-            if let Some(node) = self.nodes.get_mut(&ino) {
-                node.nlookup = node.nlookup.saturating_sub(fs.len() as u64);
-            }
-            for f in fs {
-                if let Some(n) = self.nodes.get_mut(&f) {
-                    n.successor = None;
-                }
-            }
-        }
-        if let Some(t) = followed {
-            self.unfollow(ino, t);
-            self.forget(t, 1);
-        }
     }
 
-    /// Takes `f` off `target`'s followers (the lookup it held is the caller's to release).
-    fn unfollow(&mut self, f: u64, target: u64) {
-        if let Some(fs) = self.followers.get_mut(&target) {
-            fs.retain(|x| *x != f);
-            if fs.is_empty() {
-                self.followers.remove(&target);
-            }
+    /// An unused id for backing inode number `backing_ino`, whose own id is a node's that a
+    /// reencrypt moved to another backing inode; lookups of the number reach it from now on.
+    fn spare_id(&mut self, backing_ino: u64) -> u64 {
+        let mut id = self.next_spare;
+        while id == ROOT || self.nodes.contains_key(&id) {
+            id = id.wrapping_add(1).max(SPARE_IDS);
         }
+        self.next_spare = id.wrapping_add(1).max(SPARE_IDS);
+        self.aliases.insert(backing_ino, id);
+        id
     }
 
-    /// Reencrypt renamed backing inode `new` over the name of node `old`, whose backing inode is
-    /// unlinked now. `old`'s names move to `new`, and `old` (with the nodes that followed it)
-    /// follows `new` (see `resolve`) for as long as the kernel keeps it, holding `pin` (the old
-    /// backing file) if there is room, so that its number is not reused meanwhile; true if it
-    /// does. The caller holds the table locked from before the rename, so no lookup or unlink
-    /// came between: any node `new` already has is stale (its file went behind the mount's
-    /// back, its number reused), unless it follows `old` (unheld, its number came back as this
-    /// file: ext4 hands freed numbers out again), in which case it is this file's again, with
-    /// the generation the kernel knows it by.
-    pub fn supersede(&mut self, old: u64, new: u64, pin: Option<OwnedFd>) -> bool {
-        if old == new || old == ROOT || new == ROOT || !self.nodes.contains_key(&old) {
-            return false;
+    /// Reencrypt renamed backing inode `new` over the name of node `ino`'s file: the node stays
+    /// the file's, and lookups of `new` reach it (the caller holds the table locked from before
+    /// the rename, so none came between). Another node that has `new` as its number is stale
+    /// (its file went behind the mount's back and the number was reused): lookups no longer
+    /// reach it.
+    pub fn rebase(&mut self, ino: u64, new: u64) {
+        if ino == ROOT {
+            return;
         }
-        // Lookups released at the end, when nothing removed can be needed any more.
-        let mut release: SmallVec<[u64; 2]> = SmallVec::new();
-        let returning = self.nodes.get(&new).and_then(|n| n.successor) == Some(old);
-        if returning {
-            self.unfollow(new, old);
-            release.push(old);
-            if let Some(n) = self.nodes.get_mut(&new) {
-                n.successor = None;
-                n.gone = false;
-                self.pins -= usize::from(n.pin.take().is_some());
-            }
-        } else {
-            if let Some(n) = self.nodes.get_mut(&new) {
-                n.gone = true;
-            }
-            self.revive(new, None);
-        }
-        let Some(o) = self.nodes.get_mut(&old) else {
-            return false;
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
         };
-        let links = std::mem::take(&mut o.links);
-        let one_link = o.one_link;
-        o.gone = true;
-        if let Some(t) = o.successor.take() {
-            // Not expected (reencrypt works on the node that has the file), but kept consistent.
-            self.unfollow(old, t);
-            release.push(t);
+        let old = std::mem::replace(&mut node.backing, new);
+        if self.aliases.get(&old) == Some(&ino) {
+            self.aliases.remove(&old);
         }
-        let mut movers = self.followers.remove(&old).unwrap_or_default();
-        release.extend(std::iter::repeat_n(old, movers.len()));
-        movers.push(old);
-        for f in &movers {
-            if let Some(n) = self.nodes.get_mut(f) {
-                n.successor = Some(new);
-            }
+        if self.own_id(new) == ino {
+            self.aliases.remove(&new);
+        } else {
+            self.aliases.insert(new, ino);
         }
-        let n = self.nodes.entry(new).or_insert_with(|| Node::new(0));
-        n.nlookup += movers.len() as u64;
-        n.one_link = one_link;
-        for (parent, name) in links {
-            // A lookup since the rename may have moved the name already.
-            if !n.links.iter().any(|(p, m)| *p == parent && *m == name) {
-                n.links.insert(0, (parent, name.clone()));
-            }
-            if let Some(i) = self.by_name.get_mut(&NameRef(parent, &name)) {
-                if *i == old {
-                    *i = new;
-                }
-            }
-        }
-        self.followers.entry(new).or_default().extend(movers);
-        let mut held = false;
-        if let (Some(o), Some(pin)) = (self.nodes.get_mut(&old), pin) {
-            if o.pin.is_none() && self.pins < dir_fds_max() {
-                o.pin = Some(pin);
-                self.pins += 1;
-                held = true;
-            }
-        }
-        for t in release {
-            self.forget(t, 1);
-        }
-        held
     }
 
-    /// The node that has `ino`'s file now: `ino` itself, or the node the reencrypts since it
-    /// was found led to.
-    pub fn resolve(&self, ino: u64) -> u64 {
-        self.nodes
-            .get(&ino)
-            .and_then(|n| n.successor)
-            .unwrap_or(ino)
-    }
-
-    /// (parent, backing name) of the file kernel node `ino` reaches now (through `resolve`).
+    /// (parent, backing name) of node `ino`'s first link.
     pub fn name_of(&self, ino: u64) -> Option<(u64, Arc<OsStr>)> {
-        self.nodes.get(&self.resolve(ino))?.links.first().cloned()
-    }
-
-    /// The nodes that follow `ino` (see `supersede`).
-    pub fn followers_of(&self, ino: u64) -> Vec<u64> {
-        self.followers
-            .get(&ino)
-            .map_or_else(Vec::new, |f| f.to_vec())
-    }
-
-    /// Nodes that follow another (see `supersede`): the kernel may hold pages under them.
-    pub fn superseded(&self) -> Vec<u64> {
-        self.followers.values().flatten().copied().collect()
+        self.nodes.get(&ino)?.links.first().cloned()
     }
 
     fn drop_link(&mut self, ino: u64, parent: u64, name: &OsStr) {
@@ -493,7 +431,6 @@ impl Inodes {
 
     /// Node `ino` gained a name (a link made through the mount): it has more than one now.
     pub fn linked(&mut self, ino: u64) {
-        let ino = self.resolve(ino);
         if let Some(n) = self.nodes.get_mut(&ino) {
             n.one_link = false;
         }
@@ -588,7 +525,7 @@ impl Inodes {
             .collect()
     }
 
-    /// The kernel dropped `n` references (or a follower its one).
+    /// The kernel dropped `n` references.
     pub fn forget(&mut self, ino: u64, n: u64) {
         if ino == ROOT {
             return;
@@ -606,15 +543,10 @@ impl Inodes {
         if node.dir_fd.is_some() {
             self.dir_fds -= 1;
         }
-        if node.pin.is_some() {
-            self.pins -= 1;
+        if self.aliases.get(&node.backing) == Some(&ino) {
+            self.aliases.remove(&node.backing);
         }
         unindex(&mut self.by_name, ino, &node.links);
-        if let Some(t) = node.successor {
-            self.unfollow(ino, t);
-            // A node followed is never a follower: this goes one level deep.
-            self.forget(t, 1);
-        }
     }
 
     /// Directories whose name keys are held in memory.
@@ -758,155 +690,72 @@ mod tests {
     /// long as it is followed; a reused number is another file, unless it comes back as this
     /// one.
     #[test]
-    fn a_superseded_node_follows_its_file_until_forgotten() {
-        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+    fn a_reencrypted_file_keeps_its_node_until_forgotten() {
+        let mut t = Inodes::new(PathBuf::from("/c"), 2);
         let (d, _) = t.link(ROOT, OsStr::new("d"), Backing::file(11));
-        let (old, _) = t.link(d, OsStr::new("f"), Backing::file(20));
-        t.supersede(old, 21, None);
-        assert_eq!(t.resolve(old), 21);
-        assert_eq!(t.find(d, OsStr::new("f")), Some(21), "the name moved");
-        assert_eq!(t.path(old).unwrap(), PathBuf::from("/c/d/f"));
-        assert_eq!(t.superseded(), vec![old]);
-        // The kernel looks the name up afresh, then forgets the new node before the old one.
-        let (new, _) = t.link(d, OsStr::new("f"), Backing::file(21));
-        assert_eq!((new, t.get(new).unwrap().links.len()), (21, 1));
-        t.forget(new, 1);
-        t.rename((d, OsStr::new("f")), (ROOT, OsStr::new("g")));
-        assert_eq!(
-            t.path(old).unwrap(),
-            PathBuf::from("/c/g"),
-            "kept for the old node"
-        );
-        // Twice more: the old node follows the newest; the ones between, which the kernel
-        // forgot, went with the last reference to them.
-        t.supersede(21, 22, None);
-        t.supersede(22, 23, None);
-        assert_eq!(t.resolve(old), 23);
-        assert!(t.get(21).is_none() && t.get(22).is_none());
-        assert_eq!(t.find(ROOT, OsStr::new("g")), Some(23));
-        assert_eq!(t.superseded(), vec![old]);
-        let (last, _) = t.link(ROOT, OsStr::new("g"), Backing::file(23));
-        assert_eq!(
-            t.get(last).unwrap().nlookup,
-            2,
-            "the follower's and the lookup"
-        );
-        // Forgetting the old node releases what it held.
-        t.forget(old, 1);
-        assert!(t.get(old).is_none());
-        assert_eq!(t.get(last).unwrap().nlookup, 1);
-        assert!(t.superseded().is_empty());
-        assert_eq!(t.path(last).unwrap(), PathBuf::from("/c/g"));
+        let (f, g) = t.link(d, OsStr::new("f"), Backing::file(20));
+        t.rebase(f, 21);
+        // Lookups and listings of the new number reach the same node, generation and name.
+        assert_eq!(t.node_id(21), f);
+        assert_eq!(t.link(d, OsStr::new("f"), Backing::file(21)), (f, g));
+        assert_eq!(t.get(f).unwrap().nlookup, 2);
+        assert_eq!(t.name_of(f).unwrap().1.as_ref(), OsStr::new("f"));
+        assert_eq!((t.get(f).unwrap().backing, t.rebased()), (21, 1));
+        // Again, and back to the first number (ext4 hands freed numbers out again).
+        t.rebase(f, 22);
+        assert_eq!((t.node_id(21), t.node_id(22)), (21, f));
+        t.rebase(f, 20);
+        assert_eq!((t.node_id(22), t.node_id(20), t.rebased()), (22, f, 0));
+        t.rebase(f, 23);
+        t.forget(f, 2);
+        // Gone with its alias: the number's own id again.
+        assert!(t.get(f).is_none());
+        assert_eq!(t.node_id(23), 23);
+        assert_eq!(t.link(d, OsStr::new("f"), Backing::file(23)).0, 23);
     }
 
-    /// ext4 hands a freed inode number out again: reencrypts alternate between two numbers, and
-    /// the node of each comes back as the same file, generation unchanged.
     #[test]
-    fn a_number_that_comes_back_as_the_same_file_keeps_its_node() {
-        let mut t = Inodes::new(PathBuf::from("/c"), 10);
-        let (a, g) = t.link(ROOT, OsStr::new("f"), Backing::file(20));
-        for round in 0..6 {
-            let (from, to) = if round % 2 == 0 { (20, 21) } else { (21, 20) };
-            t.supersede(from, to, None);
-            assert_eq!(t.resolve(a), to, "round {round}");
-            assert_eq!(t.resolve(21), to, "round {round}");
-            assert_eq!(t.find(ROOT, OsStr::new("f")), Some(to));
-            assert_eq!(t.link(ROOT, OsStr::new("f"), Backing::file(to)), (to, g));
-            assert!(t.get(to).unwrap().successor.is_none());
-        }
-        assert_eq!(t.superseded(), vec![21]);
-        // The kernel looked 20 up 4 times and 21 three; 21 follows 20. When the kernel forgets
-        // both, nothing is left behind.
-        assert_eq!(t.get(20).unwrap().nlookup, 5);
-        assert_eq!(t.get(21).unwrap().nlookup, 3);
-        t.forget(21, 3);
-        t.forget(20, 4);
-        assert_eq!(t.len(), 1, "only the root");
-        assert!(t.superseded().is_empty());
-    }
-
-    /// The old backing file is held for a follower (up to a bound), so its number stays taken;
-    /// a node the new number already had is stale and becomes another inode.
-    #[test]
-    fn a_follower_holds_its_old_file_and_a_stale_node_is_renewed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let pin = || {
-            let f = std::fs::File::create(dir.path().join("x")).expect("create");
-            Some(OwnedFd::from(f))
-        };
-        let mut t = Inodes::new(PathBuf::from("/c"), 10);
+    fn the_old_number_of_a_moved_file_gets_a_spare_id() {
+        let mut t = Inodes::new(PathBuf::from("/c"), 2);
         let (a, _) = t.link(ROOT, OsStr::new("a"), Backing::file(20));
-        // 21 was a file the kernel knows, deleted behind the mount's back.
-        let (stale, g) = t.link(ROOT, OsStr::new("gone-behind"), Backing::file(21));
-        t.supersede(a, 21, pin());
-        assert_eq!(t.pins_held(), 1);
-        assert_eq!(t.get(stale).unwrap().generation, g + 1, "another inode now");
-        assert_eq!(
-            t.get(21).unwrap().links.len(),
-            1,
-            "only the name it has now"
-        );
-        assert_eq!(t.find(ROOT, OsStr::new("gone-behind")), None);
-        assert_eq!(t.resolve(a), 21);
-        t.forget(a, 1);
-        assert_eq!(t.pins_held(), 0, "released with the node");
-        assert_eq!(
-            t.get(21).unwrap().nlookup,
-            1,
-            "the kernel's lookup of the old file"
-        );
+        t.rebase(a, 21);
+        // A stat that gave 20 may predate the move; once 20 is another file's, it is not.
+        assert!(t.moved_from(20));
+        assert!(!t.moved_from(21));
+        let (b, _) = t.link(ROOT, OsStr::new("b"), Backing::file(20));
+        assert!(b >= SPARE_IDS && b != a);
+        assert!(!t.moved_from(20));
+        assert_eq!((t.node_id(20), t.node_id(21)), (b, a));
+        assert_eq!(t.link(ROOT, OsStr::new("b2"), Backing::file(20)).0, b);
+        // A spare id is not handed out twice, and goes with its node.
+        let (c, _) = t.link(ROOT, OsStr::new("c"), Backing::file(30));
+        t.rebase(c, 31);
+        let (e, _) = t.link(ROOT, OsStr::new("e"), Backing::file(30));
+        assert!(e >= SPARE_IDS && e != b);
+        t.forget(b, 2);
+        assert_eq!(t.node_id(20), 20);
+        assert!(t.moved_from(20));
+        assert_eq!(t.find(ROOT, OsStr::new("a")), Some(a));
     }
 
-    /// A lookup that stat'ed the file before a reencrypt and records it after finds the old
-    /// number held: it gets the file's node now, and the follower stays as it was.
     #[test]
-    fn a_stat_from_before_a_reencrypt_reaches_the_file_it_became() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let f = std::fs::File::create(dir.path().join("x")).expect("create");
-        let mut t = Inodes::new(PathBuf::from("/c"), 10);
-        let (a, g) = t.link(ROOT, OsStr::new("a"), Backing::file(20));
-        t.supersede(a, 21, Some(OwnedFd::from(f)));
-        let g21 = t.get(21).unwrap().generation;
-        assert_eq!(t.link(ROOT, OsStr::new("a"), Backing::file(20)), (21, g21));
-        assert_eq!(t.get(a).unwrap().generation, g, "not renewed");
-        assert_eq!((t.resolve(a), t.pins_held()), (21, 1));
-        assert_eq!(t.find(ROOT, OsStr::new("a")), Some(21));
-        // Without a held file the number may be another file's: renewed, as before.
-        let (b, gb) = t.link(ROOT, OsStr::new("b"), Backing::file(30));
-        t.supersede(b, 31, None);
-        assert_eq!(
-            t.link(ROOT, OsStr::new("c"), Backing::file(30)),
-            (b, gb + 1)
-        );
+    fn a_rebase_over_a_stale_nodes_number_takes_its_lookups() {
+        let mut t = Inodes::new(PathBuf::from("/c"), 2);
+        let (a, _) = t.link(ROOT, OsStr::new("a"), Backing::file(20));
+        // 21's file went behind the mount's back; the kernel still has its node.
+        let (stale, _) = t.link(ROOT, OsStr::new("gone-behind"), Backing::file(21));
+        t.rebase(a, 21);
+        assert_eq!(t.node_id(21), a);
+        assert_eq!(t.link(ROOT, OsStr::new("a"), Backing::file(21)).0, a);
+        assert!(t.get(stale).is_some());
+        t.forget(stale, 1);
+        assert_eq!(t.node_id(21), a, "the stale node's forget leaves the alias");
+        // A moved file unlinked and its number reused: the node is revived, as any number is.
+        t.unlink(ROOT, OsStr::new("a"), true);
+        let g = t.get(a).unwrap().generation;
+        assert_eq!(t.link(ROOT, OsStr::new("z"), Backing::file(21)), (a, g + 1));
     }
 
-    /// A number reused by another file: what followed the file that had it follows nothing.
-    #[test]
-    fn a_number_reused_by_another_file_ends_what_followed_it() {
-        let mut t = Inodes::new(PathBuf::from("/c"), 10);
-        let (a, g) = t.link(ROOT, OsStr::new("a"), Backing::file(30));
-        t.supersede(a, 31, None);
-        let (again, g1) = t.link(ROOT, OsStr::new("other"), Backing::file(30));
-        assert_eq!(
-            (again, g1),
-            (a, g + 1),
-            "the old node's number: another file"
-        );
-        assert_eq!(t.resolve(a), a);
-        assert_eq!(t.path(a).unwrap(), PathBuf::from("/c/other"));
-        assert!(t.get(31).is_none(), "released by the node that followed it");
-        // The followed file unlinked, and its number reused while the old node still follows.
-        let (b, _) = t.link(ROOT, OsStr::new("b"), Backing::file(40));
-        t.supersede(b, 41, None);
-        t.unlink(ROOT, OsStr::new("b"), true);
-        t.link(ROOT, OsStr::new("c"), Backing::file(41));
-        assert_eq!(t.resolve(b), b);
-        assert!(t.components(b).is_none(), "names nothing");
-        assert!(t.superseded().is_empty());
-        assert_eq!(t.get(41).unwrap().nlookup, 1);
-    }
-
-    /// Lookups by borrowed name rely on it hashing as the stored key does.
     #[test]
     fn a_borrowed_name_hashes_as_the_stored_key() {
         let s = RandomState::new();

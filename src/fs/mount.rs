@@ -450,8 +450,7 @@ pub const KEY_POLL: Duration = Duration::from_millis(200);
 pub const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 
 /// Polls the key store; when it changes, wipes data keys that may no longer be used and has the
-/// kernel drop what it cached of those files. Drops the pages that changes through another
-/// node outdated (`KmsFs::stale_pages`), and syncs the mount's audit records, each round.
+/// kernel drop what it cached of those files, and syncs the mount's audit records, each round.
 /// With `idle`, also unmounts once the mount has had no requests for that long and no open
 /// files (as gocryptfs -idle).
 fn spawn_key_watcher(
@@ -480,8 +479,7 @@ fn spawn_key_watcher(
                 fs.maintain();
                 last_maintenance = std::time::Instant::now();
             }
-            let stale = fs.stale_pages();
-            for ino in fs.revalidate().into_iter().chain(stale) {
+            for ino in fs.revalidate() {
                 if let Err(e) = notifier.inval_inode(fuser::INodeNo(ino), 0, 0) {
                     log::debug!("invalidating inode {ino}: {e}");
                 }

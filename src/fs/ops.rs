@@ -45,13 +45,10 @@ pub use xattrs::{XattrReply, xattr_reply};
 pub struct OpenFile {
     pub content: RwLock<FileContent>,
     handles: AtomicU64,
-    /// The node id this state is filed under in `files` (reencrypt moves it to a new inode).
-    ino: AtomicU64,
+    /// The node id this state is filed under in `files`.
+    ino: u64,
     /// Its handles by page-cache mode (see `pagecache`).
     modes: Mutex<Modes>,
-    /// A reencrypt left kernel nodes behind that follow this file (see `Inodes::supersede`):
-    /// a change through one of its nodes outdates what the kernel cached under the others.
-    followed: AtomicBool,
 }
 
 impl OpenFile {
@@ -60,9 +57,8 @@ impl OpenFile {
         Arc::new(OpenFile {
             content: RwLock::new(content),
             handles: AtomicU64::new(handles),
-            ino: AtomicU64::new(ino),
+            ino,
             modes: Mutex::new(Modes::default()),
-            followed: AtomicBool::new(false),
         })
     }
 }
@@ -94,11 +90,6 @@ pub struct KmsFs {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
-    /// Files (by the node their state is filed under) changed through one kernel node while
-    /// others follow them: the mount's watcher thread drops the kernel's pages of all of them
-    /// (see `stale_pages`), as a notification sent while serving a request could wait for
-    /// locks the kernel holds for that request.
-    changed: Mutex<Vec<u64>>,
     is_root: bool,
     /// Undo records of in-place rewrites; None where the cipher dir cannot be written.
     journal: Option<Arc<crate::fs::undo::Journal>>,
@@ -302,7 +293,6 @@ impl KmsFs {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            changed: Mutex::new(Vec::new()),
             is_root: nix::unistd::geteuid().is_root(),
         })
     }
@@ -491,7 +481,8 @@ impl KmsFs {
         }
     }
 
-    /// Counts a lookup of `parent/bn` and returns its attributes and generation.
+    /// Counts a lookup of `parent/bn`, a file just made (so `st` is its own), and returns its
+    /// attributes and generation.
     fn register(&self, parent: u64, bn: &BackingName, st: &FileStat) -> Entry {
         let (ino, generation) =
             lock(&self.inodes).link(parent, OsStr::new(bn.entry()), backing(st));
@@ -502,7 +493,35 @@ impl KmsFs {
     }
 
     fn register_at(&self, parent: u64, dir: &OwnedFd, bn: &BackingName) -> FsResult<Entry> {
-        Ok(self.register(parent, bn, &stat_at(dir, OsStr::new(bn.entry()))?))
+        let name = OsStr::new(bn.entry());
+        let (ino, generation, st) = self.link_stat(dir, name, stat_at(dir, name)?, |t, b| {
+            t.link(parent, name, b)
+        })?;
+        Ok(Entry {
+            attr: to_attr(ino, &st),
+            generation,
+        })
+    }
+
+    /// Links `dir/name` as `st`, a stat of it, shows it (with `link`). A stat that gave the old
+    /// backing inode number of a file a reencrypt moved may predate the move (see
+    /// `Inodes::moved_from`): the name is stat'ed again, under the table's lock, which the
+    /// reencrypt's rename holds too. Returns the node id, its generation and the stat used.
+    fn link_stat(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        st: FileStat,
+        link: impl FnOnce(&mut Inodes, Backing) -> (u64, u64),
+    ) -> FsResult<(u64, u64, FileStat)> {
+        let mut inodes = lock(&self.inodes);
+        let st = if inodes.moved_from(st.st_ino) {
+            stat_at(dir, name)?
+        } else {
+            st
+        };
+        let (ino, generation) = link(&mut inodes, backing(&st));
+        Ok((ino, generation, st))
     }
 
     pub fn lookup(&self, parent: u64, name: &OsStr, r: Requester) -> FsResult<Entry> {
@@ -514,11 +533,9 @@ impl KmsFs {
         lock(&self.inodes).forget(ino, n);
     }
 
-    /// The open state of the file kernel node `ino` names, if it is open. By the node that has
-    /// the file now: a reencrypt files the state under its new inode's node.
+    /// The open state of file `ino`, if it is open.
     fn open_state(&self, ino: u64) -> Option<Arc<OpenFile>> {
-        let live = lock(&self.inodes).resolve(ino);
-        lock(&self.files).get(&live).cloned()
+        lock(&self.files).get(&ino).cloned()
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<FileAttr> {
@@ -620,20 +637,19 @@ impl KmsFs {
     /// lock, so a closing handle never removes state another is about to use. A cached state is
     /// checked against `r`'s rights, and re-keyed if its key was revoked meanwhile.
     fn open_file(&self, ino: u64, r: Requester) -> FsResult<Arc<OpenFile>> {
-        // A reencrypt renames a new backing file over the node's name and files the open state
-        // under the new file's node. An open of the old node after that shares the state filed
-        // under the node its name names now; one that opened the old file just before the
-        // rename finds it unlinked and starts again. Two states for one file would each have
-        // their own view of its content, and writes through them would overwrite each other.
+        // The state is filed under the node of the backing inode opened: the kernel's `ino`
+        // unless the name reaches another file now (replaced behind the mount's back). An open
+        // that opened the old file just before a reencrypt's rename finds it unlinked once the
+        // reencrypt is done, and starts again. Two states for one file would each have their
+        // own view of its content, and writes through them would overwrite each other.
         for _ in 0..3 {
-            let live = lock(&self.inodes).resolve(ino);
-            if let Some(f) = self.pinned(live, r)? {
+            if let Some(f) = self.pinned(ino, r)? {
                 return Ok(f);
             }
             let file = Self::open_backing(&self.at(ino)?)?;
             let meta = file.metadata()?;
             let node = lock(&self.inodes).node_id(meta.ino());
-            if node != live {
+            if node != ino {
                 if let Some(f) = self.pinned(node, r)? {
                     return Ok(f);
                 }
@@ -644,14 +660,7 @@ impl KmsFs {
                     None => continue,
                 }
             }
-            let content = match self.load_content(file, self.label(ino), r) {
-                Ok(c) => c,
-                // Replaced (and its old copy emptied) by a reencrypt since it was opened?
-                Err(e) => match self.at(ino).and_then(|a| stat_at(&a.dir, &a.name)) {
-                    Ok(now) if now.st_ino != meta.ino() => continue,
-                    _ => return Err(e),
-                },
-            };
+            let content = self.load_content(file, self.label(ino), r)?;
             let mut files = lock(&self.files);
             if content.file().metadata()?.nlink() == 0 {
                 continue;
@@ -694,7 +703,7 @@ impl KmsFs {
             }
             return Ok(f);
         }
-        // Renamed over three times while being opened.
+        // Replaced three times while being opened.
         Err(Errno(libc::ESTALE))
     }
 
@@ -714,8 +723,8 @@ impl KmsFs {
     /// A regular file without even a header: its creation (or truncation to 0) was interrupted
     /// before the header was written, so it is an empty file. It gets a header now, under the
     /// `files` lock so that no other open writes a different one.
-    /// `ino` is the kernel's node (its directory's key, its label), `node` the one its backing
-    /// file has now, under which the state is filed (see `open_file`). None if the file is no
+    /// `ino` is the kernel's node (its directory's key, its label), `node` the one of the backing
+    /// inode opened, under which the state is filed (see `open_file`). None if the file is no
     /// longer empty, or no longer linked, now that the lock is held.
     fn open_headerless(
         &self,
@@ -752,23 +761,12 @@ impl KmsFs {
     /// One user of an open file is done; the last one drops its state (and so its keys).
     fn unpin(&self, f: &Arc<OpenFile>) {
         let mut files = lock(&self.files);
-        let ino = f.ino.load(Ordering::SeqCst);
+        let ino = f.ino;
         if f.handles.fetch_sub(1, Ordering::SeqCst) == 1
             && files.get(&ino).is_some_and(|g| Arc::ptr_eq(g, f))
         {
             files.remove(&ino);
         }
-    }
-
-    /// Files an open state under the node id of the inode it now has (after reencrypt), in the
-    /// `files` map the caller holds locked. Returns the node it was filed under.
-    fn refile(files: &mut HashMap<u64, Arc<OpenFile>>, f: &Arc<OpenFile>, new_ino: u64) -> u64 {
-        let old = f.ino.swap(new_ino, Ordering::SeqCst);
-        if files.get(&old).is_some_and(|g| Arc::ptr_eq(g, f)) {
-            files.remove(&old);
-        }
-        files.insert(new_ino, f.clone());
-        old
     }
 
     fn new_handle(&self, h: Handle) -> u64 {
@@ -888,48 +886,12 @@ impl KmsFs {
         if kill_suidgid {
             clear_set_id(c.file())?;
         }
-        // The kernel takes an O_APPEND write's offset from its inode's size. After a reencrypt
-        // the file has a new node, and writes through a descriptor on the old one leave the new
-        // inode's size behind until its attributes expire; the daemon's size is the file's. (A
-        // cached handle's offset also places the bytes in the page cache: left as it is.)
+        // The kernel takes an O_APPEND write's offset from its inode's size, which an append
+        // made behind the mount leaves behind until the attributes expire; the daemon's size is
+        // the file's. (A cached handle's offset also places the bytes in the page cache: that
+        // one is used as it is.)
         let offset = if append && direct { c.size()? } else { offset };
-        let n = c.write(offset, data)?;
-        self.outdated(&f);
-        Ok(n)
-    }
-
-    /// File `f` changed: if a reencrypt left other kernel nodes for it, what they cached goes.
-    fn outdated(&self, f: &OpenFile) {
-        if f.followed.load(Ordering::Relaxed) {
-            lock(&self.changed).push(f.ino.load(Ordering::SeqCst));
-        }
-    }
-
-    /// The kernel nodes whose cached pages to drop now: every node of each file changed since
-    /// the last call (the node it is filed under and the ones that follow it).
-    pub fn stale_pages(&self) -> Vec<u64> {
-        let mut changed = std::mem::take(&mut *lock(&self.changed));
-        if changed.is_empty() {
-            return changed;
-        }
-        changed.sort_unstable();
-        changed.dedup();
-        let followers: Vec<Vec<u64>> = {
-            let inodes = lock(&self.inodes);
-            changed.iter().map(|n| inodes.followers_of(*n)).collect()
-        };
-        let mut nodes = Vec::new();
-        for (n, f) in changed.iter().zip(followers) {
-            if f.is_empty() {
-                // None left: its changes need not be reported any more.
-                if let Some(file) = lock(&self.files).get(n) {
-                    file.followed.store(false, Ordering::Relaxed);
-                }
-            }
-            nodes.push(*n);
-            nodes.extend(f);
-        }
-        nodes
+        c.write(offset, data)
     }
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
@@ -978,9 +940,6 @@ impl KmsFs {
                 c.truncate(size)
             }
         })();
-        if result.is_ok() {
-            self.outdated(&f);
-        }
         self.unpin(&f);
         result
     }
@@ -1153,8 +1112,6 @@ impl KmsFs {
         let dirs = {
             let mut inodes = lock(&self.inodes);
             affected.extend(inodes.clear_stamps());
-            // The nodes a reencrypt left behind: descriptors opened before read through them.
-            affected.extend(inodes.superseded());
             inodes.cached_dir_keys()
         };
         for (ino, d) in dirs {

@@ -99,13 +99,13 @@ impl KmsFs {
                 })
             })
             .collect();
-        let (inodes, dir_keys, dir_fds, pins) = {
+        let (inodes, dir_keys, dir_fds, rebased) = {
             let i = lock(&self.inodes);
             (
                 i.len(),
                 i.dir_keys_cached(),
                 i.dir_fds_cached(),
-                i.pins_held(),
+                i.rebased(),
             )
         };
         serde_json::json!({
@@ -128,7 +128,7 @@ impl KmsFs {
                 "Inodes": inodes,
                 "DirectoryKeys": dir_keys,
                 "DirectoryDescriptors": dir_fds,
-                "ReencryptedFilesHeld": pins,
+                "ReencryptedInodes": rebased,
             },
         })
     }
@@ -446,32 +446,6 @@ impl KmsFs {
 }
 
 impl KmsFs {
-    /// After reencrypt renamed its copy over `c`'s file: the old file stays open while the
-    /// kernel keeps its node (see `Inodes::supersede`), so its blocks are freed now, once it is
-    /// certainly linked nowhere and the rename is durable (a crash could otherwise bring back
-    /// the old name over an emptied file). Elsewhere the old copy is kept until released.
-    fn empty_replaced(&self, dir: &OwnedFd, c: &FileContent) {
-        let old = c.file();
-        let unlinked = nix::sys::stat::fstat(old).is_ok_and(|st| st.st_nlink == 0);
-        if !unlinked || !rewrap::durable_local(old).unwrap_or(false) {
-            return;
-        }
-        let synced =
-            open_listable_dir(dir, OsStr::new(".")).and_then(|d| Ok(File::from(d).sync_all()?));
-        if let Err(e) = synced {
-            log::warn!(
-                "{}: the directory of a re-encrypted file did not sync: {}",
-                c.label,
-                std::io::Error::from_raw_os_error(e.0)
-            );
-            return;
-        }
-        if let Err(e) = old.set_len(0) {
-            // A read-only backing file cannot be emptied: kept until released.
-            log::debug!("{}: old copy kept: {e}", c.label);
-        }
-    }
-
     /// Data-key rotation for one file: copies its plaintext into a new backing file with a fresh
     /// id and data key (wrapped by the same CMK), with its xattrs, mode, owner and times, then
     /// renames it over the old one. Readers and writers wait meanwhile; a crash leaves the old
@@ -546,33 +520,23 @@ impl KmsFs {
                 // Durable below the records of its new data key.
                 self.flush_audit()?;
                 fresh.file().sync_all()?;
-                let new_ino =
-                    lock(&self.inodes).node_id(nix::sys::stat::fstat(fresh.file())?.st_ino);
-                let pin = c.file().try_clone().ok().map(OwnedFd::from);
-                // New lookups find the new inode: it gets this same state, filed under the
-                // `files` lock taken before the rename, so that no open of the new inode in
-                // between makes a second state for it (its opens wait for `c` meanwhile). The
-                // kernel keeps the old node for descriptors opened before: it follows the new
-                // one, recorded under the table's lock also taken before the rename, so that
-                // no lookup or unlink through the mount is recorded between.
-                let mut files = lock(&self.files);
+                let new_backing = nix::sys::stat::fstat(fresh.file())?.st_ino;
+                // The file keeps its node, and with it this state (its opens wait for `c`
+                // meanwhile): lookups of the new inode reach it, recorded under the table's
+                // lock taken before the rename, so that no lookup through the mount sees the
+                // new inode first and makes it a node of its own.
                 let mut inodes = lock(&self.inodes);
                 // The name must still be this file: an unlink or a rename of it during the copy
-                // (through another node of the file, or behind the mount) is not undone.
+                // (behind the mount's back) is not undone.
                 if stat_at(&a.dir, &a.name)?.st_ino != st.st_ino {
                     return Err(Errno::ENOENT);
                 }
                 nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, &*a.name)?;
-                let old = Self::refile(&mut files, &f, new_ino);
-                let held = inodes.supersede(old, new_ino, pin);
-                f.followed.store(true, Ordering::Relaxed);
-                Ok::<_, Errno>((fresh, held))
+                inodes.rebase(f.ino, new_backing);
+                Ok::<_, Errno>(fresh)
             })();
             match made {
-                Ok((fresh, held)) => {
-                    if held {
-                        self.empty_replaced(&a.dir, &c);
-                    }
+                Ok(fresh) => {
                     c.supersede();
                     // Now the live file: its in-place rewrites need undo records again.
                     *c = self.journaled(fresh);

@@ -171,10 +171,13 @@ impl KmsFs {
                 }
                 continue;
             }
-            let Ok(st) = stat_at(&dir, &e.backing) else {
+            let Ok((id, generation, st)) = stat_at(&dir, &e.backing).and_then(|st| {
+                self.link_stat(&dir, &e.backing, st, |t, b| {
+                    t.link_shared(ino, &e.backing, b)
+                })
+            }) else {
                 continue;
             };
-            let (id, generation) = lock(&self.inodes).link_shared(ino, &e.backing, backing(&st));
             let entry = Entry {
                 attr: to_attr(id, &st),
                 generation,
