@@ -1,14 +1,16 @@
 //! The inode table. Node ids are the backing inode numbers (the root's swapped with 1, which FUSE
-//! reserves for the root), so `st_ino` and `d_ino` agree and stay stable across mounts. A backing
+//! reserves for the root), so `st_ino` and `d_ino` agree and stay stable across mounts (with the
+//! exception below). A backing
 //! inode number reused after its file was deleted gets a new generation, which tells the kernel
 //! its cached inode is stale. A node keeps every (parent, name) link it was found under, so hard
 //! links keep working when one of their names goes away.
 //!
-//! One exception: a reencrypt gives a file a new backing inode, and its node stays the file's
+//! The exception: a reencrypt gives a file a new backing inode, and its node stays the file's
 //! while the kernel keeps it (`rebase`), so that the kernel has one inode per file, with one page
 //! cache and one size (two would each compute O_APPEND offsets from their own size). Lookups of
-//! the new number reach that node through `aliases`; the old number, once freed and given to
-//! another file, gets a spare id, as no two files may share one.
+//! the new number reach that node through `aliases`; the old number, if the backing filesystem
+//! gives it to another file meanwhile, gets a spare id for that file, as no two files may share
+//! one. So `st_ino` stays the file's through a reencrypt, until the kernel forgets the node.
 
 use crate::fs::keyring::DirKeys;
 use crate::fs::pagecache::{Recorded, Stamp};
@@ -36,6 +38,9 @@ pub struct Node {
     pub one_link: bool,
     /// Its last name is gone: a new file with the same backing inode number is another inode.
     pub gone: bool,
+    /// A reencrypt gave its file a backing inode whose number is not its id (see
+    /// `Inodes::rebase`).
+    pub moved: bool,
     /// For directories: the name keys, once unwrapped.
     pub dir_keys: Option<Arc<DirKeys>>,
     /// For directories: an O_PATH descriptor, so operations need not walk from the root. It
@@ -60,6 +65,7 @@ impl Node {
             nlookup,
             one_link: false,
             gone: false,
+            moved: false,
             dir_keys: None,
             dir_fd: None,
             may_cache: false,
@@ -122,8 +128,10 @@ impl Equivalent<NameKey> for NameRef<'_> {
     }
 }
 
-/// Where spare ids start (see `Inodes::spare_id`): above the inode numbers filesystems hand out.
-const SPARE_IDS: u64 = 1 << 63;
+/// Where spare ids start (see `Inodes::spare_id`): above the numbers local filesystems hand out
+/// in practice, and below 2^63 for readers of signed inode numbers. A backing inode that has
+/// one of them as its number is served like any number that is another node's id.
+const SPARE_IDS: u64 = 1 << 48;
 
 pub struct Inodes {
     root: PathBuf,
@@ -240,20 +248,32 @@ impl Inodes {
 
     /// Nodes whose file a reencrypt moved to another backing inode (see `rebase`).
     pub fn rebased(&self) -> usize {
-        self.nodes
-            .iter()
-            .filter(|(id, n)| **id != ROOT && n.backing != self.own_id(**id))
-            .count()
+        self.nodes.values().filter(|n| n.moved).count()
     }
 
-    /// Whether `backing_ino` is the old number of a file a reencrypt moved since: the node with
-    /// its id has another backing inode now. A stat that gave it may predate the move.
-    pub fn moved_from(&self, backing_ino: u64) -> bool {
-        !self.aliases.contains_key(&backing_ino)
-            && self
-                .nodes
-                .get(&self.own_id(backing_ino))
+    /// Whether a stat of `parent/name` that gave `backing_ino` may predate a reencrypt of the
+    /// file (whose rename and `rebase` the caller's lock would otherwise have ordered before
+    /// it): the name reaches a node that has another backing inode now, or the number is the
+    /// id of such a node (and no other file's yet).
+    pub fn may_predate_a_move(&self, parent: u64, name: &OsStr, backing_ino: u64) -> bool {
+        let moved = |id: u64| {
+            self.nodes
+                .get(&id)
                 .is_some_and(|n| n.backing != backing_ino)
+        };
+        self.find(parent, name).is_some_and(moved)
+            || (!self.aliases.contains_key(&backing_ino) && moved(self.own_id(backing_ino)))
+    }
+
+    /// `node_id`, unless that id is a node's whose file has another backing inode (this number
+    /// is the old one of a file a reencrypt moved, and no lookup has given it a spare id): then
+    /// no node is this file's.
+    pub fn node_of(&self, backing_ino: u64) -> Option<u64> {
+        let id = self.node_id(backing_ino);
+        match self.nodes.get(&id) {
+            Some(n) if n.backing != backing_ino => None,
+            _ => Some(id),
+        }
     }
 
     /// Backing path of a node (for messages: operations go through directory descriptors).
@@ -287,7 +307,7 @@ impl Inodes {
             .get(&ino)
             .is_some_and(|n| n.backing != backing.ino)
         {
-            // Its id is a node's whose file a reencrypt moved (see `moved_from`).
+            // Its id is a node's whose file a reencrypt moved (see `rebase`).
             ino = self.spare_id(backing.ino);
         }
         if self.nodes.get(&ino).is_some_and(|n| n.gone) {
@@ -347,6 +367,7 @@ impl Inodes {
             self.dir_fds -= 1;
         }
         node.gone = false;
+        node.moved = false;
     }
 
     /// An unused id for backing inode number `backing_ino`, whose own id is a node's that a
@@ -364,20 +385,29 @@ impl Inodes {
     /// Reencrypt renamed backing inode `new` over the name of node `ino`'s file: the node stays
     /// the file's, and lookups of `new` reach it (the caller holds the table locked from before
     /// the rename, so none came between). Another node that has `new` as its number is stale
-    /// (its file went behind the mount's back and the number was reused): lookups no longer
-    /// reach it.
+    /// (its file went behind the mount's back and the number was reused): it becomes another
+    /// inode, as any node whose number comes back does.
     pub fn rebase(&mut self, ino: u64, new: u64) {
-        if ino == ROOT {
+        if ino == ROOT || !self.nodes.contains_key(&ino) {
             return;
         }
+        let prev = self.node_id(new);
+        if prev != ino {
+            if let Some(n) = self.nodes.get_mut(&prev).filter(|n| n.backing == new) {
+                n.gone = true;
+                self.revive(prev, None);
+            }
+        }
+        let own = self.own_id(new) == ino;
         let Some(node) = self.nodes.get_mut(&ino) else {
             return;
         };
+        node.moved = !own;
         let old = std::mem::replace(&mut node.backing, new);
         if self.aliases.get(&old) == Some(&ino) {
             self.aliases.remove(&old);
         }
-        if self.own_id(new) == ino {
+        if own {
             self.aliases.remove(&new);
         } else {
             self.aliases.insert(new, ino);
@@ -685,10 +715,8 @@ mod tests {
         assert!(!t.restamp(f, stamp(&b), true, later(2000)));
     }
 
-    /// After a reencrypt the kernel's old node follows the file to its new inode (for
-    /// descriptors opened before) until the kernel forgets it; the node it follows lives as
-    /// long as it is followed; a reused number is another file, unless it comes back as this
-    /// one.
+    /// After a reencrypt the file's node stays the file's, through any number of reencrypts
+    /// (ext4 alternates between two numbers), until the kernel forgets it.
     #[test]
     fn a_reencrypted_file_keeps_its_node_until_forgotten() {
         let mut t = Inodes::new(PathBuf::from("/c"), 2);
@@ -701,11 +729,17 @@ mod tests {
         assert_eq!(t.get(f).unwrap().nlookup, 2);
         assert_eq!(t.name_of(f).unwrap().1.as_ref(), OsStr::new("f"));
         assert_eq!((t.get(f).unwrap().backing, t.rebased()), (21, 1));
-        // Again, and back to the first number (ext4 hands freed numbers out again).
+        // Again, and back to the first number (ext4 hands freed numbers out again). A stat
+        // that gave a number the file had may predate the latest move.
         t.rebase(f, 22);
         assert_eq!((t.node_id(21), t.node_id(22)), (21, f));
+        assert!(t.may_predate_a_move(d, OsStr::new("f"), 21));
+        assert!(t.may_predate_a_move(d, OsStr::new("f"), 20));
+        assert!(!t.may_predate_a_move(d, OsStr::new("f"), 22));
         t.rebase(f, 20);
         assert_eq!((t.node_id(22), t.node_id(20), t.rebased()), (22, f, 0));
+        assert!(t.may_predate_a_move(d, OsStr::new("f"), 22));
+        assert!(!t.may_predate_a_move(d, OsStr::new("f"), 20));
         t.rebase(f, 23);
         t.forget(f, 2);
         // Gone with its alias: the number's own id again.
@@ -719,13 +753,21 @@ mod tests {
         let mut t = Inodes::new(PathBuf::from("/c"), 2);
         let (a, _) = t.link(ROOT, OsStr::new("a"), Backing::file(20));
         t.rebase(a, 21);
-        // A stat that gave 20 may predate the move; once 20 is another file's, it is not.
-        assert!(t.moved_from(20));
-        assert!(!t.moved_from(21));
+        // A stat that gave 20 may predate the move, under any name; once 20 is another file's,
+        // it may not, except under the moved file's name.
+        assert!(t.may_predate_a_move(ROOT, OsStr::new("b"), 20));
+        assert!(!t.may_predate_a_move(ROOT, OsStr::new("b"), 21));
+        // No node is 20's file until a lookup gives it one.
+        assert_eq!(
+            (t.node_of(20), t.node_of(21), t.node_of(22)),
+            (None, Some(a), Some(22))
+        );
         let (b, _) = t.link(ROOT, OsStr::new("b"), Backing::file(20));
         assert!(b >= SPARE_IDS && b != a);
-        assert!(!t.moved_from(20));
+        assert!(!t.may_predate_a_move(ROOT, OsStr::new("b"), 20));
+        assert!(t.may_predate_a_move(ROOT, OsStr::new("a"), 20));
         assert_eq!((t.node_id(20), t.node_id(21)), (b, a));
+        assert_eq!((t.node_of(20), t.rebased()), (Some(b), 1));
         assert_eq!(t.link(ROOT, OsStr::new("b2"), Backing::file(20)).0, b);
         // A spare id is not handed out twice, and goes with its node.
         let (c, _) = t.link(ROOT, OsStr::new("c"), Backing::file(30));
@@ -734,20 +776,24 @@ mod tests {
         assert!(e >= SPARE_IDS && e != b);
         t.forget(b, 2);
         assert_eq!(t.node_id(20), 20);
-        assert!(t.moved_from(20));
+        assert_eq!(t.node_of(20), None);
         assert_eq!(t.find(ROOT, OsStr::new("a")), Some(a));
     }
 
+    /// A reencrypt whose new backing inode has the number of a stale node (its file went
+    /// behind the mount's back) takes that number's lookups; the stale node is another inode
+    /// from then on (a new generation, no names), also once the moved file is forgotten.
     #[test]
-    fn a_rebase_over_a_stale_nodes_number_takes_its_lookups() {
+    fn a_rebase_over_a_stale_nodes_number_renews_it() {
         let mut t = Inodes::new(PathBuf::from("/c"), 2);
         let (a, _) = t.link(ROOT, OsStr::new("a"), Backing::file(20));
         // 21's file went behind the mount's back; the kernel still has its node.
-        let (stale, _) = t.link(ROOT, OsStr::new("gone-behind"), Backing::file(21));
+        let (stale, g) = t.link(ROOT, OsStr::new("gone-behind"), Backing::file(21));
         t.rebase(a, 21);
         assert_eq!(t.node_id(21), a);
         assert_eq!(t.link(ROOT, OsStr::new("a"), Backing::file(21)).0, a);
-        assert!(t.get(stale).is_some());
+        assert_eq!(t.get(stale).unwrap().generation, g + 1);
+        assert_eq!(t.find(ROOT, OsStr::new("gone-behind")), None);
         t.forget(stale, 1);
         assert_eq!(t.node_id(21), a, "the stale node's forget leaves the alias");
         // A moved file unlinked and its number reused: the node is revived, as any number is.
@@ -756,6 +802,7 @@ mod tests {
         assert_eq!(t.link(ROOT, OsStr::new("z"), Backing::file(21)), (a, g + 1));
     }
 
+    /// Lookups by borrowed name rely on it hashing as the stored key does.
     #[test]
     fn a_borrowed_name_hashes_as_the_stored_key() {
         let s = RandomState::new();

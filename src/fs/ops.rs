@@ -494,28 +494,30 @@ impl KmsFs {
 
     fn register_at(&self, parent: u64, dir: &OwnedFd, bn: &BackingName) -> FsResult<Entry> {
         let name = OsStr::new(bn.entry());
-        let (ino, generation, st) = self.link_stat(dir, name, stat_at(dir, name)?, |t, b| {
-            t.link(parent, name, b)
-        })?;
+        let (ino, generation, st) =
+            self.link_stat(parent, dir, name, stat_at(dir, name)?, |t, b| {
+                t.link(parent, name, b)
+            })?;
         Ok(Entry {
             attr: to_attr(ino, &st),
             generation,
         })
     }
 
-    /// Links `dir/name` as `st`, a stat of it, shows it (with `link`). A stat that gave the old
-    /// backing inode number of a file a reencrypt moved may predate the move (see
-    /// `Inodes::moved_from`): the name is stat'ed again, under the table's lock, which the
+    /// Links `name` in directory `parent` (open as `dir`) as `st`, a stat of it, shows it (with
+    /// `link`). A stat that may predate a reencrypt of the file (see
+    /// `Inodes::may_predate_a_move`) is made again, under the table's lock, which the
     /// reencrypt's rename holds too. Returns the node id, its generation and the stat used.
     fn link_stat(
         &self,
+        parent: u64,
         dir: &OwnedFd,
         name: &OsStr,
         st: FileStat,
         link: impl FnOnce(&mut Inodes, Backing) -> (u64, u64),
     ) -> FsResult<(u64, u64, FileStat)> {
         let mut inodes = lock(&self.inodes);
-        let st = if inodes.moved_from(st.st_ino) {
+        let st = if inodes.may_predate_a_move(parent, name, st.st_ino) {
             stat_at(dir, name)?
         } else {
             st
@@ -648,7 +650,7 @@ impl KmsFs {
             }
             let file = Self::open_backing(&self.at(ino)?)?;
             let meta = file.metadata()?;
-            let node = lock(&self.inodes).node_id(meta.ino());
+            let node = lock(&self.inodes).node_of(meta.ino()).unwrap_or(ino);
             if node != ino {
                 if let Some(f) = self.pinned(node, r)? {
                     return Ok(f);

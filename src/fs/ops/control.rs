@@ -185,11 +185,11 @@ impl KmsFs {
             // Decrypt (the new slot's MAC needs the data key) and one Encrypt (ReEncrypt with
             // a remote provider).
             // By what was opened, not by `ino`: a reencrypt may have moved the name meanwhile.
-            let node = lock(&self.inodes).node_id(nix::sys::stat::fstat(&file)?.st_ino);
+            let node = lock(&self.inodes).node_of(nix::sys::stat::fstat(&file)?.st_ino);
             let o = self.under_header_lock(node, &file, |f, _| rewrap(f))?;
             (o.map_err(kms_errno)?, node)
         } else {
-            (rewrap(&file).map_err(kms_errno)?, ino)
+            (rewrap(&file).map_err(kms_errno)?, Some(ino))
         };
         if let Outcome::Rewrapped { to: (k, _), .. } = &outcome {
             self.rewrapped(kind, node, k.clone())?;
@@ -263,8 +263,8 @@ fn target(value: &[u8]) -> FsResult<Option<&str>> {
 struct BatchEntry {
     file: File,
     kind: Kind,
-    /// The node id of the file or directory.
-    node: u64,
+    /// The node id of the file or directory, if one is its (see `Inodes::node_of`).
+    node: Option<u64>,
 }
 
 /// The entries of one `user.kmsfs.rewrap.entries` batch, opened.
@@ -377,7 +377,7 @@ impl KmsFs {
                 // As the kernel answers for user.* xattrs on other kinds of inode.
                 return Err(Errno::EPERM);
             };
-            let node = lock(&self.inodes).node_id(backing);
+            let node = lock(&self.inodes).node_of(backing);
             Ok(BatchEntry { file, kind, node })
         };
         let batch = MountEntries {
@@ -412,12 +412,12 @@ impl KmsFs {
     /// first (to open it). `f` is told whether it got `own`.
     fn under_header_lock<R>(
         &self,
-        node: u64,
+        node: Option<u64>,
         own: &File,
         f: impl FnOnce(&File, bool) -> R,
     ) -> FsResult<R> {
         let files = lock(&self.files);
-        match files.get(&node).cloned() {
+        match node.and_then(|n| files.get(&n).cloned()) {
             Some(of) => {
                 drop(files);
                 let c = of.content.write().map_err(|_| Errno::EIO)?;
@@ -430,7 +430,10 @@ impl KmsFs {
     /// After header `node` (of `kind`) was re-wrapped under `key`: an open file's reads are
     /// checked against that key from now on; a directory's keys are unwrapped again at their
     /// next use (under the new CMK, which new entries then use too).
-    fn rewrapped(&self, kind: Kind, node: u64, key: String) -> FsResult<()> {
+    fn rewrapped(&self, kind: Kind, node: Option<u64>, key: String) -> FsResult<()> {
+        let Some(node) = node else {
+            return Ok(());
+        };
         if kind == Kind::DirKey {
             if let Some(n) = lock(&self.inodes).get_mut(node) {
                 n.dir_keys = None;

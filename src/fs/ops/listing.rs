@@ -172,7 +172,7 @@ impl KmsFs {
                 continue;
             }
             let Ok((id, generation, st)) = stat_at(&dir, &e.backing).and_then(|st| {
-                self.link_stat(&dir, &e.backing, st, |t, b| {
+                self.link_stat(ino, &dir, &e.backing, st, |t, b| {
                     t.link_shared(ino, &e.backing, b)
                 })
             }) else {
