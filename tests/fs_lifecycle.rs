@@ -353,11 +353,7 @@ fn reencrypt_gives_a_file_a_fresh_data_key_online() {
     assert!(err.contains("hard links"), "{err}");
     drop(h);
     m.unmount();
-    assert!(
-        m.env
-            .ok(&["fsck", m.cipher.to_str().unwrap()])
-            .contains("0 problems")
-    );
+    assert_fsck_clean(&m);
 }
 
 /// `--key` limits a rewrap to the headers wrapped by that CMK, online (where the files of one
@@ -636,49 +632,64 @@ fn a_reencrypt_does_not_bring_back_a_name_removed_during_its_copy() {
     m.unmount();
 }
 
-/// Opens that race a data-key rotation share the file's one state: appends through fresh opens
-/// while the file is re-encrypted again and again all land, in order.
-#[test]
-fn appends_through_fresh_opens_racing_reencrypt_all_land() {
+/// Appends "line N" through a fresh O_APPEND open each while `p` is re-encrypted `rounds`
+/// times; every line must land, in order. With `ino`, every descriptor must have that inode.
+fn appends_racing_reencrypts_all_land(
+    m: &Mounted,
+    p: &std::path::Path,
+    rounds: u32,
+    ino: Option<u64>,
+) {
     use std::io::Write;
-    let m = Mounted::new();
-    let p = m.p("log");
-    fs::write(&p, b"").unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let appender = {
-        let (p, stop) = (p.clone(), stop.clone());
+        let (p, stop) = (p.to_path_buf(), stop.clone());
         std::thread::spawn(move || {
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
+                if let Some(ino) = ino {
+                    let now = std::os::unix::fs::MetadataExt::ino(&f.metadata().unwrap());
+                    assert_eq!(now, ino, "a second inode for the file");
+                }
                 writeln!(f, "line {n}").unwrap();
                 n += 1;
             }
             n
         })
     };
-    for _ in 0..60 {
+    for _ in 0..rounds {
         m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let n = appender.join().unwrap();
     let expected: String = (0..n).map(|i| format!("line {i}\n")).collect();
-    assert!(n > 60, "{n} appends");
-    assert_eq!(fs::read_to_string(&p).unwrap(), expected);
+    assert!(n > rounds, "{n} appends");
+    assert_eq!(fs::read_to_string(p).unwrap(), expected);
+}
+
+fn assert_fsck_clean(m: &Mounted) {
+    let out = m.env.ok(&["fsck", m.cipher.to_str().unwrap()]);
+    assert!(out.contains("0 problems"), "{out}");
+}
+
+/// Opens that race a data-key rotation share the file's one state: appends through fresh opens
+/// while the file is re-encrypted again and again all land, in order.
+#[test]
+fn appends_through_fresh_opens_racing_reencrypt_all_land() {
+    let m = Mounted::new();
+    let p = m.p("log");
+    fs::write(&p, b"").unwrap();
+    appends_racing_reencrypts_all_land(&m, &p, 60, None);
     m.unmount();
-    assert!(
-        m.env
-            .ok(&["fsck", m.cipher.to_str().unwrap()])
-            .contains("0 problems")
-    );
+    assert_fsck_clean(&m);
 }
 
 /// As above, with a reader holding the file open (so every descriptor uses the page cache,
 /// whose O_APPEND offsets come from the kernel's size of the inode) and names cached for 50 ms
-/// only (so opens keep looking the name up again between reencrypts).
+/// only (so opens keep looking the name up again between reencrypts): one inode throughout.
 #[test]
 fn appends_beside_a_reader_racing_reencrypt_all_land() {
-    use std::io::Write;
     let m = Mounted::new();
     let cfg = m.env.path("kmsfs.toml");
     fs::write(&cfg, "[mount]\nattr_ttl_ms = 50\n").unwrap();
@@ -688,36 +699,10 @@ fn appends_beside_a_reader_racing_reencrypt_all_land() {
     fs::write(&p, b"").unwrap();
     let reader = fs::File::open(&p).unwrap();
     let ino = std::os::unix::fs::MetadataExt::ino(&reader.metadata().unwrap());
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let appender = {
-        let (p, stop) = (p.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut n = 0u32;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let mut f = fs::OpenOptions::new().append(true).open(&p).unwrap();
-                let now = std::os::unix::fs::MetadataExt::ino(&f.metadata().unwrap());
-                assert_eq!(now, ino, "a second inode for the file");
-                writeln!(f, "line {n}").unwrap();
-                n += 1;
-            }
-            n
-        })
-    };
-    for _ in 0..100 {
-        m.env.ok(&["reencrypt", "-q", p.to_str().unwrap()]);
-    }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let n = appender.join().unwrap();
-    let expected: String = (0..n).map(|i| format!("line {i}\n")).collect();
-    assert!(n > 100, "{n} appends");
-    assert_eq!(fs::read_to_string(&p).unwrap(), expected);
+    appends_racing_reencrypts_all_land(&m, &p, 100, Some(ino));
     drop(reader);
     m.unmount();
-    assert!(
-        m.env
-            .ok(&["fsck", m.cipher.to_str().unwrap()])
-            .contains("0 problems")
-    );
+    assert_fsck_clean(&m);
 }
 
 #[test]

@@ -1,8 +1,7 @@
 //! The inode table. Node ids are the backing inode numbers (the root's swapped with 1, which FUSE
 //! reserves for the root), so `st_ino` and `d_ino` agree and stay stable across mounts (with the
-//! exception below). A backing
-//! inode number reused after its file was deleted gets a new generation, which tells the kernel
-//! its cached inode is stale. A node keeps every (parent, name) link it was found under, so hard
+//! exception below). A backing inode number reused after its file was deleted gets a new
+//! generation, which tells the kernel its cached inode is stale. A node keeps every (parent, name) link it was found under, so hard
 //! links keep working when one of their names goes away.
 //!
 //! The exception: a reencrypt gives a file a new backing inode, and its node stays the file's
@@ -139,7 +138,8 @@ pub struct Inodes {
     nodes: Map<u64, Node>,
     by_name: Map<NameKey, u64>,
     /// Backing inode numbers whose node has another id: files a reencrypt moved while the
-    /// kernel kept their node, and files whose number was the id of such a node.
+    /// kernel kept their node, and files whose number is the id of another node (such a moved
+    /// file's, or a spare id) and which got a spare id.
     aliases: Map<u64, u64>,
     next_spare: u64,
     dir_fds: usize,
@@ -251,23 +251,9 @@ impl Inodes {
         self.nodes.values().filter(|n| n.moved).count()
     }
 
-    /// Whether a stat of `parent/name` that gave `backing_ino` may predate a reencrypt of the
-    /// file (whose rename and `rebase` the caller's lock would otherwise have ordered before
-    /// it): the name reaches a node that has another backing inode now, or the number is the
-    /// id of such a node (and no other file's yet).
-    pub fn may_predate_a_move(&self, parent: u64, name: &OsStr, backing_ino: u64) -> bool {
-        let moved = |id: u64| {
-            self.nodes
-                .get(&id)
-                .is_some_and(|n| n.backing != backing_ino)
-        };
-        self.find(parent, name).is_some_and(moved)
-            || (!self.aliases.contains_key(&backing_ino) && moved(self.own_id(backing_ino)))
-    }
-
     /// `node_id`, unless that id is a node's whose file has another backing inode (this number
-    /// is the old one of a file a reencrypt moved, and no lookup has given it a spare id): then
-    /// no node is this file's.
+    /// is the old one of a file a reencrypt moved, or equals a spare id, and no lookup has
+    /// given its file a spare id yet): then no node is this file's.
     pub fn node_of(&self, backing_ino: u64) -> Option<u64> {
         let id = self.node_id(backing_ino);
         match self.nodes.get(&id) {
@@ -307,7 +293,7 @@ impl Inodes {
             .get(&ino)
             .is_some_and(|n| n.backing != backing.ino)
         {
-            // Its id is a node's whose file a reencrypt moved (see `rebase`).
+            // Its id is another file's node's (one a reencrypt moved, or a spare id).
             ino = self.spare_id(backing.ino);
         }
         if self.nodes.get(&ino).is_some_and(|n| n.gone) {
@@ -729,17 +715,13 @@ mod tests {
         assert_eq!(t.get(f).unwrap().nlookup, 2);
         assert_eq!(t.name_of(f).unwrap().1.as_ref(), OsStr::new("f"));
         assert_eq!((t.get(f).unwrap().backing, t.rebased()), (21, 1));
-        // Again, and back to the first number (ext4 hands freed numbers out again). A stat
-        // that gave a number the file had may predate the latest move.
+        // Again, and back to the first number (ext4 hands freed numbers out again).
         t.rebase(f, 22);
         assert_eq!((t.node_id(21), t.node_id(22)), (21, f));
-        assert!(t.may_predate_a_move(d, OsStr::new("f"), 21));
-        assert!(t.may_predate_a_move(d, OsStr::new("f"), 20));
-        assert!(!t.may_predate_a_move(d, OsStr::new("f"), 22));
+        assert_eq!((t.node_of(21), t.node_of(20)), (Some(21), None));
         t.rebase(f, 20);
         assert_eq!((t.node_id(22), t.node_id(20), t.rebased()), (22, f, 0));
-        assert!(t.may_predate_a_move(d, OsStr::new("f"), 22));
-        assert!(!t.may_predate_a_move(d, OsStr::new("f"), 20));
+        assert_eq!(t.node_of(20), Some(f));
         t.rebase(f, 23);
         t.forget(f, 2);
         // Gone with its alias: the number's own id again.
@@ -753,10 +735,6 @@ mod tests {
         let mut t = Inodes::new(PathBuf::from("/c"), 2);
         let (a, _) = t.link(ROOT, OsStr::new("a"), Backing::file(20));
         t.rebase(a, 21);
-        // A stat that gave 20 may predate the move, under any name; once 20 is another file's,
-        // it may not, except under the moved file's name.
-        assert!(t.may_predate_a_move(ROOT, OsStr::new("b"), 20));
-        assert!(!t.may_predate_a_move(ROOT, OsStr::new("b"), 21));
         // No node is 20's file until a lookup gives it one.
         assert_eq!(
             (t.node_of(20), t.node_of(21), t.node_of(22)),
@@ -764,8 +742,6 @@ mod tests {
         );
         let (b, _) = t.link(ROOT, OsStr::new("b"), Backing::file(20));
         assert!(b >= SPARE_IDS && b != a);
-        assert!(!t.may_predate_a_move(ROOT, OsStr::new("b"), 20));
-        assert!(t.may_predate_a_move(ROOT, OsStr::new("a"), 20));
         assert_eq!((t.node_id(20), t.node_id(21)), (b, a));
         assert_eq!((t.node_of(20), t.rebased()), (Some(b), 1));
         assert_eq!(t.link(ROOT, OsStr::new("b2"), Backing::file(20)).0, b);

@@ -90,6 +90,9 @@ pub struct KmsFs {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
+    /// Renames by reencrypt so far, counted under the `inodes` lock: a stat taken before one
+    /// may show a backing inode number the file no longer has (see `link_stat`).
+    reencrypts: AtomicU64,
     is_root: bool,
     /// Undo records of in-place rewrites; None where the cipher dir cannot be written.
     journal: Option<Arc<crate::fs::undo::Journal>>,
@@ -293,6 +296,7 @@ impl KmsFs {
             files: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            reencrypts: AtomicU64::new(0),
             is_root: nix::unistd::geteuid().is_root(),
         })
     }
@@ -494,30 +498,27 @@ impl KmsFs {
 
     fn register_at(&self, parent: u64, dir: &OwnedFd, bn: &BackingName) -> FsResult<Entry> {
         let name = OsStr::new(bn.entry());
-        let (ino, generation, st) =
-            self.link_stat(parent, dir, name, stat_at(dir, name)?, |t, b| {
-                t.link(parent, name, b)
-            })?;
+        let (ino, generation, st) = self.link_stat(dir, name, |t, b| t.link(parent, name, b))?;
         Ok(Entry {
             attr: to_attr(ino, &st),
             generation,
         })
     }
 
-    /// Links `name` in directory `parent` (open as `dir`) as `st`, a stat of it, shows it (with
-    /// `link`). A stat that may predate a reencrypt of the file (see
-    /// `Inodes::may_predate_a_move`) is made again, under the table's lock, which the
+    /// Stats `dir/name` and links it as the stat shows it (with `link`). A reencrypt that
+    /// renamed a file between the stat and the link would leave the stat with a backing inode
+    /// number the file no longer has: then it is made again, under the table's lock, which the
     /// reencrypt's rename holds too. Returns the node id, its generation and the stat used.
     fn link_stat(
         &self,
-        parent: u64,
         dir: &OwnedFd,
         name: &OsStr,
-        st: FileStat,
         link: impl FnOnce(&mut Inodes, Backing) -> (u64, u64),
     ) -> FsResult<(u64, u64, FileStat)> {
+        let before = self.reencrypts.load(Ordering::Acquire);
+        let st = stat_at(dir, name)?;
         let mut inodes = lock(&self.inodes);
-        let st = if inodes.may_predate_a_move(parent, name, st.st_ino) {
+        let st = if self.reencrypts.load(Ordering::Acquire) != before {
             stat_at(dir, name)?
         } else {
             st
@@ -650,7 +651,12 @@ impl KmsFs {
             }
             let file = Self::open_backing(&self.at(ino)?)?;
             let meta = file.metadata()?;
-            let node = lock(&self.inodes).node_of(meta.ino()).unwrap_or(ino);
+            // None: the number is the old one of a file a reencrypt moved, which this is not
+            // (an old copy opened just before the rename, or a file put there behind the
+            // mount's back): open the name again.
+            let Some(node) = lock(&self.inodes).node_of(meta.ino()) else {
+                continue;
+            };
             if node != ino {
                 if let Some(f) = self.pinned(node, r)? {
                     return Ok(f);

@@ -186,7 +186,12 @@ impl KmsFs {
             // a remote provider).
             // By what was opened, not by `ino`: a reencrypt may have moved the name meanwhile.
             let node = lock(&self.inodes).node_of(nix::sys::stat::fstat(&file)?.st_ino);
-            let o = self.under_header_lock(node, &file, |f, _| rewrap(f))?;
+            let o = self.under_header_lock(node, &file, |f, own| {
+                if own {
+                    still_linked(f)?;
+                }
+                rewrap(f)
+            })?;
             (o.map_err(kms_errno)?, node)
         } else {
             (rewrap(&file).map_err(kms_errno)?, Some(ino))
@@ -536,6 +541,7 @@ impl KmsFs {
                 }
                 nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, &*a.name)?;
                 inodes.rebase(f.ino, new_backing);
+                self.reencrypts.fetch_add(1, Ordering::Release);
                 Ok::<_, Errno>(fresh)
             })();
             match made {

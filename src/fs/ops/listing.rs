@@ -171,11 +171,9 @@ impl KmsFs {
                 }
                 continue;
             }
-            let Ok((id, generation, st)) = stat_at(&dir, &e.backing).and_then(|st| {
-                self.link_stat(ino, &dir, &e.backing, st, |t, b| {
-                    t.link_shared(ino, &e.backing, b)
-                })
-            }) else {
+            let Ok((id, generation, st)) =
+                self.link_stat(&dir, &e.backing, |t, b| t.link_shared(ino, &e.backing, b))
+            else {
                 continue;
             };
             let entry = Entry {
