@@ -468,9 +468,8 @@ pub fn reencrypt(g: &Global, a: &crate::cli::args::ReencryptArgs) -> Result<()> 
             ));
         }
         // By path, not through an open descriptor: a read-only open would make the file's
-        // descriptors opened meanwhile use the page cache (see `pagecache`), whose O_APPEND
-        // offsets come from the kernel's size of each node, and a reencrypt gives the file a
-        // second node.
+        // descriptors opened meanwhile use the page cache (see `pagecache`: a file's
+        // descriptors all follow the first one's mode), writers included.
         let r = std::fs::canonicalize(p)
             .map_err(|e| KmsError::validation(format!("{}: {e}", p.display())))
             .and_then(|real| {

@@ -1,8 +1,8 @@
 //! The inode table. Node ids are the backing inode numbers (the root's swapped with 1, which FUSE
 //! reserves for the root), so `st_ino` and `d_ino` agree and stay stable across mounts (with the
 //! exception below). A backing inode number reused after its file was deleted gets a new
-//! generation, which tells the kernel its cached inode is stale. A node keeps every (parent, name) link it was found under, so hard
-//! links keep working when one of their names goes away.
+//! generation, which tells the kernel its cached inode is stale. A node keeps every (parent,
+//! name) link it was found under, so hard links keep working when one of their names goes away.
 //!
 //! The exception: a reencrypt gives a file a new backing inode, and its node stays the file's
 //! while the kernel keeps it (`rebase`), so that the kernel has one inode per file, with one page
@@ -296,9 +296,7 @@ impl Inodes {
             // Its id is another file's node's (one a reencrypt moved, or a spare id).
             ino = self.spare_id(backing.ino);
         }
-        if self.nodes.get(&ino).is_some_and(|n| n.gone) {
-            self.revive(ino, Some((parent, name)));
-        }
+        self.revive(ino, Some((parent, name)));
         // One hash of the name: the index entry is found, or made, in place.
         let key = NameRef(parent, name);
         let hash = self.by_name.hasher().hash_one(&key);

@@ -288,7 +288,7 @@ const SYNCFS_DURABLE: [u32; 6] = [
 
 /// Whether `f` is on one of the local filesystems of `SYNCFS_DURABLE`, where a sync also orders
 /// what came before it (a directory's sync makes a rename in it durable).
-pub fn durable_local(f: &File) -> nix::Result<bool> {
+fn durable_local(f: &File) -> nix::Result<bool> {
     let kind = nix::sys::statfs::fstatfs(f)?.filesystem_type().0;
     Ok(SYNCFS_DURABLE.contains(&(kind as u32)))
 }
