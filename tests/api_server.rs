@@ -704,6 +704,54 @@ fn the_serve_unit_command_signals_readiness_and_serves_its_unix_socket() {
     assert!(!sock.exists(), "the socket is removed on exit");
 }
 
+/// A SIGTERM sent the moment READY=1 arrives stops the server cleanly too: its signal handlers
+/// are in place before it announces readiness.
+#[test]
+fn a_sigterm_right_after_readiness_stops_the_server_cleanly() {
+    use std::os::unix::net::UnixDatagram;
+    let e = Env::new();
+    let creds = write_credentials(&e);
+    let notify = e.path("notify.sock");
+    let n_sock = UnixDatagram::bind(&notify).unwrap();
+    n_sock
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    for round in 0..10 {
+        let sock = e.path(&format!("kms{round}.sock"));
+        let child = e
+            .command(&[
+                "serve",
+                "--unix",
+                sock.to_str().unwrap(),
+                "--credentials",
+                &creds,
+            ])
+            .env("NOTIFY_SOCKET", &notify)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut server = Server {
+            child,
+            endpoint: String::new(),
+        };
+        let n = n_sock.recv(&mut buf).expect("READY=1 within 20 s");
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let n = n_sock.recv(&mut buf).expect("STOPPING=1");
+        assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+        assert!(server.child.wait().unwrap().success(), "round {round}");
+        assert!(
+            !sock.exists(),
+            "round {round}: the socket is removed on exit"
+        );
+    }
+}
+
 /// Sends a request signed with the root key for `host` (Host header too) over TCP to `server`;
 /// returns the status line and body.
 fn signed_raw(server: &Server, host: &str, body: &str, extra: &[(&str, &str)]) -> String {

@@ -907,3 +907,156 @@ fn audit_records_are_written_at_once_and_confirmed_by_fsync_the_watcher_and_unmo
         );
     }
 }
+
+/// An open that races an online rewrap of the closed file to another CMK ends up under the CMK
+/// the header names: its state is checked, and a reencrypt wraps the fresh data key, under the
+/// new CMK, not the one it read before the rewrap (a disable of the new one must reach it).
+#[test]
+fn an_open_racing_a_rewrap_to_another_cmk_follows_the_header() {
+    let m = Mounted::new();
+    let other = m.env.create_key(&["--alias", "other"]);
+    let p = m.p("f");
+    fs::write(&p, b"racing").unwrap();
+    let mut misses = Vec::new();
+    for i in 0..200 {
+        let (to, id) = if i % 2 == 0 {
+            ("alias/other", &other)
+        } else {
+            ("alias/fs", &m.key)
+        };
+        let barrier = std::sync::Barrier::new(2);
+        let h = std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                barrier.wait();
+                fs::File::open(&p).unwrap()
+            });
+            barrier.wait();
+            set_xattr(&p, "user.kmsfs.rewrap", to.as_bytes()).unwrap();
+            reader.join().unwrap()
+        });
+        // The open state's CMK is the one a reencrypt wraps under.
+        set_xattr(&p, "user.kmsfs.reencrypt", b"").unwrap();
+        if !key_of(&p).starts_with(id.as_str()) {
+            misses.push(i);
+        }
+        let mut buf = [0u8; 6];
+        h.read_exact_at(&mut buf, 0).unwrap();
+        assert_eq!(&buf, b"racing");
+    }
+    assert!(
+        misses.is_empty(),
+        "left under the old CMK in rounds {misses:?}"
+    );
+    m.unmount();
+    assert_fsck_clean(&m);
+}
+
+/// A directory's keys loaded by a lookup that races an online rewrap of the directory to another
+/// CMK are those the rewrap wrote: files created in it afterwards are under the new CMK.
+#[test]
+fn a_lookup_racing_a_rewrap_of_its_directory_follows_the_new_cmk() {
+    // No data key cache: every load of the directory's keys asks the KMS.
+    let m = Mounted::with_args(&["--data-key-cache", "0"]);
+    m.env.create_key(&["--alias", "other"]);
+    let d = m.p("d");
+    fs::create_dir(&d).unwrap();
+    // In batches set on the parent, as `kmsfs rewrap` does: the kernel locks the parent for
+    // them, not the directory looked into.
+    let rewrap = |to: &str| {
+        let batch = format!("{to}\0d");
+        set_xattr(&m.mnt, "user.kmsfs.rewrap.entries", batch.as_bytes()).unwrap();
+    };
+    let mut misses = Vec::new();
+    for i in 0..100 {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // Lookups load the directory's keys whenever the first rewrap has dropped them.
+            s.spawn(|| {
+                let mut k = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert!(fs::metadata(d.join(format!("absent{i}.{k}"))).is_err());
+                    k += 1;
+                }
+            });
+            // Away from the CMK it is under, and back.
+            rewrap("alias/other");
+            rewrap("alias/fs");
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let f = d.join(format!("f{i}"));
+        fs::write(&f, b"x").unwrap();
+        if !key_of(&f).starts_with(m.key.as_str()) {
+            misses.push(i);
+        }
+    }
+    assert!(
+        misses.is_empty(),
+        "created under the old CMK in rounds {misses:?}"
+    );
+    m.unmount();
+    assert_fsck_clean(&m);
+}
+
+/// A hard link made while a file is being reencrypted, through the mount or behind it in the
+/// cipher directory, stays a name of the file: the reencrypt that sees it refuses (EMLINK), and
+/// no rename takes the file away from it.
+#[test]
+fn a_link_racing_reencrypts_stays_a_name_of_the_file() {
+    use std::os::unix::fs::MetadataExt;
+    let m = Mounted::new();
+    let p = m.p("f");
+    // Large enough that a copy takes a while.
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(&p, &data).unwrap();
+    let backing = m.cipher_files()[0].clone();
+    for round in 0..6u64 {
+        let through_mount = round % 2 == 0;
+        let link = if through_mount {
+            m.p(&format!("link{round}"))
+        } else {
+            backing.with_file_name(format!("behind{round}"))
+        };
+        let (done, refused) = std::thread::scope(|s| {
+            let reencrypts = s.spawn(|| {
+                for n in 0..100 {
+                    if let Err(e) = set_xattr(&p, "user.kmsfs.reencrypt", b"") {
+                        return (n, e.raw_os_error());
+                    }
+                }
+                (100, None)
+            });
+            std::thread::sleep(Duration::from_millis(3 + 5 * round));
+            fs::hard_link(if through_mount { &p } else { &backing }, &link).unwrap();
+            reencrypts.join().unwrap()
+        });
+        assert_eq!(
+            refused,
+            Some(libc::EMLINK),
+            "round {round}, {done} reencrypts"
+        );
+        // Both names, whichever way the link was made.
+        let on_disk = m.cipher_files();
+        let inos: Vec<u64> = on_disk
+            .iter()
+            .map(|f| fs::metadata(f).unwrap().ino())
+            .collect();
+        assert_eq!(inos.len(), 2, "round {round}: {on_disk:?}");
+        assert_eq!(inos[0], inos[1], "round {round}: one file, two names");
+        if through_mount {
+            let mut w = fs::OpenOptions::new().append(true).open(&link).unwrap();
+            std::io::Write::write_all(&mut w, b"tail").unwrap();
+            drop(w);
+            let got = fs::read(&p).unwrap();
+            assert_eq!(&got[..data.len()], &data[..], "round {round}");
+            assert_eq!(&got[data.len()..], b"tail", "round {round}");
+            fs::remove_file(&link).unwrap();
+            let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+            f.set_len(data.len() as u64).unwrap();
+        } else {
+            fs::remove_file(&link).unwrap();
+        }
+        assert_eq!(fs::read(&p).unwrap(), data, "round {round}");
+    }
+    m.unmount();
+    assert_fsck_clean(&m);
+}

@@ -255,19 +255,22 @@ fn router(st: Arc<Listener>) -> axum::Router {
         .with_state(st)
 }
 
-async fn shutdown_signal() {
+/// Catches SIGTERM and SIGINT from now on; the future ends at the first. Made before readiness
+/// is announced: a signal that follows it at once must stop the server, not kill it unclean.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let catch =
+        |kind| signal(kind).map_err(|e| KmsError::internal(format!("catching signals: {e}")));
+    let (mut term, mut int) = (
+        catch(SignalKind::terminate())?,
+        catch(SignalKind::interrupt())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
 }
 
 /// Serves until SIGINT or SIGTERM. Prints one `listening on URL` line per listener first.
@@ -293,6 +296,7 @@ pub fn serve(kms: Kms, opts: ServeOptions) -> Result<()> {
         .build()
         .map_err(|e| KmsError::internal(format!("starting the server runtime: {e}")))?;
     rt.block_on(async move {
+        let signalled = shutdown_signal()?;
         let mut tasks = tokio::task::JoinSet::new();
         let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
         for addr in &opts.listen {
@@ -341,7 +345,7 @@ pub fn serve(kms: Kms, opts: ServeOptions) -> Result<()> {
         use std::io::Write;
         let _ = std::io::stdout().flush();
         crate::fs::notify::ready();
-        shutdown_signal().await;
+        signalled.await;
         crate::fs::notify::stopping();
         let _ = stop_tx.send(());
         while let Some(r) = tasks.join_next().await {

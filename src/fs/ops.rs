@@ -93,6 +93,12 @@ pub struct KmsFs {
     /// Renames by reencrypt so far, counted under the `inodes` lock: a stat taken before one
     /// may show a backing inode number the file no longer has (see `link_stat`).
     reencrypts: AtomicU64,
+    /// Rewraps of directory keys so far, counted under the `inodes` lock as each drops the
+    /// keys cached on the node: keys read before one are not cached after it (see `dir_keys`).
+    dir_rewraps: AtomicU64,
+    /// Header rewraps of closed files so far, each counted under the `files` lock it is made
+    /// under: an open that read a header before one checks it again (see `open_file`).
+    closed_rewraps: AtomicU64,
     is_root: bool,
     /// Undo records of in-place rewrites; None where the cipher dir cannot be written.
     journal: Option<Arc<crate::fs::undo::Journal>>,
@@ -297,6 +303,8 @@ impl KmsFs {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             reencrypts: AtomicU64::new(0),
+            dir_rewraps: AtomicU64::new(0),
+            closed_rewraps: AtomicU64::new(0),
             is_root: nix::unistd::geteuid().is_root(),
         })
     }
@@ -427,20 +435,35 @@ impl KmsFs {
         let dir = self.dir_fd(ino)?;
         // Built only for a message: a path is a walk up the tree and a few allocations.
         let label = || format!("{}/{DIRKEY_FILE}", self.label(ino));
-        let data = read_at(&dir, OsStr::new(DIRKEY_FILE)).map_err(|e| {
-            log::error!("{}: errno {}", label(), e.0);
-            Errno::EIO
-        })?;
-        let (u, key) = self.keys.unwrap(Kind::DirKey, &data, r, label)?;
-        let keys = Arc::new(DirKeys {
-            keys: DataKeys::derive(&u.data_key, &u.id),
-            id: u.id,
-            key,
-        });
-        if let Some(n) = lock(&self.inodes).get_mut(ino) {
-            n.dir_keys = Some(keys.clone());
+        let mut tries = 0;
+        loop {
+            let before = self.dir_rewraps.load(Ordering::Acquire);
+            let data = read_at(&dir, OsStr::new(DIRKEY_FILE)).map_err(|e| {
+                log::error!("{}: errno {}", label(), e.0);
+                Errno::EIO
+            })?;
+            let (u, key) = self.keys.unwrap(Kind::DirKey, &data, r, label)?;
+            let keys = Arc::new(DirKeys {
+                keys: DataKeys::derive(&u.data_key, &u.id),
+                id: u.id,
+                key,
+            });
+            let mut inodes = lock(&self.inodes);
+            // A rewrap since the read (of this or any directory): cached, these keys would
+            // keep the CMK it replaced, for checks and for new entries. Read again.
+            if self.dir_rewraps.load(Ordering::Acquire) != before {
+                tries += 1;
+                if tries < 3 {
+                    continue;
+                }
+                // Used once, as if before the rewraps, and not kept.
+                return Ok(keys);
+            }
+            if let Some(n) = inodes.get_mut(ino) {
+                n.dir_keys = Some(keys.clone());
+            }
+            return Ok(keys);
         }
-        Ok(keys)
     }
 
     /// The CMK new entries in directory `ino` are wrapped by: the one that wraps its own key.
@@ -612,20 +635,36 @@ impl KmsFs {
         }
     }
 
-    fn load_content(&self, file: File, label: String, r: Requester) -> FsResult<FileContent> {
-        let mut h = vec![0u8; header::HEADER_LEN];
+    fn read_header(file: &File, label: &str) -> FsResult<[u8; header::HEADER_LEN]> {
+        let mut h = [0u8; header::HEADER_LEN];
         file.read_exact_at(&mut h, 0).map_err(|e| {
             log::error!("{label}: no readable header: {e}");
             Errno::EIO
         })?;
-        let (u, key) = self.keys.unwrap(Kind::File, &h, r, || label.clone())?;
+        Ok(h)
+    }
+
+    fn load_content(&self, file: File, label: String, r: Requester) -> FsResult<FileContent> {
+        let h = Self::read_header(&file, &label)?;
+        self.content_of(file, &h, label, r)
+    }
+
+    /// The content of `file`, whose header is `h`.
+    fn content_of(
+        &self,
+        file: File,
+        h: &[u8],
+        label: String,
+        r: Requester,
+    ) -> FsResult<FileContent> {
+        let (u, key) = self.keys.unwrap(Kind::File, h, r, || label.clone())?;
         log::debug!(
             "{label}: data key unwrapped for uid {} (key {})",
             r.uid,
             key.as_deref().unwrap_or("?")
         );
         let keys = DataKeys::derive(&u.data_key, &u.id);
-        Ok(self.journaled(FileContent::new(file, &keys, u.id, &h, label, key)))
+        Ok(self.journaled(FileContent::new(file, &keys, u.id, h, label, key)))
     }
 
     fn journaled(&self, mut c: FileContent) -> FileContent {
@@ -668,9 +707,20 @@ impl KmsFs {
                     None => continue,
                 }
             }
-            let content = self.load_content(file, self.label(ino), r)?;
+            let label = self.label(ino);
+            let rewraps = self.closed_rewraps.load(Ordering::Acquire);
+            let h = Self::read_header(&file, &label)?;
+            let content = self.content_of(file, &h, label, r)?;
             let mut files = lock(&self.files);
             if content.file().metadata()?.nlink() == 0 {
+                continue;
+            }
+            // A rewrap of this closed file since the header was read would leave this state
+            // with the CMK it replaced, and a disable of the new one would miss it. Rewraps of
+            // closed files are made under this lock, so the header read now is settled.
+            if self.closed_rewraps.load(Ordering::Acquire) != rewraps
+                && Self::read_header(content.file(), &content.label)? != h
+            {
                 continue;
             }
             // Another thread may have opened it meanwhile; keep the first.

@@ -414,7 +414,8 @@ impl KmsFs {
     /// Runs `f` on the backing file of regular file `node` where no truncate can give it a new
     /// header meanwhile: an open file on its state's descriptor under its write lock; a closed
     /// one on `own` (the caller's descriptor) under the `files` lock, which any truncate needs
-    /// first (to open it). `f` is told whether it got `own`.
+    /// first (to open it), and counted for the opens that read its header meanwhile. `f` is
+    /// told whether it got `own`.
     fn under_header_lock<R>(
         &self,
         node: Option<u64>,
@@ -428,7 +429,11 @@ impl KmsFs {
                 let c = of.content.write().map_err(|_| Errno::EIO)?;
                 Ok(f(c.file(), false))
             }
-            None => Ok(f(own, true)),
+            None => {
+                let out = f(own, true);
+                self.closed_rewraps.fetch_add(1, Ordering::Release);
+                Ok(out)
+            }
         }
     }
 
@@ -436,15 +441,18 @@ impl KmsFs {
     /// checked against that key from now on; a directory's keys are unwrapped again at their
     /// next use (under the new CMK, which new entries then use too).
     fn rewrapped(&self, kind: Kind, node: Option<u64>, key: String) -> FsResult<()> {
+        if kind == Kind::DirKey {
+            let mut inodes = lock(&self.inodes);
+            if let Some(n) = node.and_then(|n| inodes.get_mut(n)) {
+                n.dir_keys = None;
+            }
+            // Also without a node: a lookup may be making one, with keys read before.
+            self.dir_rewraps.fetch_add(1, Ordering::Release);
+            return Ok(());
+        }
         let Some(node) = node else {
             return Ok(());
         };
-        if kind == Kind::DirKey {
-            if let Some(n) = lock(&self.inodes).get_mut(node) {
-                n.dir_keys = None;
-            }
-            return Ok(());
-        }
         let open = lock(&self.files).get(&node).cloned();
         if let Some(of) = open {
             of.content.write().map_err(|_| Errno::EIO)?.key = Some(key);
@@ -538,6 +546,12 @@ impl KmsFs {
                 // (behind the mount's back) is not undone.
                 if stat_at(&a.dir, &a.name)?.st_ino != st.st_ino {
                     return Err(Errno::ENOENT);
+                }
+                // Nor may a hard link have been made since the first check (behind the mount's
+                // back: through it, link waits for the inode lock the kernel holds for this
+                // setxattr): the rename would take the file away from that name.
+                if nix::sys::stat::fstat(c.file())?.st_nlink > 1 {
+                    return Err(Errno(libc::EMLINK));
                 }
                 nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, &*a.name)?;
                 inodes.rebase(f.ino, new_backing);
