@@ -335,6 +335,11 @@ impl Keyring {
         }
     }
 
+    /// Key store changes seen so far: what was unwrapped in an older epoch may be revoked.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
     /// Whether the key store changed since the last call; forgets cached decisions if so.
     pub fn refresh(&self) -> bool {
         let now = self.provider.change_stamp();

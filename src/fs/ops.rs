@@ -96,9 +96,9 @@ pub struct KmsFs {
     /// Rewraps of directory keys so far, counted under the `inodes` lock as each drops the
     /// keys cached on the node: keys read before one are not cached after it (see `dir_keys`).
     dir_rewraps: AtomicU64,
-    /// Header rewraps of closed files so far, each counted under the `files` lock it is made
-    /// under: an open that read a header before one checks it again (see `open_file`).
-    closed_rewraps: AtomicU64,
+    /// Header rewraps of regular files so far, each counted under the `files` lock once it is
+    /// written: an open that read a header before one checks it again (see `open_file`).
+    header_rewraps: AtomicU64,
     is_root: bool,
     /// Undo records of in-place rewrites; None where the cipher dir cannot be written.
     journal: Option<Arc<crate::fs::undo::Journal>>,
@@ -304,7 +304,7 @@ impl KmsFs {
             next_fh: AtomicU64::new(1),
             reencrypts: AtomicU64::new(0),
             dir_rewraps: AtomicU64::new(0),
-            closed_rewraps: AtomicU64::new(0),
+            header_rewraps: AtomicU64::new(0),
             is_root: nix::unistd::geteuid().is_root(),
         })
     }
@@ -435,13 +435,17 @@ impl KmsFs {
         let dir = self.dir_fd(ino)?;
         // Built only for a message: a path is a walk up the tree and a few allocations.
         let label = || format!("{}/{DIRKEY_FILE}", self.label(ino));
-        let mut tries = 0;
-        loop {
-            let before = self.dir_rewraps.load(Ordering::Acquire);
-            let data = read_at(&dir, OsStr::new(DIRKEY_FILE)).map_err(|e| {
+        let read = || {
+            read_at(&dir, OsStr::new(DIRKEY_FILE)).map_err(|e| {
                 log::error!("{}: errno {}", label(), e.0);
                 Errno::EIO
-            })?;
+            })
+        };
+        let mut last = None;
+        for _ in 0..3 {
+            let rewraps = self.dir_rewraps.load(Ordering::Acquire);
+            let epoch = self.keys.epoch();
+            let data = read()?;
             let (u, key) = self.keys.unwrap(Kind::DirKey, &data, r, label)?;
             let keys = Arc::new(DirKeys {
                 keys: DataKeys::derive(&u.data_key, &u.id),
@@ -449,21 +453,22 @@ impl KmsFs {
                 key,
             });
             let mut inodes = lock(&self.inodes);
-            // A rewrap since the read (of this or any directory): cached, these keys would
-            // keep the CMK it replaced, for checks and for new entries. Read again.
-            if self.dir_rewraps.load(Ordering::Acquire) != before {
-                tries += 1;
-                if tries < 3 {
-                    continue;
-                }
-                // Used once, as if before the rewraps, and not kept.
-                return Ok(keys);
+            // Cached after a key store change, these keys would escape `revalidate`; after a
+            // rewrap of this directory's key file since the read (counted under this lock once
+            // written), they would keep the CMK it replaced, for checks and for new entries.
+            if self.keys.epoch() != epoch
+                || self.dir_rewraps.load(Ordering::Acquire) != rewraps && read()? != data
+            {
+                last = Some(keys);
+                continue;
             }
             if let Some(n) = inodes.get_mut(ino) {
                 n.dir_keys = Some(keys.clone());
             }
             return Ok(keys);
         }
+        // Changed under it three times: used once, as if before the last change, not kept.
+        last.ok_or(Errno::EIO)
     }
 
     /// The CMK new entries in directory `ino` are wrapped by: the one that wraps its own key.
@@ -684,7 +689,11 @@ impl KmsFs {
         // that opened the old file just before a reencrypt's rename finds it unlinked once the
         // reencrypt is done, and starts again. Two states for one file would each have their
         // own view of its content, and writes through them would overwrite each other.
-        for _ in 0..3 {
+        // Opens that found the file replaced, and all tries (a rewrap or a key store change
+        // since the header was read makes another, which the last one made progress against).
+        let (mut replaced, mut tries) = (0, 0);
+        while replaced < 3 && tries < 64 {
+            tries += 1;
             if let Some(f) = self.pinned(ino, r)? {
                 return Ok(f);
             }
@@ -694,6 +703,7 @@ impl KmsFs {
             // (an old copy opened just before the rename, or a file put there behind the
             // mount's back): open the name again.
             let Some(node) = lock(&self.inodes).node_of(meta.ino()) else {
+                replaced += 1;
                 continue;
             };
             if node != ino {
@@ -704,21 +714,31 @@ impl KmsFs {
             if meta.len() == 0 {
                 match self.open_headerless(ino, node, file, r)? {
                     Some(f) => return Ok(f),
-                    None => continue,
+                    None => {
+                        replaced += 1;
+                        continue;
+                    }
                 }
             }
             let label = self.label(ino);
-            let rewraps = self.closed_rewraps.load(Ordering::Acquire);
+            let rewraps = self.header_rewraps.load(Ordering::Acquire);
+            let epoch = self.keys.epoch();
             let h = Self::read_header(&file, &label)?;
             let content = self.content_of(file, &h, label, r)?;
             let mut files = lock(&self.files);
             if content.file().metadata()?.nlink() == 0 {
+                replaced += 1;
                 continue;
             }
-            // A rewrap of this closed file since the header was read would leave this state
-            // with the CMK it replaced, and a disable of the new one would miss it. Rewraps of
-            // closed files are made under this lock, so the header read now is settled.
-            if self.closed_rewraps.load(Ordering::Acquire) != rewraps
+            // A key store change since the unwrap: `revalidate` may have looked at the open
+            // files already, and would miss this one's data key if its CMK was disabled.
+            if self.keys.epoch() != epoch {
+                continue;
+            }
+            // A rewrap since the header was read would leave this state with the CMK it
+            // replaced, and a disable of the new one would miss it. Each is counted under this
+            // lock once written, so the header read now is as the last counted one left it.
+            if self.header_rewraps.load(Ordering::Acquire) != rewraps
                 && Self::read_header(content.file(), &content.label)? != h
             {
                 continue;
@@ -761,7 +781,7 @@ impl KmsFs {
             }
             return Ok(f);
         }
-        // Replaced three times while being opened.
+        // Replaced three times while being opened (or changed under it 64 times).
         Err(Errno(libc::ESTALE))
     }
 

@@ -141,18 +141,21 @@ impl KmsFs {
             return Err(Errno::ENODATA);
         }
         let (f, kind) = self.header_file(ino, false)?;
-        let mut h = vec![0u8; header::HEADER_LEN];
-        f.read_exact_at(&mut h, 0).map_err(|_| Errno::EIO)?;
-        let blob = header::parse(kind, &h)
-            .ok()
-            .and_then(|p| p.slots.first().map(|s| s.blob.clone()))
-            .ok_or(Errno::EIO)?;
-        let (key, version) = self.keys.provider().key_of(&blob).ok_or(Errno::EIO)?;
+        let (key, version) = self.header_key(&f, kind).ok_or(Errno::EIO)?;
         Ok(match version {
             Some(v) => format!("{key}:{v}"),
             None => key,
         }
         .into_bytes())
+    }
+
+    /// The CMK (and version) of the newest slot of the header in `f`, which decides (see
+    /// `cipherdir::unwrap_header`); None if it cannot be read or parsed.
+    fn header_key(&self, f: &File, kind: Kind) -> Option<(String, Option<u32>)> {
+        let mut h = [0u8; header::HEADER_LEN];
+        f.read_exact_at(&mut h, 0).ok()?;
+        let parsed = header::parse(kind, &h).ok()?;
+        self.keys.provider().key_of(&parsed.slots.first()?.blob)
     }
 
     pub(super) fn control_set(
@@ -180,7 +183,7 @@ impl KmsFs {
             return Err(Errno::EINVAL);
         }
         let rewrap = |f: &File| rewrap::rewrap_file(f, kind, provider, &caller, to);
-        let (outcome, node) = if kind == Kind::File {
+        let outcome = if kind == Kind::File {
             // Closed files are not opened through the mount for this: a rewrap costs one
             // Decrypt (the new slot's MAC needs the data key) and one Encrypt (ReEncrypt with
             // a remote provider).
@@ -192,13 +195,12 @@ impl KmsFs {
                 }
                 rewrap(f)
             })?;
-            (o.map_err(kms_errno)?, node)
+            o.map_err(kms_errno)?
         } else {
-            (rewrap(&file).map_err(kms_errno)?, Some(ino))
+            let o = rewrap(&file);
+            self.dir_rewrapped(Some(ino));
+            o.map_err(kms_errno)?
         };
-        if let Outcome::Rewrapped { to: (k, _), .. } = &outcome {
-            self.rewrapped(kind, node, k.clone())?;
-        }
         if ino == ROOT && !set_key {
             if let Outcome::Rewrapped { to: (k, _), .. } =
                 rewrap::rewrap_volume(&self.root, provider, &caller, to).map_err(kms_errno)?
@@ -392,12 +394,12 @@ impl KmsFs {
         let outcomes = rewrap::rewrap_batch(&batch, self.keys.provider(), &caller, to);
         let mut first = None;
         for (i, (e, o)) in batch.entries.iter().zip(outcomes).enumerate() {
-            match (o, e) {
-                (Ok(Outcome::Rewrapped { to: (k, _), .. }), Ok(e)) => {
-                    if let Err(errno) = self.rewrapped(e.kind, e.node, k) {
-                        first.get_or_insert(errno);
-                    }
+            if let Ok(e) = e {
+                if e.kind == Kind::DirKey {
+                    self.dir_rewrapped(e.node);
                 }
+            }
+            match (o, e) {
                 (Ok(_), _) => {}
                 (Err(err), e) => {
                     let errno = e.as_ref().err().copied().unwrap_or_else(|| errno_of(&err));
@@ -414,8 +416,10 @@ impl KmsFs {
     /// Runs `f` on the backing file of regular file `node` where no truncate can give it a new
     /// header meanwhile: an open file on its state's descriptor under its write lock; a closed
     /// one on `own` (the caller's descriptor) under the `files` lock, which any truncate needs
-    /// first (to open it), and counted for the opens that read its header meanwhile. `f` is
-    /// told whether it got `own`.
+    /// first (to open it). `f` is told whether it got `own`. Afterwards the file's open state
+    /// has the CMK the header names now (its reads are checked against it, a disable of it
+    /// reaches it, a reencrypt wraps under it), and the write is counted for the opens that
+    /// read the header before it (see `open_file`).
     fn under_header_lock<R>(
         &self,
         node: Option<u64>,
@@ -423,41 +427,50 @@ impl KmsFs {
         f: impl FnOnce(&File, bool) -> R,
     ) -> FsResult<R> {
         let files = lock(&self.files);
-        match node.and_then(|n| files.get(&n).cloned()) {
-            Some(of) => {
-                drop(files);
-                let c = of.content.write().map_err(|_| Errno::EIO)?;
-                Ok(f(c.file(), false))
-            }
-            None => {
-                let out = f(own, true);
-                self.closed_rewraps.fetch_add(1, Ordering::Release);
-                Ok(out)
-            }
+        let Some(open) = node.and_then(|n| files.get(&n).cloned()) else {
+            let out = f(own, true);
+            self.header_rewraps.fetch_add(1, Ordering::Release);
+            return Ok(out);
+        };
+        drop(files);
+        let out = {
+            let mut c = open.content.write().map_err(|_| Errno::EIO)?;
+            let out = f(c.file(), false);
+            self.follow_header(&mut c);
+            out
+        };
+        // Its last handle may have closed meanwhile, and an open made a new state from the
+        // header as it was before: that one follows it too.
+        let files = lock(&self.files);
+        self.header_rewraps.fetch_add(1, Ordering::Release);
+        let newer = files
+            .get(&open.ino)
+            .filter(|g| !Arc::ptr_eq(g, &open))
+            .cloned();
+        drop(files);
+        if let Some(g) = newer {
+            self.follow_header(&mut *g.content.write().map_err(|_| Errno::EIO)?);
+        }
+        Ok(out)
+    }
+
+    /// Gives an open file's state the CMK its header names (kept if the header cannot be read).
+    fn follow_header(&self, c: &mut FileContent) {
+        if let Some((key, _)) = self.header_key(c.file(), Kind::File) {
+            c.key = Some(key);
         }
     }
 
-    /// After header `node` (of `kind`) was re-wrapped under `key`: an open file's reads are
-    /// checked against that key from now on; a directory's keys are unwrapped again at their
-    /// next use (under the new CMK, which new entries then use too).
-    fn rewrapped(&self, kind: Kind, node: Option<u64>, key: String) -> FsResult<()> {
-        if kind == Kind::DirKey {
-            let mut inodes = lock(&self.inodes);
-            if let Some(n) = node.and_then(|n| inodes.get_mut(n)) {
-                n.dir_keys = None;
-            }
-            // Also without a node: a lookup may be making one, with keys read before.
-            self.dir_rewraps.fetch_add(1, Ordering::Release);
-            return Ok(());
+    /// After the key file of directory `node` was re-wrapped (or a try failed part way): its
+    /// keys are unwrapped again at their next use, under the CMK that wraps them now, which new
+    /// entries then use too.
+    fn dir_rewrapped(&self, node: Option<u64>) {
+        let mut inodes = lock(&self.inodes);
+        if let Some(n) = node.and_then(|n| inodes.get_mut(n)) {
+            n.dir_keys = None;
         }
-        let Some(node) = node else {
-            return Ok(());
-        };
-        let open = lock(&self.files).get(&node).cloned();
-        if let Some(of) = open {
-            of.content.write().map_err(|_| Errno::EIO)?.key = Some(key);
-        }
-        Ok(())
+        // Also without a node: a lookup may be making one, with keys read before.
+        self.dir_rewraps.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -547,13 +560,7 @@ impl KmsFs {
                 if stat_at(&a.dir, &a.name)?.st_ino != st.st_ino {
                     return Err(Errno::ENOENT);
                 }
-                // Nor may a hard link have been made since the first check (behind the mount's
-                // back: through it, link waits for the inode lock the kernel holds for this
-                // setxattr): the rename would take the file away from that name.
-                if nix::sys::stat::fstat(c.file())?.st_nlink > 1 {
-                    return Err(Errno(libc::EMLINK));
-                }
-                nix::fcntl::renameat(&a.dir, tmp.as_str(), &a.dir, &*a.name)?;
+                self.put_in_place(&a, &tmp, &c)?;
                 inodes.rebase(f.ino, new_backing);
                 self.reencrypts.fetch_add(1, Ordering::Release);
                 Ok::<_, Errno>(fresh)
@@ -578,6 +585,43 @@ impl KmsFs {
         })();
         self.unpin(&f);
         result
+    }
+
+    /// Puts reencrypt's copy, at `tmp` in the directory of `a`, in the place of `old`. Exchanged
+    /// with it, not renamed over it: a hard link to `old` made since its link count was checked
+    /// (behind the mount's back; through it, link waits for the inode lock the kernel holds for
+    /// this setxattr) shows in that count once only `tmp` names it here, and the exchange is
+    /// undone (EMLINK), as a rename would have split the file from that link. Where the
+    /// backing filesystem cannot exchange, the count is checked just before a rename.
+    fn put_in_place(&self, a: &At, tmp: &str, old: &FileContent) -> FsResult<()> {
+        let linked = || nix::sys::stat::fstat(old.file()).map(|st| st.st_nlink > 1);
+        let exchange = nix::fcntl::RenameFlags::RENAME_EXCHANGE;
+        match nix::fcntl::renameat2(&a.dir, tmp, &a.dir, &*a.name, exchange) {
+            Ok(()) => {
+                // From here on the copy is at the name: no early return without it.
+                if linked().unwrap_or(false) {
+                    let undone = nix::fcntl::renameat2(&a.dir, tmp, &a.dir, &*a.name, exchange);
+                    // A stat made meanwhile saw the copy's number: made again.
+                    self.reencrypts.fetch_add(1, Ordering::Release);
+                    match undone {
+                        Ok(()) => return Err(Errno(libc::EMLINK)),
+                        // The copy stays; the other name keeps the old file.
+                        Err(e) => {
+                            log::error!("{}: a reencrypt's exchange not undone: {e}", old.label)
+                        }
+                    }
+                }
+                let _ = nix::unistd::unlinkat(&a.dir, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+                Ok(())
+            }
+            Err(nix::errno::Errno::EINVAL) => {
+                if linked()? {
+                    return Err(Errno(libc::EMLINK));
+                }
+                Ok(nix::fcntl::renameat(&a.dir, tmp, &a.dir, &*a.name)?)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
