@@ -456,8 +456,11 @@ impl KmsFs {
             // Cached after a key store change, these keys would escape `revalidate`; after a
             // rewrap of this directory's key file since the read (counted under this lock once
             // written), they would keep the CMK it replaced, for checks and for new entries.
+            // (Not `read`, whose error message takes this lock for the label.)
+            let unchanged =
+                || matches!(read_at(&dir, OsStr::new(DIRKEY_FILE)), Ok(now) if now == data);
             if self.keys.epoch() != epoch
-                || self.dir_rewraps.load(Ordering::Acquire) != rewraps && read()? != data
+                || self.dir_rewraps.load(Ordering::Acquire) != rewraps && !unchanged()
             {
                 last = Some(keys);
                 continue;

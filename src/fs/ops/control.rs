@@ -187,9 +187,7 @@ impl KmsFs {
             // Closed files are not opened through the mount for this: a rewrap costs one
             // Decrypt (the new slot's MAC needs the data key) and one Encrypt (ReEncrypt with
             // a remote provider).
-            // By what was opened, not by `ino`: a reencrypt may have moved the name meanwhile.
-            let node = lock(&self.inodes).node_of(nix::sys::stat::fstat(&file)?.st_ino);
-            let o = self.under_header_lock(node, &file, |f, own| {
+            let o = self.under_header_lock(&file, |f, own| {
                 if own {
                     still_linked(f)?;
                 }
@@ -270,7 +268,8 @@ fn target(value: &[u8]) -> FsResult<Option<&str>> {
 struct BatchEntry {
     file: File,
     kind: Kind,
-    /// The node id of the file or directory, if one is its (see `Inodes::node_of`).
+    /// The node id of the directory, if one is its (see `Inodes::node_of`); a regular file's
+    /// is found when it is re-wrapped (see `KmsFs::under_header_lock`).
     node: Option<u64>,
 }
 
@@ -304,7 +303,7 @@ impl rewrap::Headers for MountEntries<'_> {
             f(file, e.kind)
         };
         self.fs
-            .under_header_lock(e.node, &e.file, step)
+            .under_header_lock(&e.file, step)
             .map_err(errno_error)?
     }
 
@@ -420,13 +419,12 @@ impl KmsFs {
     /// has the CMK the header names now (its reads are checked against it, a disable of it
     /// reaches it, a reencrypt wraps under it), and the write is counted for the opens that
     /// read the header before it (see `open_file`).
-    fn under_header_lock<R>(
-        &self,
-        node: Option<u64>,
-        own: &File,
-        f: impl FnOnce(&File, bool) -> R,
-    ) -> FsResult<R> {
+    fn under_header_lock<R>(&self, own: &File, f: impl FnOnce(&File, bool) -> R) -> FsResult<R> {
+        let backing = nix::sys::stat::fstat(own)?.st_ino;
         let files = lock(&self.files);
+        // By what was opened, not by a name: a reencrypt may have moved the name meanwhile.
+        // Under `files`, so that no open files a state for it meanwhile.
+        let node = lock(&self.inodes).node_of(backing);
         let Some(open) = node.and_then(|n| files.get(&n).cloned()) else {
             let out = f(own, true);
             self.header_rewraps.fetch_add(1, Ordering::Release);
@@ -591,31 +589,50 @@ impl KmsFs {
     /// with it, not renamed over it: a hard link to `old` made since its link count was checked
     /// (behind the mount's back; through it, link waits for the inode lock the kernel holds for
     /// this setxattr) shows in that count once only `tmp` names it here, and the exchange is
-    /// undone (EMLINK), as a rename would have split the file from that link. Where the
-    /// backing filesystem cannot exchange, the count is checked just before a rename.
+    /// undone (EMLINK), as a rename would have split the file from that link; so is one that
+    /// brought another file to the name (ENOENT). Where the backing filesystem cannot exchange,
+    /// the count is checked just before a rename.
     fn put_in_place(&self, a: &At, tmp: &str, old: &FileContent) -> FsResult<()> {
-        let linked = || nix::sys::stat::fstat(old.file()).map(|st| st.st_nlink > 1);
+        let old_ino = nix::sys::stat::fstat(old.file())?.st_ino;
         let exchange = nix::fcntl::RenameFlags::RENAME_EXCHANGE;
-        match nix::fcntl::renameat2(&a.dir, tmp, &a.dir, &*a.name, exchange) {
+        let swap = || nix::fcntl::renameat2(&a.dir, tmp, &a.dir, &*a.name, exchange);
+        match swap() {
             Ok(()) => {
-                // From here on the copy is at the name: no early return without it.
-                if linked().unwrap_or(false) {
-                    let undone = nix::fcntl::renameat2(&a.dir, tmp, &a.dir, &*a.name, exchange);
+                // From here on the copy is at the name: no early return but by undoing that.
+                let refused = match stat_at(&a.dir, OsStr::new(tmp)) {
+                    Ok(st) if st.st_ino != old_ino => Some(Errno::ENOENT),
+                    Ok(st) if st.st_nlink > 1 => Some(Errno(libc::EMLINK)),
+                    Ok(_) => None,
+                    Err(e) => Some(e),
+                };
+                if let Some(errno) = refused {
+                    let undone = swap();
                     // A stat made meanwhile saw the copy's number: made again.
                     self.reencrypts.fetch_add(1, Ordering::Release);
                     match undone {
-                        Ok(()) => return Err(Errno(libc::EMLINK)),
-                        // The copy stays; the other name keeps the old file.
+                        Ok(()) => return Err(errno),
+                        // The copy stays; the old file keeps its other names.
                         Err(e) => {
                             log::error!("{}: a reencrypt's exchange not undone: {e}", old.label)
                         }
                     }
                 }
                 let _ = nix::unistd::unlinkat(&a.dir, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
+                // A link made behind the mount in the instant since the check keeps the old file.
+                if nix::sys::stat::fstat(old.file()).is_ok_and(|st| st.st_nlink > 0) {
+                    log::error!(
+                        "{}: linked behind the mount during its reencrypt",
+                        old.label
+                    );
+                }
                 Ok(())
             }
-            Err(nix::errno::Errno::EINVAL) => {
-                if linked()? {
+            Err(
+                nix::errno::Errno::EINVAL
+                | nix::errno::Errno::ENOSYS
+                | nix::errno::Errno::EOPNOTSUPP,
+            ) => {
+                if nix::sys::stat::fstat(old.file())?.st_nlink > 1 {
                     return Err(Errno(libc::EMLINK));
                 }
                 Ok(nix::fcntl::renameat(&a.dir, tmp, &a.dir, &*a.name)?)
