@@ -631,13 +631,66 @@ fn unsigned_and_malformed_requests_get_aws_errors() {
     );
 }
 
+/// systemd's side of sd_notify: a datagram socket the server is told about in $NOTIFY_SOCKET.
+struct Notify {
+    path: std::path::PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+}
+
+impl Notify {
+    fn new(e: &Env) -> Notify {
+        let path = e.path("notify.sock");
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        Notify { path, sock }
+    }
+
+    /// Runs `kmsfs ARGS` as systemd would and waits for its READY=1.
+    fn start(&self, e: &Env, args: &[&str]) -> Server {
+        let child = e
+            .command(args)
+            .env("NOTIFY_SOCKET", &self.path)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Killed by the guard if an assertion fails.
+        let server = Server {
+            child,
+            endpoint: String::new(),
+        };
+        self.expect("READY=1");
+        server
+    }
+
+    fn expect(&self, state: &str) {
+        let mut buf = [0u8; 256];
+        let n = self
+            .sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("{state} within 20 s: {e}"));
+        assert!(String::from_utf8_lossy(&buf[..n]).contains(state));
+    }
+
+    /// SIGTERM: the server says STOPPING=1 and exits 0.
+    fn stop(&self, mut server: Server) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(server.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        self.expect("STOPPING=1");
+        assert!(server.child.wait().unwrap().success());
+    }
+}
+
 /// The ExecStart line of config/systemd/kmsfs-serve.service, run as systemd would: READY=1
 /// once both listeners are up, the Unix socket answers the protocol, SIGTERM stops it cleanly
 /// (STOPPING=1) and removes the socket.
 #[test]
 fn the_serve_unit_command_signals_readiness_and_serves_its_unix_socket() {
     use std::io::Write;
-    use std::os::unix::net::{UnixDatagram, UnixStream};
+    use std::os::unix::net::UnixStream;
     let e = Env::new();
     let creds = write_credentials(&e);
     let unit = std::fs::read_to_string(concat!(
@@ -656,25 +709,8 @@ fn the_serve_unit_command_signals_readiness_and_serves_its_unix_socket() {
         .replace("/etc/kmsfs/api-credentials.toml", &creds);
     let mut words = line.split_whitespace();
     assert_eq!(words.next(), Some("/usr/local/bin/kmsfs"));
-    let notify = e.path("notify.sock");
-    let n_sock = UnixDatagram::bind(&notify).unwrap();
-    n_sock
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    let child = e
-        .command(&words.collect::<Vec<_>>())
-        .env("NOTIFY_SOCKET", &notify)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Killed by the guard if an assertion below fails.
-    let mut server = Server {
-        child,
-        endpoint: String::new(),
-    };
-    let mut buf = [0u8; 256];
-    let n = n_sock.recv(&mut buf).expect("READY=1 within 20 s");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
+    let notify = Notify::new(&e);
+    let server = notify.start(&e, &words.collect::<Vec<_>>());
     // The unit verifies signatures; an unsigned request is refused, which still shows the
     // protocol answering on the socket.
     let mut s = UnixStream::connect(&sock).expect("the unit's Unix socket is listening");
@@ -693,14 +729,7 @@ fn the_serve_unit_command_signals_readiness_and_serves_its_unix_socket() {
         answer.contains("MissingAuthenticationTokenException"),
         "{answer}"
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let n = n_sock.recv(&mut buf).expect("STOPPING=1");
-    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
-    assert!(server.child.wait().unwrap().success());
+    notify.stop(server);
     assert!(!sock.exists(), "the socket is removed on exit");
 }
 
@@ -708,43 +737,19 @@ fn the_serve_unit_command_signals_readiness_and_serves_its_unix_socket() {
 /// are in place before it announces readiness.
 #[test]
 fn a_sigterm_right_after_readiness_stops_the_server_cleanly() {
-    use std::os::unix::net::UnixDatagram;
     let e = Env::new();
     let creds = write_credentials(&e);
-    let notify = e.path("notify.sock");
-    let n_sock = UnixDatagram::bind(&notify).unwrap();
-    n_sock
-        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
-        .unwrap();
-    let mut buf = [0u8; 256];
+    let notify = Notify::new(&e);
     for round in 0..10 {
         let sock = e.path(&format!("kms{round}.sock"));
-        let child = e
-            .command(&[
-                "serve",
-                "--unix",
-                sock.to_str().unwrap(),
-                "--credentials",
-                &creds,
-            ])
-            .env("NOTIFY_SOCKET", &notify)
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut server = Server {
-            child,
-            endpoint: String::new(),
-        };
-        let n = n_sock.recv(&mut buf).expect("READY=1 within 20 s");
-        assert!(String::from_utf8_lossy(&buf[..n]).contains("READY=1"));
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(server.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let n = n_sock.recv(&mut buf).expect("STOPPING=1");
-        assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
-        assert!(server.child.wait().unwrap().success(), "round {round}");
+        let args = [
+            "serve",
+            "--unix",
+            sock.to_str().unwrap(),
+            "--credentials",
+            &creds,
+        ];
+        notify.stop(notify.start(&e, &args));
         assert!(
             !sock.exists(),
             "round {round}: the socket is removed on exit"
