@@ -609,13 +609,13 @@ impl KmsFs {
                     let undone = swap();
                     // A stat made meanwhile saw the copy's number: made again.
                     self.reencrypts.fetch_add(1, Ordering::Release);
-                    match undone {
-                        Ok(()) => return Err(errno),
-                        // The copy stays; the old file keeps its other names.
-                        Err(e) => {
-                            log::error!("{}: a reencrypt's exchange not undone: {e}", old.label)
-                        }
+                    if let Err(e) = undone {
+                        // The copy stays at the name; what `tmp` names is left for fsck to
+                        // report (it may be another file, or the old one, still linked).
+                        log::error!("{}: a reencrypt's exchange not undone: {e}", old.label);
+                        return Ok(());
                     }
+                    return Err(errno);
                 }
                 let _ = nix::unistd::unlinkat(&a.dir, tmp, nix::unistd::UnlinkatFlags::NoRemoveDir);
                 // A link made behind the mount in the instant since the check keeps the old file.
