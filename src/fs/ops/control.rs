@@ -568,6 +568,19 @@ impl KmsFs {
                     c.supersede();
                     // Now the live file: its in-place rewrites need undo records again.
                     *c = self.journaled(fresh);
+                    // Durable before it is reported: a crash must not bring the file under
+                    // its old data key back to the name (the new one was synced before).
+                    let dir = openat(
+                        &a.dir,
+                        ".",
+                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map(File::from)?;
+                    if let Err(e) = dir.sync_all() {
+                        log::error!("{}: re-encrypted, but not made durable: {e}", c.label);
+                        return Err(Errno::EIO);
+                    }
                     log::debug!("{}: re-encrypted under a fresh data key", c.label);
                     Ok(())
                 }
