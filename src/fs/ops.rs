@@ -435,8 +435,9 @@ impl KmsFs {
         let dir = self.dir_fd(ino)?;
         // Built only for a message: a path is a walk up the tree and a few allocations.
         let label = || format!("{}/{DIRKEY_FILE}", self.label(ino));
+        let raw = || read_at(&dir, OsStr::new(DIRKEY_FILE));
         let read = || {
-            read_at(&dir, OsStr::new(DIRKEY_FILE)).map_err(|e| {
+            raw().map_err(|e| {
                 log::error!("{}: errno {}", label(), e.0);
                 Errno::EIO
             })
@@ -456,9 +457,8 @@ impl KmsFs {
             // Cached after a key store change, these keys would escape `revalidate`; after a
             // rewrap of this directory's key file since the read (counted under this lock once
             // written), they would keep the CMK it replaced, for checks and for new entries.
-            // (Not `read`, whose error message takes this lock for the label.)
-            let unchanged =
-                || matches!(read_at(&dir, OsStr::new(DIRKEY_FILE)), Ok(now) if now == data);
+            // (`raw`: `read`'s error message takes this lock for the label.)
+            let unchanged = || matches!(raw(), Ok(now) if now == data);
             if self.keys.epoch() != epoch
                 || self.dir_rewraps.load(Ordering::Acquire) != rewraps && !unchanged()
             {

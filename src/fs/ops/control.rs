@@ -570,13 +570,7 @@ impl KmsFs {
                     *c = self.journaled(fresh);
                     // Durable before it is reported: a crash must not bring the file under
                     // its old data key back to the name (the new one was synced before).
-                    let dir = openat(
-                        &a.dir,
-                        ".",
-                        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                        Mode::empty(),
-                    )
-                    .map(File::from)?;
+                    let dir = File::from(open_listable_dir(&a.dir, OsStr::new("."))?);
                     if let Err(e) = dir.sync_all() {
                         log::error!("{}: re-encrypted, but not made durable: {e}", c.label);
                         return Err(Errno::EIO);
