@@ -74,29 +74,37 @@ fn parallel_writers_and_readers_on_shared_and_private_files() {
     }
 }
 
-/// A cipher directory on a tiny tmpfs: writes fail with ENOSPC, nothing written before is lost,
-/// and the mount works again once space is freed.
-#[test]
-fn running_out_of_space() {
+/// Undoes a mount lazily when dropped (a tmpfs, or kmsfs with fusermount3).
+struct Lazy(std::path::PathBuf, bool);
+
+impl Drop for Lazy {
+    fn drop(&mut self) {
+        if self.1 {
+            let _ = std::process::Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.0)
+                .status();
+        } else {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// A volume whose cipher directory is on a tmpfs of `size`, mounted (with the guards that
+/// unmount both, kmsfs first).
+fn on_small_tmpfs(size: &str) -> (Mounted, [Lazy; 2]) {
     let m = Mounted::new();
     m.unmount();
-    // Move the cipher directory onto a 2 MiB tmpfs.
     let small = m.env.path("small");
     fs::create_dir(&small).unwrap();
     let ok = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
         .arg(&small)
         .status()
         .unwrap()
         .success();
     assert!(ok, "mounting a tmpfs needs root");
-    struct Umount(std::path::PathBuf);
-    impl Drop for Umount {
-        fn drop(&mut self) {
-            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-    let _guard = Umount(small.clone());
+    let tmpfs = Lazy(small.clone(), false);
     let cipher = small.join("c");
     let status = std::process::Command::new("cp")
         .arg("-a")
@@ -107,16 +115,15 @@ fn running_out_of_space() {
     assert!(status.success());
     let mnt = m.mnt.to_str().unwrap().to_string();
     m.env.ok(&["mount", cipher.to_str().unwrap(), &mnt]);
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("fusermount3")
-                .arg("-uz")
-                .arg(&self.0)
-                .status();
-        }
-    }
-    let _mount = Unmount(m.mnt.clone());
+    let kmsfs = Lazy(m.mnt.clone(), true);
+    (m, [kmsfs, tmpfs])
+}
+
+/// A cipher directory on a tiny tmpfs: writes fail with ENOSPC, nothing written before is lost,
+/// and the mount works again once space is freed.
+#[test]
+fn running_out_of_space() {
+    let (m, _guards) = on_small_tmpfs("2m");
 
     fs::write(m.p("keep"), vec![9u8; 300_000]).unwrap();
     let mut written = 0usize;
@@ -142,12 +149,59 @@ fn running_out_of_space() {
             vec![i as u8; 200_000]
         );
     }
+    // The reads' RELEASEs reach the daemon after close returns; a file deleted before its
+    // RELEASE keeps its space until then.
+    m.wait_released();
     for i in 0..=written {
         let _ = fs::remove_file(m.p(&format!("fill{i}")));
     }
     fs::write(m.p("after"), vec![1u8; 500_000]).unwrap();
     assert_eq!(fs::read(m.p("after")).unwrap(), vec![1u8; 500_000]);
     assert_eq!(fs::read(m.p("keep")).unwrap(), vec![9u8; 300_000]);
+}
+
+fn free_bytes(p: &std::path::Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(p).unwrap();
+    s.blocks_available() * s.fragment_size()
+}
+
+/// The daemon frees a deleted file's backing space after answering the unlink (see
+/// `reaper`); on a full volume that space is still there for the very next write, and
+/// statfs right after the delete counts it as free.
+#[test]
+fn space_a_delete_gives_back_is_free_at_once() {
+    let (m, _guards) = on_small_tmpfs("8m");
+    const BIG: usize = 5 << 20;
+    fs::write(m.p("big"), vec![1u8; BIG]).unwrap();
+    let mut hit = None;
+    for i in 0..100 {
+        if let Err(e) = fs::write(m.p(&format!("fill{i}")), vec![2u8; 128 << 10]) {
+            hit = e.raw_os_error();
+            break;
+        }
+    }
+    assert_eq!(hit, Some(libc::ENOSPC), "the volume is full");
+    for round in 0..6u8 {
+        // A close's RELEASE reaches the daemon after close returns; until then the daemon
+        // holds the file open, and its space stays in use whatever the reaper does.
+        m.wait_released();
+        let full = free_bytes(&m.mnt);
+        fs::remove_file(m.p("big")).unwrap();
+        if round % 2 == 0 {
+            // Straight on to the write: it must not see the disk still full.
+            let data = vec![round; BIG - (64 << 10)];
+            fs::write(m.p("big"), &data).unwrap_or_else(|e| panic!("round {round}: {e}"));
+            assert_eq!(fs::read(m.p("big")).unwrap(), data);
+        } else {
+            let freed = free_bytes(&m.mnt).saturating_sub(full);
+            // The file deleted was the previous round's, of BIG - 64 KiB.
+            assert!(
+                freed >= (BIG - (64 << 10)) as u64,
+                "round {round}: only {freed} freed"
+            );
+            fs::write(m.p("big"), vec![round; BIG - (64 << 10)]).unwrap();
+        }
+    }
 }
 
 fn rss_kib(pid: i32) -> u64 {

@@ -16,6 +16,7 @@ pub mod nametransform;
 pub mod notify;
 pub mod ops;
 pub mod pagecache;
+pub mod reaper;
 pub mod rewrap;
 pub mod sys;
 pub mod undo;

@@ -36,6 +36,7 @@ pub use crate::fs::keyring::Requester;
 mod control;
 mod listing;
 mod namespace;
+mod space;
 mod xattrs;
 pub use control::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_ENTRIES_XATTR, REWRAP_XATTR, STATUS_XATTR};
 pub use listing::{DirEntry, Listing};
@@ -100,6 +101,8 @@ pub struct KmsFs {
     /// written: an open that read a header before one checks it again (see `open_file`).
     header_rewraps: AtomicU64,
     is_root: bool,
+    /// Frees deleted backing files after their unlink has been answered.
+    reaper: crate::fs::reaper::Reaper,
     /// Undo records of in-place rewrites; None where the cipher dir cannot be written.
     journal: Option<Arc<crate::fs::undo::Journal>>,
     /// Milliseconds after `started` of the last request (for idle unmounting).
@@ -306,6 +309,7 @@ impl KmsFs {
             dir_rewraps: AtomicU64::new(0),
             header_rewraps: AtomicU64::new(0),
             is_root: nix::unistd::geteuid().is_root(),
+            reaper: Default::default(),
         })
     }
 
@@ -952,7 +956,7 @@ impl KmsFs {
     /// `kill_suidgid`: the kernel says the writer may not keep set-id bits (we handle that for
     /// it, see `fuse::init`).
     /// `append`: the file has O_APPEND at this write, and it is not writeback of cached pages.
-    pub fn write(
+    pub(super) fn write_once(
         &self,
         fh: u64,
         offset: u64,
@@ -1026,7 +1030,7 @@ impl KmsFs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn setattr(
+    pub(super) fn setattr_once(
         &self,
         ino: u64,
         mode: Option<u32>,
@@ -1123,13 +1127,9 @@ impl KmsFs {
         self.getattr(ino)
     }
 
-    pub fn statfs(&self) -> FsResult<nix::sys::statvfs::Statvfs> {
-        Ok(nix::sys::statvfs::statvfs(&self.root)?)
-    }
-
     /// fallocate: mode 0 may grow the file (by writing its new final block); KEEP_SIZE only
     /// reserves backing space. Hole punching and the rest are not supported.
-    pub fn fallocate(
+    pub(super) fn fallocate_once(
         &self,
         fh: u64,
         offset: u64,

@@ -1,4 +1,5 @@
-//! The few system calls std and nix do not wrap: xattrs on descriptors and fallocate.
+//! The few system calls std and nix do not wrap: xattrs on descriptors, fallocate, and the
+//! calling thread's scheduling policy.
 
 use crate::fs::errno::{Errno, FsResult};
 use std::ffi::CString;
@@ -120,4 +121,14 @@ pub fn fallocate(f: &std::fs::File, mode: i32, offset: u64, len: u64) -> FsResul
             len as libc::off_t,
         )
     })
+}
+
+/// Sets the calling thread's scheduling policy (SCHED_IDLE or SCHED_OTHER, priority 0).
+pub fn set_sched_policy(policy: libc::c_int) -> std::io::Result<()> {
+    let p = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sets this thread's own policy; sched_param outlives the call.
+    if unsafe { libc::sched_setscheduler(0, policy, &p) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

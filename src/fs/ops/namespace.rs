@@ -5,7 +5,7 @@ use super::*;
 
 impl KmsFs {
     /// Creates and opens a regular file.
-    pub fn create(
+    pub(super) fn create_once(
         &self,
         parent: u64,
         name: &OsStr,
@@ -62,7 +62,7 @@ impl KmsFs {
         Ok((entry, self.file_handle(of, flags, false)))
     }
 
-    pub fn mknod(
+    pub(super) fn mknod_once(
         &self,
         parent: u64,
         name: &OsStr,
@@ -72,7 +72,7 @@ impl KmsFs {
     ) -> FsResult<Entry> {
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG || kind == 0 {
-            let (entry, opened) = self.create(parent, name, mode, req, libc::O_EXCL)?;
+            let (entry, opened) = self.create_once(parent, name, mode, req, libc::O_EXCL)?;
             self.release(opened.fh);
             return Ok(entry);
         }
@@ -111,7 +111,13 @@ impl KmsFs {
         self.register_at(parent, dir, bn)
     }
 
-    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, req: Requester) -> FsResult<Entry> {
+    pub(super) fn mkdir_once(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        req: Requester,
+    ) -> FsResult<Entry> {
         let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, setgid) = self.owner_for(&dir, req)?;
@@ -156,7 +162,7 @@ impl KmsFs {
         self.register_at(parent, &dir, &bn)
     }
 
-    pub fn symlink(
+    pub(super) fn symlink_once(
         &self,
         parent: u64,
         name: &OsStr,
@@ -211,7 +217,16 @@ impl KmsFs {
             }
             st.st_nlink <= 1
         };
+        // Held open across the unlink, the file is freed when the reaper closes it.
+        let held = if gone {
+            self.reaper.hold(&dir, entry_name)
+        } else {
+            None
+        };
         unlink_at(&dir, entry_name)?;
+        if let Some(fd) = held {
+            self.reaper.release(fd);
+        }
         self.remove_side_file(&dir, &bn);
         lock(&self.inodes).unlink(parent, entry_name, gone);
         Ok(())
@@ -256,7 +271,7 @@ impl KmsFs {
         Ok(())
     }
 
-    pub fn rename(
+    pub(super) fn rename_once(
         &self,
         parent: u64,
         name: &OsStr,
@@ -303,7 +318,7 @@ impl KmsFs {
         Ok(())
     }
 
-    pub fn link(
+    pub(super) fn link_once(
         &self,
         ino: u64,
         newparent: u64,

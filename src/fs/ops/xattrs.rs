@@ -98,7 +98,8 @@ impl KmsFs {
         }
     }
 
-    pub fn setxattr(
+    /// Sets an extended attribute that is not a control one.
+    pub(super) fn set_user_xattr(
         &self,
         ino: u64,
         name: &OsStr,
@@ -106,9 +107,6 @@ impl KmsFs {
         flags: i32,
         r: Requester,
     ) -> FsResult<()> {
-        if control::is_control(name) {
-            return self.control_set(ino, name, value, r);
-        }
         Self::check_xattr_name(name)?;
         let open = self.open_state(ino);
         if let Some(of) = open {

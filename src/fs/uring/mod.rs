@@ -276,18 +276,9 @@ fn apply_idle(idle: bool) {
         true => libc::SCHED_IDLE,
         false => libc::SCHED_OTHER,
     };
-    if let Err(e) = set_policy(policy) {
+    if let Err(e) = crate::fs::sys::set_sched_policy(policy) {
         log::warn!("scheduling policy {policy}: {e}");
     }
-}
-
-fn set_policy(policy: libc::c_int) -> io::Result<()> {
-    let p = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sets this thread's own policy; sched_param outlives the call.
-    if unsafe { libc::sched_setscheduler(0, policy, &p) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Whether a thread in the idle class may leave it again: that takes CAP_SYS_NICE or an
@@ -298,7 +289,8 @@ fn idle_class_usable() -> bool {
     static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *USABLE.get_or_init(|| {
         let ok = std::thread::spawn(|| {
-            set_policy(libc::SCHED_IDLE).is_ok() && set_policy(libc::SCHED_OTHER).is_ok()
+            crate::fs::sys::set_sched_policy(libc::SCHED_IDLE).is_ok()
+                && crate::fs::sys::set_sched_policy(libc::SCHED_OTHER).is_ok()
         })
         .join()
         .unwrap_or(false);
