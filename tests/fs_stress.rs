@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 
 fn pattern(w: usize, round: usize, len: usize) -> Vec<u8> {
@@ -166,12 +167,15 @@ fn free_bytes(p: &std::path::Path) -> u64 {
 }
 
 /// The daemon frees a deleted file's backing space after answering the unlink (see
-/// `reaper`); on a full volume that space is still there for the very next write, and
-/// statfs right after the delete counts it as free.
+/// `reaper`); on a full volume that space is there for the very next write, and statfs right
+/// after the delete counts it as free.
 #[test]
 fn space_a_delete_gives_back_is_free_at_once() {
     let (m, _guards) = on_small_tmpfs("8m");
     const BIG: usize = 5 << 20;
+    // The first delete starts the reaper's thread; from then on deletes are held.
+    fs::write(m.p("first"), b"x").unwrap();
+    fs::remove_file(m.p("first")).unwrap();
     fs::write(m.p("big"), vec![1u8; BIG]).unwrap();
     let mut hit = None;
     for i in 0..100 {
@@ -181,27 +185,40 @@ fn space_a_delete_gives_back_is_free_at_once() {
         }
     }
     assert_eq!(hit, Some(libc::ENOSPC), "the volume is full");
+    let frees = &m.status()["DeferredFrees"];
+    assert_eq!(frees["Enabled"], true, "tmpfs is local: {frees}");
+    let deferred = frees["Deferred"].as_u64().unwrap();
     for round in 0..6u8 {
         // A close's RELEASE reaches the daemon after close returns; until then the daemon
         // holds the file open, and its space stays in use whatever the reaper does.
         m.wait_released();
         let full = free_bytes(&m.mnt);
-        fs::remove_file(m.p("big")).unwrap();
+        let data = vec![round; BIG - (64 << 10)];
         if round % 2 == 0 {
-            // Straight on to the write: it must not see the disk still full.
-            let data = vec![round; BIG - (64 << 10)];
-            fs::write(m.p("big"), &data).unwrap_or_else(|e| panic!("round {round}: {e}"));
-            assert_eq!(fs::read(m.p("big")).unwrap(), data);
+            // Opened before the delete, so the write follows it at once: it must not find the
+            // disk still full.
+            let mut next = fs::File::create(m.p("next")).unwrap();
+            fs::remove_file(m.p("big")).unwrap();
+            next.write_all(&data)
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            drop(next);
+            fs::rename(m.p("next"), m.p("big")).unwrap();
         } else {
+            fs::remove_file(m.p("big")).unwrap();
             let freed = free_bytes(&m.mnt).saturating_sub(full);
             // The file deleted was the previous round's, of BIG - 64 KiB.
             assert!(
                 freed >= (BIG - (64 << 10)) as u64,
                 "round {round}: only {freed} freed"
             );
-            fs::write(m.p("big"), vec![round; BIG - (64 << 10)]).unwrap();
+            fs::write(m.p("big"), &data).unwrap();
         }
+        assert_eq!(fs::read(m.p("big")).unwrap(), data, "round {round}");
     }
+    // The deletes were held open past their unlink (each one unless the reaper's queue was
+    // busy at that instant), not freed inline.
+    let now = m.status()["DeferredFrees"]["Deferred"].as_u64().unwrap();
+    assert!(now > deferred, "no delete was deferred");
 }
 
 fn rss_kib(pid: i32) -> u64 {

@@ -36,7 +36,6 @@ pub use crate::fs::keyring::Requester;
 mod control;
 mod listing;
 mod namespace;
-mod space;
 mod xattrs;
 pub use control::{KEY_XATTR, REENCRYPT_XATTR, REWRAP_ENTRIES_XATTR, REWRAP_XATTR, STATUS_XATTR};
 pub use listing::{DirEntry, Listing};
@@ -286,6 +285,7 @@ impl KmsFs {
                 log::warn!("no undo journal (in-place rewrites are not crash-safe): {e}");
                 None
             });
+        let reaper = crate::fs::reaper::Reaper::for_dir(&root);
         Ok(KmsFs {
             journal,
             started: std::time::Instant::now(),
@@ -309,7 +309,7 @@ impl KmsFs {
             dir_rewraps: AtomicU64::new(0),
             header_rewraps: AtomicU64::new(0),
             is_root: nix::unistd::geteuid().is_root(),
-            reaper: Default::default(),
+            reaper,
         })
     }
 
@@ -956,7 +956,7 @@ impl KmsFs {
     /// `kill_suidgid`: the kernel says the writer may not keep set-id bits (we handle that for
     /// it, see `fuse::init`).
     /// `append`: the file has O_APPEND at this write, and it is not writeback of cached pages.
-    pub(super) fn write_once(
+    pub fn write(
         &self,
         fh: u64,
         offset: u64,
@@ -965,6 +965,7 @@ impl KmsFs {
         kill_suidgid: bool,
         append: bool,
     ) -> FsResult<usize> {
+        self.reaper.settle();
         let (f, direct) = self.handle_file_mode(fh)?;
         self.check_content(&f, r)?;
         let mut c = f.content.write().map_err(|_| Errno::EIO)?;
@@ -1030,7 +1031,7 @@ impl KmsFs {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn setattr_once(
+    pub fn setattr(
         &self,
         ino: u64,
         mode: Option<u32>,
@@ -1041,6 +1042,7 @@ impl KmsFs {
         mtime: Option<Option<SystemTime>>,
         r: Requester,
     ) -> FsResult<FileAttr> {
+        self.reaper.settle();
         // An open file that lost its last name (unlinked) is changed through its descriptor.
         let open = self.open_state(ino);
         let a = match (self.at(ino), &open) {
@@ -1127,9 +1129,15 @@ impl KmsFs {
         self.getattr(ino)
     }
 
+    /// What it shows counts the space of files already deleted as free.
+    pub fn statfs(&self) -> FsResult<nix::sys::statvfs::Statvfs> {
+        self.reaper.settle();
+        Ok(nix::sys::statvfs::statvfs(&self.root)?)
+    }
+
     /// fallocate: mode 0 may grow the file (by writing its new final block); KEEP_SIZE only
     /// reserves backing space. Hole punching and the rest are not supported.
-    pub(super) fn fallocate_once(
+    pub fn fallocate(
         &self,
         fh: u64,
         offset: u64,
@@ -1137,6 +1145,7 @@ impl KmsFs {
         mode: i32,
         r: Requester,
     ) -> FsResult<()> {
+        self.reaper.settle();
         let f = self.handle_file(fh)?;
         self.check_content(&f, r)?;
         let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;

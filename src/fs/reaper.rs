@@ -4,18 +4,21 @@
 //! inside that unlinkat (every page on tmpfs, the blocks and inode on a disk filesystem), and
 //! the process that unlinked waits for all of it; a large file holds up the whole queue that
 //! serves the request. So an unlink holds the file open (O_PATH) across its unlinkat, and the
-//! reaper closes that descriptor later on a thread of its own, in the idle scheduling class:
-//! the kernel frees the file then, on a CPU with nothing else to do, after the reply has gone.
+//! reaper closes that descriptor a moment later on a thread of its own: the kernel frees the
+//! file then, after the reply has gone, on whichever CPU is free.
 //!
-//! Space comes back a moment later than the name goes, and nothing is lost: an operation that
-//! runs out of backing space while frees are pending waits for them (`settle`) and tries once
-//! more, and statfs settles first, so `df` right after `rm` shows the space as free. At most
-//! `limit` descriptors wait; past that, and whenever the queue's lock is taken, a descriptor
-//! is closed on the spot as before. A crash loses nothing either: the kernel closes the
-//! daemon's descriptors, and frees the files, when the process ends.
+//! Space comes back a moment later than the name goes: every operation that takes space
+//! (create, write, mkdir, rename, setxattr...) and statfs first `settle` (free what is
+//! pending, wait for a free in progress), so an operation that follows a delete finds its
+//! space free, and `df` right after `rm` shows it. At most `limit` descriptors wait; past
+//! that, and whenever the queue's lock is taken, a descriptor is closed on the spot. A crash
+//! loses nothing: the kernel closes the daemon's descriptors, and frees the files, when the
+//! process ends. Only on local filesystems (`sys::on_local_fs`): on NFS a held file's unlink
+//! becomes a rename to `.nfsXXXX`, which would keep its directory from being removed.
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -26,7 +29,7 @@ use nix::fcntl::OFlag;
 /// and not one per file.
 const REST: Duration = Duration::from_millis(1);
 
-/// Descriptors held at most: 1024, or an eighth of the descriptor limit if that is lower.
+/// Descriptors held at most: 1024, or a sixteenth of the descriptor limit if that is lower.
 const HELD_MAX: usize = 1024;
 
 #[derive(Default)]
@@ -44,33 +47,57 @@ struct Shared {
     /// Held by the thread around each close (taken before the pop), so `settle` can wait for
     /// the one in progress.
     closing: Mutex<()>,
+    /// Descriptors queued or being closed: `settle` has nothing to do while it is 0.
+    outstanding: AtomicUsize,
 }
 
 pub struct Reaper {
     shared: Arc<Shared>,
-    /// Started with the first descriptor; None if it could not be.
+    /// Started with the first descriptor (from whichever thread unlinks); None if it could
+    /// not be.
     thread: OnceLock<Option<JoinHandle<()>>>,
     limit: usize,
+    /// Files freed here so far (`kmsfs status`).
+    deferred: AtomicU64,
+}
+
+/// What `kmsfs status` shows of the reaper.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ReaperStats {
+    pub enabled: bool,
+    pub pending: usize,
+    pub deferred: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-impl Default for Reaper {
-    fn default() -> Reaper {
+impl Reaper {
+    /// A reaper for the cipher directory at `root`: holding files only on a local filesystem.
+    pub fn for_dir(root: &std::path::Path) -> Reaper {
+        let local = std::fs::File::open(root)
+            .is_ok_and(|d| crate::fs::sys::on_local_fs(&d).unwrap_or(false));
+        if !local {
+            log::info!(
+                "{}: not a local filesystem, deletes free inline",
+                root.display()
+            );
+            return Reaper::with_limit(0);
+        }
         let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(1024, |(soft, _)| soft);
-        Reaper::with_limit(HELD_MAX.min(usize::try_from(soft / 8).unwrap_or(HELD_MAX)))
+        Reaper::with_limit(HELD_MAX.min(usize::try_from(soft / 16).unwrap_or(HELD_MAX)))
     }
-}
 
-impl Reaper {
+    /// A reaper holding at most `limit` descriptors (0: none, every file freed inline).
     pub fn with_limit(limit: usize) -> Reaper {
         Reaper {
             shared: Arc::default(),
             thread: OnceLock::new(),
             limit,
+            deferred: AtomicU64::new(0),
         }
     }
 
@@ -94,7 +121,7 @@ impl Reaper {
         if self.thread().is_none() {
             return;
         }
-        // Never wait for the reaper, which may be preempted holding the lock: close here.
+        // Never wait for the reaper's thread, which may be preempted holding the lock.
         let mut q = match self.shared.queue.try_lock() {
             Ok(q) => q,
             Err(TryLockError::Poisoned(p)) => p.into_inner(),
@@ -105,31 +132,34 @@ impl Reaper {
             drop(fd);
             return;
         }
+        // Counted before it can be taken (under this lock) and uncounted once closed.
+        self.shared.outstanding.fetch_add(1, Ordering::SeqCst);
         q.held.push(fd);
+        self.deferred.fetch_add(1, Ordering::Relaxed);
         if std::mem::take(&mut q.waiting) {
             self.shared.wake.notify_one();
         }
     }
 
-    /// Frees what is pending now, waiting for a free in progress; says whether there was any
-    /// (space may have come back since an operation ran out of it).
-    pub fn settle(&self) -> bool {
-        let pending = std::mem::take(&mut lock(&self.shared.queue).held);
-        let had = !pending.is_empty();
-        drop(pending);
-        let busy = matches!(
-            self.shared.closing.try_lock(),
-            Err(TryLockError::WouldBlock)
-        );
-        if busy {
-            drop(lock(&self.shared.closing));
+    /// Frees everything released before this call: closes what is queued here, and waits
+    /// for the thread's close in progress.
+    pub fn settle(&self) {
+        if self.shared.outstanding.load(Ordering::SeqCst) == 0 {
+            return;
         }
-        had || busy
+        let pending = std::mem::take(&mut lock(&self.shared.queue).held);
+        let n = pending.len();
+        drop(pending);
+        self.shared.outstanding.fetch_sub(n, Ordering::SeqCst);
+        drop(lock(&self.shared.closing));
     }
 
-    /// Descriptors waiting now (`kmsfs status`, tests).
-    pub fn pending(&self) -> usize {
-        lock(&self.shared.queue).held.len()
+    pub fn stats(&self) -> ReaperStats {
+        ReaperStats {
+            enabled: self.limit > 0,
+            pending: self.shared.outstanding.load(Ordering::SeqCst),
+            deferred: self.deferred.load(Ordering::Relaxed),
+        }
     }
 
     fn thread(&self) -> Option<&JoinHandle<()>> {
@@ -158,10 +188,8 @@ impl Drop for Reaper {
 }
 
 fn run(shared: &Shared) {
-    // It only ever enters the idle class, which needs no privilege.
-    if let Err(e) = crate::fs::sys::set_sched_policy(libc::SCHED_IDLE) {
-        log::debug!("reaper stays at normal priority: {e}");
-    }
+    // Started from an unlink, maybe on a queue thread pinned to one CPU: run on any.
+    crate::fs::sys::unpin_thread();
     loop {
         let stopping = {
             let mut q = lock(&shared.queue);
@@ -183,6 +211,7 @@ fn run(shared: &Shared) {
                 break;
             };
             drop(fd);
+            shared.outstanding.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -209,6 +238,17 @@ mod tests {
         }
     }
 
+    /// Waits until the reaper's thread runs and waits for work, so that nothing else takes
+    /// the queue's lock.
+    fn started(r: &Reaper) {
+        assert!(r.thread().is_some());
+        let start = Instant::now();
+        while !lock(&r.shared.queue).waiting {
+            assert!(start.elapsed() < Duration::from_secs(10), "never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     #[test]
     fn settle_closes_everything_released_before_it() {
         let r = Reaper::with_limit(64);
@@ -220,20 +260,29 @@ mod tests {
         }
         r.settle();
         assert!(ends.iter_mut().all(closed));
-        assert_eq!(r.pending(), 0);
+        assert_eq!(r.stats().pending, 0);
     }
 
     #[test]
     fn the_thread_closes_released_descriptors_by_itself() {
         let r = Reaper::with_limit(64);
+        started(&r);
+        let closing = lock(&r.shared.closing);
         let (mut rd, w) = pipe();
         r.release(w);
+        assert_eq!(r.stats().pending, 1, "queued, not closed here");
+        assert!(!closed(&mut rd));
+        drop(closing);
         let start = Instant::now();
         while !closed(&mut rd) {
             assert!(start.elapsed() < Duration::from_secs(10), "never closed");
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(r.pending(), 0);
+        while r.stats().pending > 0 {
+            assert!(start.elapsed() < Duration::from_secs(10), "never uncounted");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(r.stats().deferred, 1);
     }
 
     #[test]
@@ -248,8 +297,8 @@ mod tests {
             ends.push(rd);
         }
         let open = ends.iter_mut().map(closed).filter(|c| !c).count();
-        assert!(r.pending() <= 2);
-        assert_eq!(open, r.pending(), "each one is either held or closed");
+        assert!(r.stats().pending <= 2);
+        assert_eq!(open, r.stats().pending, "each one is either held or closed");
         drop(closing);
         r.settle();
         assert!(ends.iter_mut().all(closed));
@@ -275,20 +324,26 @@ mod tests {
         let r = Reaper::with_limit(64);
         // Stand in for the thread in the middle of a close.
         let closing = lock(&r.shared.closing);
+        r.shared.outstanding.fetch_add(1, Ordering::SeqCst);
         let (mut rd, w) = pipe();
-        let waited = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let t = s.spawn(|| r.settle());
             std::thread::sleep(Duration::from_millis(50));
-            assert!(
-                !t.is_finished(),
-                "settle returned while a close was running"
-            );
+            let early = t.is_finished();
             drop(w);
+            r.shared.outstanding.fetch_sub(1, Ordering::SeqCst);
             drop(closing);
-            t.join().unwrap()
+            t.join().unwrap();
+            assert!(!early, "settle returned while a close was running");
         });
-        assert!(waited);
         assert!(closed(&mut rd));
+    }
+
+    #[test]
+    fn with_nothing_outstanding_settle_does_not_wait() {
+        let r = Reaper::with_limit(64);
+        let _closing = lock(&r.shared.closing);
+        r.settle();
     }
 
     #[test]
@@ -304,7 +359,11 @@ mod tests {
         assert_eq!(nix::sys::stat::fstat(&held).unwrap().st_ino, st.st_ino);
         r.release(held);
         r.settle();
-        assert_eq!(r.pending(), 0);
+        assert_eq!(r.stats().pending, 0);
         assert!(r.hold(&dir, OsStr::new("f")).is_none(), "nothing to hold");
+        assert!(
+            Reaper::with_limit(0).hold(&dir, OsStr::new(".")).is_none(),
+            "disabled"
+        );
     }
 }

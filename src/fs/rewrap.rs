@@ -275,27 +275,16 @@ fn clear_old(file: &File, p: &Plan) -> Result<()> {
         .map_err(|e| KmsError::io("clearing the old header slot", e))
 }
 
-/// Local filesystems whose `syncfs` makes everything written durable (ext2/3/4, XFS, Btrfs,
-/// F2FS, tmpfs, ZFS), as statfs names them.
-const SYNCFS_DURABLE: [u32; 6] = [
-    0xEF53,
-    0x5846_5342,
-    0x9123_683E,
-    0xF2F5_2010,
-    0x0102_1994,
-    0x2FC1_2FC1,
-];
-
-/// Whether `f` is on one of the local filesystems of `SYNCFS_DURABLE`, where a sync also orders
-/// what came before it (a directory's sync makes a rename in it durable).
+/// Whether `f` is on a local filesystem (`sys::on_local_fs`: ext2/3/4, XFS, Btrfs, F2FS, tmpfs,
+/// ZFS), where `syncfs` makes everything written durable and a sync also orders what came
+/// before it (a directory's sync makes a rename in it durable).
 fn durable_local(f: &File) -> nix::Result<bool> {
-    let kind = nix::sys::statfs::fstatfs(f)?.filesystem_type().0;
-    Ok(SYNCFS_DURABLE.contains(&(kind as u32)))
+    crate::fs::sys::on_local_fs(f)
 }
 
 /// Syncs each filesystem that holds one of `files`, once (`syncfs`): one journal commit and
 /// one cache flush for a whole batch, where a sync per file costs one each. (It also writes
-/// back whatever else is dirty there.) Only on the local filesystems of `SYNCFS_DURABLE`:
+/// back whatever else is dirty there.) Only on the local filesystems of `durable_local`:
 /// elsewhere each file gets an `fdatasync` (on FUSE `syncfs` reaches the server only if it
 /// asked for that, on CIFS it sends no flush, and either succeeds).
 pub fn sync_filesystems<'a>(files: impl IntoIterator<Item = &'a File>) -> Result<()> {

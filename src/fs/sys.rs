@@ -1,5 +1,5 @@
-//! The few system calls std and nix do not wrap: xattrs on descriptors, fallocate, and the
-//! calling thread's scheduling policy.
+//! The few system calls std and nix do not wrap (xattrs on descriptors, fallocate, the calling
+//! thread's scheduling policy and CPU mask), and which filesystem a descriptor is on.
 
 use crate::fs::errno::{Errno, FsResult};
 use std::ffi::CString;
@@ -131,4 +131,34 @@ pub fn set_sched_policy(policy: libc::c_int) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Lets the calling thread run on every CPU the process's main thread may (a thread inherits
+/// the mask of the thread that started it, which may be pinned to one CPU).
+pub fn unpin_thread() {
+    // SAFETY: a zeroed cpu_set_t is a valid (empty) set, filled by the kernel from the main
+    // thread's mask; then applied to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if libc::sched_getaffinity(libc::getpid(), size, &mut set) == 0 {
+            let _ = libc::sched_setaffinity(0, size, &set);
+        }
+    }
+}
+
+/// Local filesystems, as statfs names them: ext2/3/4, XFS, Btrfs, F2FS, tmpfs, ZFS.
+const LOCAL_FILESYSTEMS: [u32; 6] = [
+    0xEF53,
+    0x5846_5342,
+    0x9123_683E,
+    0xF2F5_2010,
+    0x0102_1994,
+    0x2FC1_2FC1,
+];
+
+/// Whether `f` is on one of the local filesystems of `LOCAL_FILESYSTEMS`.
+pub fn on_local_fs(f: &std::fs::File) -> nix::Result<bool> {
+    let kind = nix::sys::statfs::fstatfs(f)?.filesystem_type().0;
+    Ok(LOCAL_FILESYSTEMS.contains(&(kind as u32)))
 }

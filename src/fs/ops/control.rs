@@ -130,6 +130,7 @@ impl KmsFs {
                 "DirectoryDescriptors": dir_fds,
                 "ReencryptedInodes": rebased,
             },
+            "DeferredFrees": self.reaper.stats(),
         })
     }
 

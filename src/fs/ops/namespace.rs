@@ -5,7 +5,7 @@ use super::*;
 
 impl KmsFs {
     /// Creates and opens a regular file.
-    pub(super) fn create_once(
+    pub fn create(
         &self,
         parent: u64,
         name: &OsStr,
@@ -13,6 +13,7 @@ impl KmsFs {
         req: Requester,
         flags: i32,
     ) -> FsResult<(Entry, Opened)> {
+        self.reaper.settle();
         let excl = flags & libc::O_EXCL != 0;
         let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
@@ -62,7 +63,7 @@ impl KmsFs {
         Ok((entry, self.file_handle(of, flags, false)))
     }
 
-    pub(super) fn mknod_once(
+    pub fn mknod(
         &self,
         parent: u64,
         name: &OsStr,
@@ -72,10 +73,11 @@ impl KmsFs {
     ) -> FsResult<Entry> {
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFREG || kind == 0 {
-            let (entry, opened) = self.create_once(parent, name, mode, req, libc::O_EXCL)?;
+            let (entry, opened) = self.create(parent, name, mode, req, libc::O_EXCL)?;
             self.release(opened.fh);
             return Ok(entry);
         }
+        self.reaper.settle();
         let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
@@ -111,13 +113,8 @@ impl KmsFs {
         self.register_at(parent, dir, bn)
     }
 
-    pub(super) fn mkdir_once(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        req: Requester,
-    ) -> FsResult<Entry> {
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, req: Requester) -> FsResult<Entry> {
+        self.reaper.settle();
         let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, setgid) = self.owner_for(&dir, req)?;
@@ -162,13 +159,14 @@ impl KmsFs {
         self.register_at(parent, &dir, &bn)
     }
 
-    pub(super) fn symlink_once(
+    pub fn symlink(
         &self,
         parent: u64,
         name: &OsStr,
         target: &Path,
         req: Requester,
     ) -> FsResult<Entry> {
+        self.reaper.settle();
         let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
@@ -249,7 +247,9 @@ impl KmsFs {
         Ok((sub, saved))
     }
 
-    fn restore_dirkey(sub: &OwnedFd, saved: &[u8]) {
+    fn restore_dirkey(&self, sub: &OwnedFd, saved: &[u8]) {
+        // It takes space, which deletes just before may not have given back yet.
+        self.reaper.settle();
         if let Err(e) = atomic::write_atomic_at(sub, DIRKEY_FILE, saved) {
             log::error!("could not restore a directory key after a failed removal: {e}");
         }
@@ -263,7 +263,7 @@ impl KmsFs {
         }
         let (sub, saved) = Self::strip_dirkey(&dir, entry_name)?;
         if let Err(e) = nix::unistd::unlinkat(&dir, entry_name, UnlinkatFlags::RemoveDir) {
-            Self::restore_dirkey(&sub, &saved);
+            self.restore_dirkey(&sub, &saved);
             return Err(e.into());
         }
         self.remove_side_file(&dir, &bn);
@@ -271,7 +271,7 @@ impl KmsFs {
         Ok(())
     }
 
-    pub(super) fn rename_once(
+    pub fn rename(
         &self,
         parent: u64,
         name: &OsStr,
@@ -280,6 +280,7 @@ impl KmsFs {
         flags: u32,
         req: Requester,
     ) -> FsResult<()> {
+        self.reaper.settle();
         let (sdir, sbn) = self.child(parent, name, req)?;
         let (ddir, dbn) = self.child(newparent, newname, req)?;
         let (sname, dname) = (OsStr::new(sbn.entry()), OsStr::new(dbn.entry()));
@@ -305,7 +306,7 @@ impl KmsFs {
             .and_then(|_| Ok(nix::fcntl::renameat2(&sdir, sname, &ddir, dname, rflags)?));
         if let Err(e) = done {
             if let Some((sub, s)) = saved {
-                Self::restore_dirkey(&sub, &s);
+                self.restore_dirkey(&sub, &s);
             }
             return Err(e);
         }
@@ -318,13 +319,14 @@ impl KmsFs {
         Ok(())
     }
 
-    pub(super) fn link_once(
+    pub fn link(
         &self,
         ino: u64,
         newparent: u64,
         newname: &OsStr,
         req: Requester,
     ) -> FsResult<Entry> {
+        self.reaper.settle();
         let src = self.at(ino)?;
         let (dir, bn) = self.child(newparent, newname, req)?;
         self.write_side_file(&dir, &bn)?;

@@ -98,8 +98,7 @@ impl KmsFs {
         }
     }
 
-    /// Sets an extended attribute that is not a control one.
-    pub(super) fn set_user_xattr(
+    pub fn setxattr(
         &self,
         ino: u64,
         name: &OsStr,
@@ -107,6 +106,11 @@ impl KmsFs {
         flags: i32,
         r: Requester,
     ) -> FsResult<()> {
+        // Control attributes too: a reencrypt writes a whole copy.
+        self.reaper.settle();
+        if control::is_control(name) {
+            return self.control_set(ino, name, value, r);
+        }
         Self::check_xattr_name(name)?;
         let open = self.open_state(ino);
         if let Some(of) = open {
