@@ -965,7 +965,7 @@ impl KmsFs {
         kill_suidgid: bool,
         append: bool,
     ) -> FsResult<usize> {
-        self.reaper.settle();
+        self.reaper.settle_for(data.len() as u64);
         let (f, direct) = self.handle_file_mode(fh)?;
         self.check_content(&f, r)?;
         let mut c = f.content.write().map_err(|_| Errno::EIO)?;
@@ -1042,7 +1042,10 @@ impl KmsFs {
         mtime: Option<Option<SystemTime>>,
         r: Requester,
     ) -> FsResult<FileAttr> {
-        self.reaper.settle();
+        if let Some(size) = size {
+            // At most the new size (a truncation to 0 writes a new header).
+            self.reaper.settle_for(size);
+        }
         // An open file that lost its last name (unlinked) is changed through its descriptor.
         let open = self.open_state(ino);
         let a = match (self.at(ino), &open) {
@@ -1145,7 +1148,7 @@ impl KmsFs {
         mode: i32,
         r: Requester,
     ) -> FsResult<()> {
-        self.reaper.settle();
+        self.reaper.settle_for(len);
         let f = self.handle_file(fh)?;
         self.check_content(&f, r)?;
         let end = offset.checked_add(len).ok_or(Errno::EFBIG)?;

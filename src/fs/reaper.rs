@@ -4,22 +4,23 @@
 //! inside that unlinkat (every page on tmpfs, the blocks and inode on a disk filesystem), and
 //! the process that unlinked waits for all of it; a large file holds up the whole queue that
 //! serves the request. So an unlink holds the file open (O_PATH) across its unlinkat, and the
-//! reaper closes that descriptor a moment later on a thread of its own: the kernel frees the
-//! file then, after the reply has gone, on whichever CPU is free.
+//! reaper closes that descriptor a moment later on a thread of its own (normal priority, any
+//! CPU): the kernel frees the file then, after the reply has gone.
 //!
-//! Space comes back a moment later than the name goes: every operation that takes space
-//! (create, write, mkdir, rename, setxattr...) and statfs first `settle` (free what is
-//! pending, wait for a free in progress), so an operation that follows a delete finds its
-//! space free, and `df` right after `rm` shows it. At most `limit` descriptors wait; past
-//! that, and whenever the queue's lock is taken, a descriptor is closed on the spot. A crash
-//! loses nothing: the kernel closes the daemon's descriptors, and frees the files, when the
-//! process ends. Only on local filesystems (`sys::on_local_fs`): on NFS a held file's unlink
+//! Space comes back a moment later than the name goes. So statfs first `settle`s (frees what
+//! is pending, waits for a free in progress), and `df` right after `rm` shows the space free;
+//! every operation that takes space first calls `settle_for` its size, which settles when the
+//! backing filesystem has less than that plus `MARGIN` free, so an operation that follows a
+//! delete on a nearly full volume finds the space it gave back. At most `limit` descriptors
+//! wait; past that a descriptor is closed on the spot. A crash loses nothing: the kernel
+//! closes the daemon's descriptors, and frees the files, when the process ends. Only on local filesystems (`sys::on_local_fs`): on NFS a held file's unlink
 //! becomes a rename to `.nfsXXXX`, which would keep its directory from being removed.
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -31,6 +32,10 @@ const REST: Duration = Duration::from_millis(1);
 
 /// Descriptors held at most: 1024, or a sixteenth of the descriptor limit if that is lower.
 const HELD_MAX: usize = 1024;
+
+/// Free space beyond an operation's own size under which it waits for pending frees: room
+/// for its metadata (headers, directory entries, undo records) and for other writers.
+const MARGIN: u64 = 64 << 20;
 
 #[derive(Default)]
 struct Queue {
@@ -57,7 +62,9 @@ pub struct Reaper {
     /// not be.
     thread: OnceLock<Option<JoinHandle<()>>>,
     limit: usize,
-    /// Files freed here so far (`kmsfs status`).
+    /// The backing filesystem's root (for its free space).
+    root: PathBuf,
+    /// Files handed over so far, to be freed later (`kmsfs status`).
     deferred: AtomicU64,
 }
 
@@ -76,7 +83,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Reaper {
     /// A reaper for the cipher directory at `root`: holding files only on a local filesystem.
-    pub fn for_dir(root: &std::path::Path) -> Reaper {
+    pub fn for_dir(root: &Path) -> Reaper {
         let local = std::fs::File::open(root)
             .is_ok_and(|d| crate::fs::sys::on_local_fs(&d).unwrap_or(false));
         if !local {
@@ -84,19 +91,24 @@ impl Reaper {
                 "{}: not a local filesystem, deletes free inline",
                 root.display()
             );
-            return Reaper::with_limit(0);
+            return Reaper::with_limit(root, 0);
         }
         let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(1024, |(soft, _)| soft);
-        Reaper::with_limit(HELD_MAX.min(usize::try_from(soft / 16).unwrap_or(HELD_MAX)))
+        Reaper::with_limit(
+            root,
+            HELD_MAX.min(usize::try_from(soft / 16).unwrap_or(HELD_MAX)),
+        )
     }
 
-    /// A reaper holding at most `limit` descriptors (0: none, every file freed inline).
-    pub fn with_limit(limit: usize) -> Reaper {
+    /// A reaper for `root` holding at most `limit` descriptors (0: none, every file freed
+    /// inline).
+    pub fn with_limit(root: &Path, limit: usize) -> Reaper {
         Reaper {
             shared: Arc::default(),
             thread: OnceLock::new(),
             limit,
+            root: root.to_path_buf(),
             deferred: AtomicU64::new(0),
         }
     }
@@ -121,12 +133,7 @@ impl Reaper {
         if self.thread().is_none() {
             return;
         }
-        // Never wait for the reaper's thread, which may be preempted holding the lock.
-        let mut q = match self.shared.queue.try_lock() {
-            Ok(q) => q,
-            Err(TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(TryLockError::WouldBlock) => return,
-        };
+        let mut q = lock(&self.shared.queue);
         if q.stopping || q.held.len() >= self.limit {
             drop(q);
             drop(fd);
@@ -142,16 +149,31 @@ impl Reaper {
     }
 
     /// Frees everything released before this call: closes what is queued here, and waits
-    /// for the thread's close in progress.
+    /// for a close in progress (the thread's, or another settle's: `closing` is held
+    /// throughout).
     pub fn settle(&self) {
         if self.shared.outstanding.load(Ordering::SeqCst) == 0 {
             return;
         }
+        let _closing = lock(&self.shared.closing);
         let pending = std::mem::take(&mut lock(&self.shared.queue).held);
         let n = pending.len();
         drop(pending);
         self.shared.outstanding.fetch_sub(n, Ordering::SeqCst);
-        drop(lock(&self.shared.closing));
+    }
+
+    /// Before an operation that takes about `need` bytes: settles if frees are pending and
+    /// the backing filesystem has less than `need` + `MARGIN` free (or cannot say).
+    pub fn settle_for(&self, need: u64) {
+        if self.shared.outstanding.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let free = nix::sys::statvfs::statvfs(&self.root)
+            .ok()
+            .map(|s| s.blocks_available().saturating_mul(s.fragment_size()));
+        if short_of(free, need) {
+            self.settle();
+        }
     }
 
     pub fn stats(&self) -> ReaperStats {
@@ -187,9 +209,18 @@ impl Drop for Reaper {
     }
 }
 
+/// Whether `free` bytes (None: unknown) may be too few for an operation taking `need`.
+fn short_of(free: Option<u64>, need: u64) -> bool {
+    free.is_none_or(|f| f < need.saturating_add(MARGIN))
+}
+
 fn run(shared: &Shared) {
-    // Started from an unlink, maybe on a queue thread pinned to one CPU: run on any.
+    // Started from an unlink, maybe on a queue thread pinned to one CPU and in the idle
+    // class: run on any CPU, at normal priority (a settle may wait for this thread).
     crate::fs::sys::unpin_thread();
+    if let Err(e) = crate::fs::sys::set_sched_policy(libc::SCHED_OTHER) {
+        log::debug!("reaper thread's scheduling policy: {e}");
+    }
     loop {
         let stopping = {
             let mut q = lock(&shared.queue);
@@ -251,7 +282,7 @@ mod tests {
 
     #[test]
     fn settle_closes_everything_released_before_it() {
-        let r = Reaper::with_limit(64);
+        let r = Reaper::with_limit(Path::new("/"), 64);
         let mut ends = Vec::new();
         for _ in 0..50 {
             let (rd, w) = pipe();
@@ -265,7 +296,7 @@ mod tests {
 
     #[test]
     fn the_thread_closes_released_descriptors_by_itself() {
-        let r = Reaper::with_limit(64);
+        let r = Reaper::with_limit(Path::new("/"), 64);
         started(&r);
         let closing = lock(&r.shared.closing);
         let (mut rd, w) = pipe();
@@ -287,7 +318,7 @@ mod tests {
 
     #[test]
     fn past_the_limit_a_descriptor_is_closed_at_once() {
-        let r = Reaper::with_limit(2);
+        let r = Reaper::with_limit(Path::new("/"), 2);
         // Keeps the thread from closing any while the queue fills.
         let closing = lock(&r.shared.closing);
         let mut ends = Vec::new();
@@ -297,8 +328,8 @@ mod tests {
             ends.push(rd);
         }
         let open = ends.iter_mut().map(closed).filter(|c| !c).count();
-        assert!(r.stats().pending <= 2);
-        assert_eq!(open, r.stats().pending, "each one is either held or closed");
+        assert_eq!(r.stats().pending, 2);
+        assert_eq!(open, 2, "the rest were closed at once");
         drop(closing);
         r.settle();
         assert!(ends.iter_mut().all(closed));
@@ -306,7 +337,7 @@ mod tests {
 
     #[test]
     fn dropping_the_reaper_closes_what_it_holds() {
-        let r = Reaper::with_limit(64);
+        let r = Reaper::with_limit(Path::new("/"), 64);
         let closing = lock(&r.shared.closing);
         let mut ends = Vec::new();
         for _ in 0..10 {
@@ -321,7 +352,7 @@ mod tests {
 
     #[test]
     fn settle_waits_for_a_close_in_progress() {
-        let r = Reaper::with_limit(64);
+        let r = Reaper::with_limit(Path::new("/"), 64);
         // Stand in for the thread in the middle of a close.
         let closing = lock(&r.shared.closing);
         r.shared.outstanding.fetch_add(1, Ordering::SeqCst);
@@ -341,9 +372,67 @@ mod tests {
 
     #[test]
     fn with_nothing_outstanding_settle_does_not_wait() {
-        let r = Reaper::with_limit(64);
+        let r = Reaper::with_limit(Path::new("/"), 64);
         let _closing = lock(&r.shared.closing);
         r.settle();
+    }
+
+    #[test]
+    fn an_operation_settles_unless_there_is_room_to_spare() {
+        assert!(short_of(None, 0), "unknown free space");
+        assert!(short_of(Some(MARGIN - 1), 0));
+        assert!(!short_of(Some(MARGIN), 0));
+        assert!(short_of(Some(MARGIN + 99), 100));
+        assert!(!short_of(Some(MARGIN + 100), 100));
+        assert!(short_of(Some(u64::MAX - 1), u64::MAX), "no overflow");
+    }
+
+    #[test]
+    fn settle_for_more_than_is_free_frees_what_is_pending() {
+        let r = Reaper::with_limit(Path::new("/"), 64);
+        let closing = lock(&r.shared.closing);
+        let (mut rd, w) = pipe();
+        r.release(w);
+        drop(closing);
+        r.settle_for(u64::MAX);
+        assert!(closed(&mut rd));
+        assert_eq!(r.stats().pending, 0);
+    }
+
+    /// Started from a queue thread in the idle class, the thread still runs at normal
+    /// priority: a settle may wait for it.
+    #[test]
+    fn the_thread_runs_at_normal_priority_whoever_starts_it() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // leaving the idle class takes CAP_SYS_NICE
+        }
+        let r = Reaper::with_limit(Path::new("/"), 8);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                crate::fs::sys::set_sched_policy(libc::SCHED_IDLE).unwrap();
+                started(&r);
+            })
+            .join()
+            .unwrap()
+        });
+        let mut seen = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let task = task.unwrap();
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() != "kmsfs-reaper" {
+                continue;
+            }
+            let tid: libc::pid_t = task.file_name().to_string_lossy().parse().unwrap();
+            // SAFETY: queries another thread's policy by id; no memory is passed.
+            let policy = unsafe { libc::sched_getscheduler(tid) };
+            // A reaper of another test may have ended since the listing (-1: ESRCH).
+            assert!(
+                policy == libc::SCHED_OTHER || policy == -1,
+                "policy {policy}"
+            );
+            seen += 1;
+        }
+        assert!(seen > 0, "no reaper thread found");
     }
 
     #[test]
@@ -351,7 +440,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let dir: OwnedFd = std::fs::File::open(d.path()).unwrap().into();
         std::fs::write(d.path().join("f"), b"data").unwrap();
-        let r = Reaper::with_limit(8);
+        let r = Reaper::with_limit(Path::new("/"), 8);
         let held = r.hold(&dir, OsStr::new("f")).expect("held");
         let st = nix::sys::stat::fstat(&held).unwrap();
         nix::unistd::unlinkat(&dir, "f", nix::unistd::UnlinkatFlags::NoRemoveDir).unwrap();
@@ -362,7 +451,9 @@ mod tests {
         assert_eq!(r.stats().pending, 0);
         assert!(r.hold(&dir, OsStr::new("f")).is_none(), "nothing to hold");
         assert!(
-            Reaper::with_limit(0).hold(&dir, OsStr::new(".")).is_none(),
+            Reaper::with_limit(Path::new("/"), 0)
+                .hold(&dir, OsStr::new("."))
+                .is_none(),
             "disabled"
         );
     }

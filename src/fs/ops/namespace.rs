@@ -13,7 +13,7 @@ impl KmsFs {
         req: Requester,
         flags: i32,
     ) -> FsResult<(Entry, Opened)> {
-        self.reaper.settle();
+        self.reaper.settle_for(0);
         let excl = flags & libc::O_EXCL != 0;
         let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
@@ -77,7 +77,7 @@ impl KmsFs {
             self.release(opened.fh);
             return Ok(entry);
         }
-        self.reaper.settle();
+        self.reaper.settle_for(0);
         let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
@@ -114,7 +114,7 @@ impl KmsFs {
     }
 
     pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, req: Requester) -> FsResult<Entry> {
-        self.reaper.settle();
+        self.reaper.settle_for(0);
         let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, setgid) = self.owner_for(&dir, req)?;
@@ -166,7 +166,7 @@ impl KmsFs {
         target: &Path,
         req: Requester,
     ) -> FsResult<Entry> {
-        self.reaper.settle();
+        self.reaper.settle_for(0);
         let (dir, bn) = self.child(parent, name, req)?;
         let entry_name = OsStr::new(bn.entry());
         let (uid, gid, _) = self.owner_for(&dir, req)?;
@@ -249,7 +249,7 @@ impl KmsFs {
 
     fn restore_dirkey(&self, sub: &OwnedFd, saved: &[u8]) {
         // It takes space, which deletes just before may not have given back yet.
-        self.reaper.settle();
+        self.reaper.settle_for(0);
         if let Err(e) = atomic::write_atomic_at(sub, DIRKEY_FILE, saved) {
             log::error!("could not restore a directory key after a failed removal: {e}");
         }
@@ -280,7 +280,7 @@ impl KmsFs {
         flags: u32,
         req: Requester,
     ) -> FsResult<()> {
-        self.reaper.settle();
+        self.reaper.settle_for(0);
         let (sdir, sbn) = self.child(parent, name, req)?;
         let (ddir, dbn) = self.child(newparent, newname, req)?;
         let (sname, dname) = (OsStr::new(sbn.entry()), OsStr::new(dbn.entry()));
@@ -301,6 +301,11 @@ impl KmsFs {
         if is_dir(&sst) && flags & libc::RENAME_NOREPLACE == 0 && dst.as_ref().is_some_and(is_dir) {
             saved = Some(Self::strip_dirkey(&ddir, dname)?);
         }
+        // A file replaced by the rename is freed later, as an unlinked one is.
+        let held = match &dst {
+            Some(d) if is_file(d) && d.st_nlink <= 1 => self.reaper.hold(&ddir, dname),
+            _ => None,
+        };
         let done = self
             .write_side_file(&ddir, &dbn)
             .and_then(|_| Ok(nix::fcntl::renameat2(&sdir, sname, &ddir, dname, rflags)?));
@@ -309,6 +314,9 @@ impl KmsFs {
                 self.restore_dirkey(&sub, &s);
             }
             return Err(e);
+        }
+        if let Some(fd) = held {
+            self.reaper.release(fd);
         }
         self.remove_side_file(&sdir, &sbn);
         let mut inodes = lock(&self.inodes);
@@ -326,7 +334,7 @@ impl KmsFs {
         newname: &OsStr,
         req: Requester,
     ) -> FsResult<Entry> {
-        self.reaper.settle();
+        self.reaper.settle_for(0);
         let src = self.at(ino)?;
         let (dir, bn) = self.child(newparent, newname, req)?;
         self.write_side_file(&dir, &bn)?;

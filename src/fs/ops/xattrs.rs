@@ -106,11 +106,12 @@ impl KmsFs {
         flags: i32,
         r: Requester,
     ) -> FsResult<()> {
-        // Control attributes too: a reencrypt writes a whole copy.
-        self.reaper.settle();
         if control::is_control(name) {
+            // A reencrypt writes a whole copy of the file.
+            self.reaper.settle();
             return self.control_set(ino, name, value, r);
         }
+        self.reaper.settle_for(value.len() as u64);
         Self::check_xattr_name(name)?;
         let open = self.open_state(ino);
         if let Some(of) = open {
