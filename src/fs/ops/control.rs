@@ -156,7 +156,12 @@ impl KmsFs {
         let mut h = [0u8; header::HEADER_LEN];
         f.read_exact_at(&mut h, 0).ok()?;
         let parsed = header::parse(kind, &h).ok()?;
-        self.keys.provider().key_of(&parsed.slots.first()?.blob)
+        // Newest first. A rewrap writes the new slot while the old one stays whole: a slot
+        // read torn meanwhile names no key, and the one before it is taken.
+        parsed
+            .slots
+            .iter()
+            .find_map(|s| self.keys.provider().key_of(&s.blob))
     }
 
     pub(super) fn control_set(
