@@ -13,8 +13,10 @@
 //! backing filesystem has less than that plus `MARGIN` free, so an operation that follows a
 //! delete on a nearly full volume finds the space it gave back. At most `limit` descriptors
 //! wait; past that a descriptor is closed on the spot. A crash loses nothing: the kernel
-//! closes the daemon's descriptors, and frees the files, when the process ends. Only on local filesystems (`sys::on_local_fs`): on NFS a held file's unlink
-//! becomes a rename to `.nfsXXXX`, which would keep its directory from being removed.
+//! closes the daemon's descriptors, and frees the files, when the process ends.
+//!
+//! Only on local filesystems (`sys::on_local_fs`): on NFS a held file's unlink becomes a
+//! rename to `.nfsXXXX`, which would keep its directory from being removed.
 
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
@@ -373,8 +375,17 @@ mod tests {
     #[test]
     fn with_nothing_outstanding_settle_does_not_wait() {
         let r = Reaper::with_limit(Path::new("/"), 64);
-        let _closing = lock(&r.shared.closing);
-        r.settle();
+        let closing = lock(&r.shared.closing);
+        std::thread::scope(|s| {
+            let t = s.spawn(|| r.settle());
+            let start = Instant::now();
+            while !t.is_finished() && start.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let done = t.is_finished();
+            drop(closing);
+            assert!(done, "settle waited with nothing outstanding");
+        });
     }
 
     #[test]
@@ -399,8 +410,22 @@ mod tests {
         assert_eq!(r.stats().pending, 0);
     }
 
-    /// Started from a queue thread in the idle class, the thread still runs at normal
-    /// priority: a settle may wait for it.
+    /// A thread's CPU mask (empty if it cannot be read).
+    fn mask_of(tid: libc::pid_t) -> Vec<usize> {
+        // SAFETY: a zeroed cpu_set_t is a valid set, filled by the kernel; CPU_ISSET reads it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return Vec::new();
+            }
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
+        }
+    }
+
+    /// Started from a queue thread pinned to one CPU and in the idle class, the thread still
+    /// runs at normal priority (a settle may wait for it) on the process's CPUs.
     #[test]
     fn the_thread_runs_at_normal_priority_whoever_starts_it() {
         if !nix::unistd::geteuid().is_root() {
@@ -409,6 +434,12 @@ mod tests {
         let r = Reaper::with_limit(Path::new("/"), 8);
         std::thread::scope(|s| {
             s.spawn(|| {
+                // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
+                unsafe {
+                    let mut one: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(0, &mut one);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one);
+                }
                 crate::fs::sys::set_sched_policy(libc::SCHED_IDLE).unwrap();
                 started(&r);
             })
@@ -426,10 +457,12 @@ mod tests {
             // SAFETY: queries another thread's policy by id; no memory is passed.
             let policy = unsafe { libc::sched_getscheduler(tid) };
             // A reaper of another test may have ended since the listing (-1: ESRCH).
-            assert!(
-                policy == libc::SCHED_OTHER || policy == -1,
-                "policy {policy}"
-            );
+            if policy == -1 {
+                continue;
+            }
+            assert_eq!(policy, libc::SCHED_OTHER);
+            let main = nix::unistd::getpid().as_raw();
+            assert_eq!(mask_of(tid), mask_of(main), "CPUs of the process");
             seen += 1;
         }
         assert!(seen > 0, "no reaper thread found");
