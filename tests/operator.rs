@@ -327,11 +327,13 @@ fn status_reports_mounts_keys_caches_and_audit() {
     );
     assert!(d["Limit"].as_u64().unwrap() > 0);
     assert_eq!(v["RecentAudit"].as_array().unwrap().len(), 3, "{v}");
+    assert!(mine["DeferredFrees"]["Enabled"].is_boolean(), "{mine}");
     m.env.ok(&["key", "disable", "alias/fs"]);
     let text = m.env.ok(&["status"]);
     assert!(text.contains(&format!("on {}", m.mnt.display())), "{text}");
     assert!(text.contains(&format!("key {}  Disabled", m.key)), "{text}");
     assert!(text.contains("DisableKey"), "{text}");
+    assert!(text.contains("deleted files freed"), "{text}");
     drop(held);
     m.env.ok(&["key", "enable", "alias/fs"]);
 }

@@ -145,4 +145,13 @@ fn print_mount(m: &Value) {
         m["Caches"]["Inodes"],
         m["Caches"]["DirectoryKeys"]
     );
+    let f = &m["DeferredFrees"];
+    match f["Enabled"].as_bool() {
+        Some(true) => println!(
+            "  deleted files freed after the reply: {} so far, {} pending",
+            f["Deferred"], f["Pending"]
+        ),
+        Some(false) => println!("  deleted files freed inline (not a local filesystem)"),
+        None => {}
+    }
 }
