@@ -6,11 +6,12 @@ use crate::fs::cipherdir::{self, HeaderFailure, Unwrapped};
 use crate::fs::dekcache::{self, DekCache};
 use crate::fs::errno::{self, Errno, FsResult};
 use crate::fs::header::{self, Kind};
+use crate::fs::lock;
 use crate::kms::{Caller, EncryptionContext};
 use crate::provider::{KeyProvider, Reach};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 /// A directory's keys, cached on its node, with the CMK that wraps them.
 pub struct DirKeys {
@@ -73,10 +74,6 @@ fn decision_key(r: Requester, gids: &[u32], key: &str, id: [u8; 16]) -> Decision
     let mut h = std::collections::hash_map::DefaultHasher::new();
     gids.hash(&mut h);
     (r.uid, h.finish(), key.to_string(), Some(id))
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Supplementary groups of a process, from /proc (empty if it is gone).

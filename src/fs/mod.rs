@@ -21,3 +21,9 @@ pub mod rewrap;
 pub mod sys;
 pub mod undo;
 pub mod uring;
+
+/// Locks `m`. A panic while holding a lock would poison it; the data stays consistent for
+/// the filesystem's uses, so the lock is taken anyway.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

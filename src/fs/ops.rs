@@ -10,6 +10,7 @@ use crate::fs::fileio::FileContent;
 use crate::fs::header::{self, DataKeys, Kind};
 use crate::fs::inodes::{Backing, Inodes, ROOT};
 use crate::fs::keyring::{DirKeys, Keyring};
+use crate::fs::lock;
 use crate::fs::nametransform::{self as nt, BackingName, DIRKEY_FILE, EntryKind};
 use crate::fs::pagecache::{self, Modes, Stamp};
 use crate::fs::sys;
@@ -28,7 +29,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use crate::fs::keyring::Requester;
@@ -129,11 +130,6 @@ impl Opened {
     pub fn reply_flags(&self) -> u32 {
         pagecache::open_reply_flags(self.direct, self.keep_cache)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a lock would poison it; the data stays consistent for our uses.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn time(secs: i64, nsecs: i64) -> SystemTime {

@@ -18,11 +18,12 @@
 //! Only on local filesystems (`sys::on_local_fs`): on NFS a held file's unlink becomes a
 //! rename to `.nfsXXXX`, which would keep its directory from being removed.
 
+use crate::fs::lock;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -77,10 +78,6 @@ pub struct ReaperStats {
     pub enabled: bool,
     pub pending: usize,
     pub deferred: u64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Reaper {
@@ -434,12 +431,7 @@ mod tests {
         let r = Reaper::with_limit(Path::new("/"), 8);
         std::thread::scope(|s| {
             s.spawn(|| {
-                // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
-                unsafe {
-                    let mut one: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(0, &mut one);
-                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one);
-                }
+                crate::fs::sys::pin_thread(0).unwrap();
                 crate::fs::sys::set_sched_policy(libc::SCHED_IDLE).unwrap();
                 started(&r);
             })

@@ -275,16 +275,11 @@ fn clear_old(file: &File, p: &Plan) -> Result<()> {
         .map_err(|e| KmsError::io("clearing the old header slot", e))
 }
 
-/// Whether `f` is on a local filesystem (`sys::on_local_fs`: ext2/3/4, XFS, Btrfs, F2FS, tmpfs,
-/// ZFS), where `syncfs` makes everything written durable and a sync also orders what came
-/// before it (a directory's sync makes a rename in it durable).
-fn durable_local(f: &File) -> nix::Result<bool> {
-    crate::fs::sys::on_local_fs(f)
-}
-
 /// Syncs each filesystem that holds one of `files`, once (`syncfs`): one journal commit and
 /// one cache flush for a whole batch, where a sync per file costs one each. (It also writes
-/// back whatever else is dirty there.) Only on the local filesystems of `durable_local`:
+/// back whatever else is dirty there.) Only on local filesystems (`sys::on_local_fs`: ext2/3/4,
+/// XFS, Btrfs, F2FS, tmpfs, ZFS), where `syncfs` makes everything written durable and a sync
+/// also orders what came before it (a directory's sync makes a rename in it durable):
 /// elsewhere each file gets an `fdatasync` (on FUSE `syncfs` reaches the server only if it
 /// asked for that, on CIFS it sends no flush, and either succeeds).
 pub fn sync_filesystems<'a>(files: impl IntoIterator<Item = &'a File>) -> Result<()> {
@@ -295,7 +290,7 @@ pub fn sync_filesystems<'a>(files: impl IntoIterator<Item = &'a File>) -> Result
         if synced.contains(&dev) {
             continue;
         }
-        if durable_local(f).map_err(|e| err(e.into()))? {
+        if crate::fs::sys::on_local_fs(f).map_err(|e| err(e.into()))? {
             nix::unistd::syncfs(f).map_err(|e| err(e.into()))?;
             synced.push(dev);
         } else {

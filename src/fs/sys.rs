@@ -133,6 +133,19 @@ pub fn set_sched_policy(policy: libc::c_int) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Lets the calling thread run on CPU `cpu` only.
+pub fn pin_thread(cpu: usize) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Lets the calling thread run on every CPU the process's main thread may (a thread inherits
 /// the mask of the thread that started it, which may be pinned to one CPU).
 pub fn unpin_thread() {

@@ -219,17 +219,9 @@ fn command(
 }
 
 fn pin_to(cpu: usize) {
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes within it.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            // An offline CPU: its queue still has to be registered, and serves no one.
-            log::debug!(
-                "pinning ring thread to CPU {cpu}: {}",
-                io::Error::last_os_error()
-            );
-        }
+    if let Err(e) = crate::fs::sys::pin_thread(cpu) {
+        // An offline CPU: its queue still has to be registered, and serves no one.
+        log::debug!("pinning ring thread to CPU {cpu}: {e}");
     }
 }
 
