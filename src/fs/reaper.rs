@@ -268,6 +268,17 @@ mod tests {
         }
     }
 
+    /// Releases the write ends of `n` pipes to `r`; returns their read ends.
+    fn release_pipes(r: &Reaper, n: usize) -> Vec<std::fs::File> {
+        (0..n)
+            .map(|_| {
+                let (rd, w) = pipe();
+                r.release(w);
+                rd
+            })
+            .collect()
+    }
+
     /// Waits until the reaper's thread runs and waits for work, so that nothing else takes
     /// the queue's lock.
     fn started(r: &Reaper) {
@@ -282,12 +293,7 @@ mod tests {
     #[test]
     fn settle_closes_everything_released_before_it() {
         let r = Reaper::with_limit(Path::new("/"), 64);
-        let mut ends = Vec::new();
-        for _ in 0..50 {
-            let (rd, w) = pipe();
-            r.release(w);
-            ends.push(rd);
-        }
+        let mut ends = release_pipes(&r, 50);
         r.settle();
         assert!(ends.iter_mut().all(closed));
         assert_eq!(r.stats().pending, 0);
@@ -320,12 +326,7 @@ mod tests {
         let r = Reaper::with_limit(Path::new("/"), 2);
         // Keeps the thread from closing any while the queue fills.
         let closing = lock(&r.shared.closing);
-        let mut ends = Vec::new();
-        for _ in 0..20 {
-            let (rd, w) = pipe();
-            r.release(w);
-            ends.push(rd);
-        }
+        let mut ends = release_pipes(&r, 20);
         let open = ends.iter_mut().map(closed).filter(|c| !c).count();
         assert_eq!(r.stats().pending, 2);
         assert_eq!(open, 2, "the rest were closed at once");
@@ -338,12 +339,7 @@ mod tests {
     fn dropping_the_reaper_closes_what_it_holds() {
         let r = Reaper::with_limit(Path::new("/"), 64);
         let closing = lock(&r.shared.closing);
-        let mut ends = Vec::new();
-        for _ in 0..10 {
-            let (rd, w) = pipe();
-            r.release(w);
-            ends.push(rd);
-        }
+        let mut ends = release_pipes(&r, 10);
         drop(closing);
         drop(r);
         assert!(ends.iter_mut().all(closed));
